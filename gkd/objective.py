@@ -1,0 +1,187 @@
+"""Model-side plumbing of the objectives: forward passes that expose the embedding output, input
+gradients of the confidence signal, and the per-method loss built from `gkd.losses`.
+
+The gradient is taken w.r.t. the *output tensor of the embedding module used in this forward pass*
+(captured by a forward hook), never w.r.t. the embedding weight matrix (GKD.md, pitfalls).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from gkd import losses
+from gkd.config import GRADIENT_METHODS, HIDDEN_STATE_METHODS, Hyperparameters
+from gkd.models import embedding_module
+
+
+@dataclass
+class Batch:
+    input_ids: Tensor  # [B, L]
+    attention_mask: Tensor  # [B, L]
+    token_type_ids: Tensor  # [B, L]
+    labels: Tensor  # [B]
+    indices: Tensor  # [B] positions in the dataset (cache rows)
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in (
+            self.input_ids, self.attention_mask, self.token_type_ids, self.labels, self.indices
+        )))
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass
+class TeacherTargets:
+    """What the losses need from the teacher for one batch (live or from the cache)."""
+
+    logits: Tensor  # [B, C]
+    unit_gradients: Tensor | None = None  # [B, L, H] unit per-token input gradients
+    saliency: Tensor | None = None  # [B, L] normalised per-token saliency
+    cls_states: Tensor | None = None  # [B, M+1, H] [CLS] of every hidden_states entry
+    cls_unit_gradients: Tensor | None = None  # [B, M+1, H] unit gradients at [CLS] per layer
+
+
+@dataclass
+class ForwardResult:
+    logits: Tensor
+    embedding_output: Tensor
+    hidden_states: tuple[Tensor, ...] | None
+
+
+@contextmanager
+def _capture_embedding_output(model: PreTrainedModel) -> Iterator[list[Tensor]]:
+    """Make the embedding output a differentiable tensor and hand it out (forward hook)."""
+    captured: list[Tensor] = []
+
+    def hook(_module: torch.nn.Module, _inputs: object, output: Tensor) -> Tensor:
+        if not output.requires_grad:
+            output = output.detach().requires_grad_(True)
+        captured.append(output)
+        return output
+
+    handle = embedding_module(model).register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def forward(model: PreTrainedModel, batch: Batch, *, hidden_states: bool = False) -> ForwardResult:
+    with _capture_embedding_output(model) as captured:
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            token_type_ids=batch.token_type_ids,
+            output_hidden_states=hidden_states,
+        )
+    return ForwardResult(out.logits, captured[0], out.hidden_states if hidden_states else None)
+
+
+def teacher_targets(model: PreTrainedModel, batch: Batch, *, with_gradients: bool = True) -> TeacherTargets:
+    """Teacher logits, [CLS] states and unit input gradients of its confidence signal (no graph kept)."""
+    with torch.enable_grad():
+        result = forward(model, batch, hidden_states=True)
+        assert result.hidden_states is not None
+        cls_states = torch.stack([h[:, 0] for h in result.hidden_states], dim=1)
+        if not with_gradients:
+            return TeacherTargets(logits=result.logits.detach().float(), cls_states=cls_states.detach())
+        signal = losses.confidence_signal(result.logits)
+        tensors = [result.embedding_output, *result.hidden_states[1:]]
+        grads = torch.autograd.grad(signal, tensors, allow_unused=True)
+    embedding_grad = grads[0]
+    layer_cls = [embedding_grad[:, 0]] + [
+        (g[:, 0] if g is not None else torch.zeros_like(embedding_grad[:, 0])) for g in grads[1:]
+    ]
+    mask = batch.attention_mask
+    return TeacherTargets(
+        logits=result.logits.detach().float(),
+        unit_gradients=losses.unit_vectors(embedding_grad.float()) * mask[..., None],
+        saliency=losses.token_saliency(embedding_grad, mask),
+        cls_states=cls_states.detach().float(),
+        cls_unit_gradients=losses.unit_vectors(torch.stack(layer_cls, dim=1).float()),
+    )
+
+
+def student_loss(
+    method: str,
+    hp: Hyperparameters,
+    student: PreTrainedModel,
+    batch: Batch,
+    targets: TeacherTargets | None,
+    layer_pairs: Sequence[tuple[int, int]] = (),
+    vector_form: bool = True,
+) -> tuple[Tensor, dict[str, float]]:
+    """The training loss of one batch for `method`, with its terms (floats, for logging)."""
+    needs_hidden = method in HIDDEN_STATE_METHODS
+    result = forward(student, batch, hidden_states=needs_hidden)
+    logits = result.logits
+    if method == "ce":
+        loss = losses.ce_loss(logits, batch.labels)
+        return loss, {"ce": float(loss.detach())}
+    if targets is None:
+        raise ValueError(f"method {method!r} needs teacher targets")
+    loss, parts = losses.kd_loss(
+        logits, targets.logits, batch.labels, temperature=hp.temperature, alpha=hp.alpha,
+        reduction=hp.kl_reduction,
+    )
+    terms = {name: float(value.detach()) for name, value in parts.items()}
+    student_cls = None
+    if needs_hidden:
+        assert result.hidden_states is not None and targets.cls_states is not None
+        student_cls = torch.stack([result.hidden_states[k][:, 0] for k, _ in layer_pairs], dim=1)
+        teacher_cls = targets.cls_states[:, [t for _, t in layer_pairs]]
+        pkd = losses.pkd_loss(teacher_cls, student_cls) if layer_pairs else logits.new_zeros(())
+        loss = loss + hp.beta * pkd
+        terms["pkd"] = float(pkd.detach())
+    if method in GRADIENT_METHODS:
+        grad_term = _gradient_term(method, result, batch, targets, layer_pairs, vector_form)
+        weight = hp.beta if method == "gradient_kd" else hp.gamma
+        loss = loss + weight * grad_term
+        terms["grad"] = float(grad_term.detach())
+    return loss, terms
+
+
+def _gradient_term(
+    method: str,
+    result: ForwardResult,
+    batch: Batch,
+    targets: TeacherTargets,
+    layer_pairs: Sequence[tuple[int, int]],
+    vector_form: bool,
+) -> Tensor:
+    """Double backprop: the student's input gradients keep their graph (`create_graph=True`)."""
+    signal = losses.confidence_signal(result.logits)
+    tensors = [result.embedding_output]
+    if method == "gradient_kd_cls":
+        assert result.hidden_states is not None
+        tensors += [result.hidden_states[k] for k, _ in layer_pairs]
+    grads = torch.autograd.grad(signal, tensors, create_graph=True)
+    mask = batch.attention_mask
+    if vector_form:
+        assert targets.unit_gradients is not None
+        term = losses.gradient_alignment_loss(targets.unit_gradients, grads[0], mask)
+    else:
+        assert targets.saliency is not None
+        term = losses.saliency_alignment_loss(targets.saliency, grads[0], mask)
+    if method == "gradient_kd_cls" and layer_pairs:
+        assert targets.cls_unit_gradients is not None
+        teacher_cls = targets.cls_unit_gradients[:, [t for _, t in layer_pairs]]
+        term = term + losses.cls_gradient_loss(teacher_cls, [g[:, 0] for g in grads[1:]])
+    return term
+
+
+def student_saliency_gradients(student: PreTrainedModel, batch: Batch) -> tuple[Tensor, Tensor]:
+    """Student logits and input gradients of its confidence (evaluation; no graph kept)."""
+    with torch.enable_grad():
+        result = forward(student, batch)
+        signal = losses.confidence_signal(result.logits)
+        (grad,) = torch.autograd.grad(signal, [result.embedding_output])
+    return result.logits.detach(), grad.detach()
