@@ -206,7 +206,8 @@ class DistillConfig(_Strict):
 def config_error_from(exc: ValidationError) -> ConfigError:
     """The first pydantic error as one readable `ConfigError` with a dotted `param`."""
     first = exc.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
+    # Union members add their type as a loc entry ("literal['bottom',...]", "list[int]"): not a field name.
+    param = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and "[" in p)) or None
     message = first["msg"].removeprefix("Value error, ")
     return ConfigError(f"{param}: {message}" if param else message, param=param)
 

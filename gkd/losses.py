@@ -18,9 +18,15 @@ KLReduction = Literal["mean", "batchmean"]
 EPS = 1e-12
 
 
+def _wide(x: Tensor) -> Tensor:
+    """Half-precision inputs (autocast) are computed in float32; float32/float64 keep their precision,
+    so the losses can be gradchecked in float64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def ce_loss(student_logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy of the student against the gold labels (method `ce`)."""
-    return F.cross_entropy(student_logits.float(), labels)
+    return F.cross_entropy(_wide(student_logits), labels)
 
 
 def kl_term(
@@ -31,8 +37,8 @@ def kl_term(
     `mean` averages over all B*C elements (PyTorch `KLDivLoss(reduction="mean")`, the authors' choice);
     `batchmean` is the per-example KL averaged over the batch.
     """
-    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    p_teacher = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    log_p_student = F.log_softmax(_wide(student_logits) / temperature, dim=-1)
+    p_teacher = F.softmax(_wide(teacher_logits) / temperature, dim=-1)
     pointwise = F.kl_div(log_p_student, p_teacher, reduction="none")
     denominator = pointwise.numel() if reduction == "mean" else pointwise.shape[0]
     return temperature**2 * pointwise.sum() / denominator
@@ -55,7 +61,7 @@ def kd_loss(
 
 def confidence_signal(logits: Tensor) -> Tensor:
     """`s = sum_i max_c softmax(z_i)_c`: each model's confidence in its own prediction, summed over the batch."""
-    return F.softmax(logits.float(), dim=-1).max(dim=-1).values.sum()
+    return F.softmax(_wide(logits), dim=-1).max(dim=-1).values.sum()
 
 
 def unit_vectors(gradients: Tensor, eps: float = EPS) -> Tensor:
@@ -71,9 +77,9 @@ def gradient_alignment_loss(teacher_unit: Tensor, student_gradients: Tensor, mas
     `student_gradients` the raw student gradients [B, L, H] (normalised here, with the graph kept),
     `mask` [B, L] is 1 for real tokens.
     """
-    mask = mask.to(student_gradients.dtype)
-    student_unit = unit_vectors(student_gradients.float())
-    squared = (teacher_unit.float() - student_unit).pow(2).sum(dim=-1)
+    student_unit = unit_vectors(_wide(student_gradients))
+    squared = (_wide(teacher_unit) - student_unit).pow(2).sum(dim=-1)
+    mask = mask.to(squared.dtype)
     return (squared * mask).sum() / mask.sum().clamp_min(1.0)
 
 
@@ -83,14 +89,15 @@ def token_saliency(gradients: Tensor, mask: Tensor, eps: float = EPS) -> Tensor:
     This is our width-independent form (not in the paper): a student of any hidden size can match
     the teacher's distribution of importance over tokens.
     """
-    norms = (gradients.float().pow(2).sum(dim=-1) + eps).sqrt() * mask.to(torch.float32)
+    norms = _wide(gradients).pow(2).sum(dim=-1).add(eps).sqrt()
+    norms = norms * mask.to(norms.dtype)
     return norms / norms.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
 def saliency_alignment_loss(teacher_saliency: Tensor, student_gradients: Tensor, mask: Tensor) -> Tensor:
     """Mean over examples of `||p_T - p_S||^2` between L2-normalised per-token saliency vectors."""
     student_saliency = token_saliency(student_gradients, mask)
-    return (teacher_saliency.float() - student_saliency).pow(2).sum(dim=-1).mean()
+    return (_wide(teacher_saliency) - student_saliency).pow(2).sum(dim=-1).mean()
 
 
 def pkd_loss(teacher_cls: Tensor, student_cls: Tensor) -> Tensor:
@@ -98,7 +105,7 @@ def pkd_loss(teacher_cls: Tensor, student_cls: Tensor) -> Tensor:
 
     Both are [B, K, H] (K mapped layers); the mean runs over batch x layers x hidden units.
     """
-    return F.mse_loss(unit_vectors(student_cls.float()), unit_vectors(teacher_cls.float()), reduction="mean")
+    return F.mse_loss(unit_vectors(_wide(student_cls)), unit_vectors(_wide(teacher_cls)), reduction="mean")
 
 
 def cls_gradient_loss(teacher_unit_cls: Tensor, student_cls_gradients: Sequence[Tensor] | Tensor) -> Tensor:
@@ -109,14 +116,14 @@ def cls_gradient_loss(teacher_unit_cls: Tensor, student_cls_gradients: Sequence[
     """
     if not isinstance(student_cls_gradients, Tensor):
         student_cls_gradients = torch.stack(list(student_cls_gradients), dim=1)
-    student_unit = unit_vectors(student_cls_gradients.float())
-    per_layer = (teacher_unit_cls.float() - student_unit).pow(2).sum(dim=-1).mean(dim=0)
+    student_unit = unit_vectors(_wide(student_cls_gradients))
+    per_layer = (_wide(teacher_unit_cls) - student_unit).pow(2).sum(dim=-1).mean(dim=0)
     return per_layer.sum()
 
 
 def cosine_agreement(teacher: Tensor, student: Tensor, mask: Tensor, eps: float = EPS) -> Tensor:
     """Mean cosine over real tokens between per-token vectors [B, L, H] (saliency agreement metric)."""
-    cos = (unit_vectors(teacher.float(), eps) * unit_vectors(student.float(), eps)).sum(dim=-1)
+    cos = (unit_vectors(_wide(teacher), eps) * unit_vectors(_wide(student), eps)).sum(dim=-1)
     mask = mask.to(cos.dtype)
     return (cos * mask).sum() / mask.sum().clamp_min(1.0)
 

@@ -1,0 +1,177 @@
+"""The `gkd` command line.
+
+Library commands live here (`distill`, `evaluate`, `example-teacher`). Service commands (`serve`,
+`worker`, `db`, `keys`, `models`, ...) are contributed through the `gkd.commands` entry-point group,
+so the library never imports the service and works where only `gkd` is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from gkd import __version__
+from gkd.config import ConfigError, DistillConfig
+
+
+class _GkdGroup(click.Group):
+    """A click group that also lists commands registered by installed plugins (the service)."""
+
+    def _plugins(self) -> dict[str, Any]:
+        found = {}
+        for entry in entry_points(group="gkd.commands"):
+            if entry.name not in self.commands:
+                found[entry.name] = entry
+        return found
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        entry = self._plugins().get(cmd_name)
+        if entry is None:
+            return None
+        try:
+            return entry.load()
+        except ImportError as exc:  # the service extras are missing or broken: say so, do not crash `--help`
+            reason = str(exc)
+            return click.Command(cmd_name, help=f"(unavailable: {reason})", callback=lambda: _fail(reason))
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=_GkdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gkd")
+def main() -> None:
+    """gkd: Gradient Knowledge Distillation (arXiv 2211.01071) of text classifiers.
+
+    \b
+    Library:  gkd example-teacher | gkd distill CONFIG | gkd evaluate MODEL_DIR DATA
+    Service:  gkd serve | gkd worker | gkd keys create --tenant NAME | gkd models import PATH
+    """
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}", "set")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+@main.command()
+@click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting, e.g. --set hyperparameters.beta=10 --set method=kd.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue from the training state in output_dir when there is one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of tables.")
+def distill(config_file: Path, overrides: tuple[str, ...], resume: bool, as_json: bool) -> None:
+    """Distil a student as described by CONFIG_FILE (YAML or JSON); see examples/*.yaml."""
+    from gkd.progress import ProgressPrinter
+    from gkd.trainer import Trainer
+
+    try:
+        raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else None
+        if not isinstance(raw, dict):
+            DistillConfig.load(config_file)  # raises the precise error
+            raise ConfigError(f"{config_file} must hold a mapping of settings")
+        config = DistillConfig.parse(_apply_overrides(raw, overrides))
+        printer = ProgressPrinter(quiet=as_json)
+        result = Trainer(config, [printer]).train(resume=resume)
+    except ConfigError as exc:
+        _fail(f"{exc.param}: {exc.message}" if exc.param and not exc.message.startswith(exc.param) else exc.message)
+        return
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+        return
+    summary = {
+        "method": config.method,
+        "student_layers": config.student.num_layers,
+        "steps": result.steps,
+        "stopped": result.stopped,
+        "teacher_dev": result.teacher_metrics,
+        "student_best_dev": result.best_metrics,
+        "student_test": result.test_metrics,
+        "best_dir": str(result.best_dir) if result.best_dir else None,
+        "final_dir": str(result.final_dir) if result.final_dir else None,
+        "seconds": round(printer.elapsed, 1),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    printer.summary(summary)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--teacher", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Also report agreement with this teacher (predictions and saliency).")
+@click.option("--max-length", default=128, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evaluate(model_dir: Path, data_file: Path, teacher: Path | None, max_length: int, batch_size: int,
+             as_json: bool) -> None:
+    """Accuracy and macro-F1 of MODEL_DIR on DATA_FILE (CSV/TSV/JSONL/Parquet with text,label)."""
+    from gkd.evaluation import evaluate_directory
+
+    try:
+        metrics = evaluate_directory(model_dir, data_file, teacher_dir=teacher, max_length=max_length,
+                                     batch_size=batch_size)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        click.echo(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+
+
+@main.command("example-teacher")
+@click.option("--home", default="var", show_default=True, help="Where models and data are kept.")
+@click.option("--train-rows", default=3000, show_default=True, help="Training rows (0 = the whole train split).")
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--max-length", default=64, show_default=True)
+@click.option("--force", is_flag=True, help="Train again even if a cached example teacher exists.")
+def example_teacher(home: str, train_rows: int, epochs: int, max_length: int, force: bool) -> None:
+    """Fine-tune the packaged MiniLM on the movie-review data (once) and cache it under HOME/models/."""
+    from gkd.example import movie_review_files, train_example_teacher
+    from gkd.progress import ProgressPrinter
+
+    printer = ProgressPrinter()
+    try:
+        directory, card = train_example_teacher(home, train_rows=train_rows, epochs=epochs,
+                                                max_length=max_length, force=force, callbacks=[printer])
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+        return
+    files = movie_review_files(home)
+    click.echo(f"example teacher: {directory}")
+    click.echo(f"  dev accuracy {card.get('dev_accuracy', float('nan')):.4f}, "
+               f"test accuracy {card.get('test_accuracy') or float('nan'):.4f}, "
+               f"trained on {card.get('train_rows')} rows x {card.get('epochs')} epoch(s)")
+    click.echo(f"  data: {', '.join(str(p) for p in files.values())}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

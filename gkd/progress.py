@@ -1,0 +1,80 @@
+"""Terminal progress for `gkd distill` and `gkd example-teacher`: a bar with the latest loss and ETA,
+and one table row per evaluation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from gkd.callbacks import CheckpointKind, StepMetrics, TrainerCallback, TrainingProgress
+
+COLUMNS = ("epoch", "step", "accuracy", "macro_f1", "teacher_agreement", "saliency_agreement")
+
+
+class ProgressPrinter(TrainerCallback):
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bar: tqdm | None = None
+        self.started = time.perf_counter()
+        self.header_done = False
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def on_train_begin(self, progress: TrainingProgress) -> None:
+        self.started = time.perf_counter()
+        if self.quiet:
+            return
+        if progress.step:
+            click.echo(f"resuming at step {progress.step}/{progress.total_steps} (epoch {progress.epoch + 1})")
+        self.bar = tqdm(total=progress.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
+                        leave=False)
+
+    def on_step(self, progress: TrainingProgress, metrics: StepMetrics) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(progress.step - self.bar.n)
+        terms = {k: f"{v:.3f}" for k, v in metrics.terms.items()}
+        self.bar.set_postfix(loss=f"{metrics.loss:.4f}", **terms, refresh=False)
+
+    def on_evaluate(self, progress: TrainingProgress, metrics: dict[str, float]) -> None:
+        if self.quiet:
+            return
+        row = {"epoch": progress.epoch, "step": progress.step, **metrics}
+        cells = [f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in COLUMNS]
+        lines = []
+        if not self.header_done:
+            lines.append("  ".join(f"{c:>18}" for c in COLUMNS))
+            self.header_done = True
+        lines.append("  ".join(f"{c:>18}" for c in cells))
+        for line in lines:
+            (self.bar.write if self.bar else click.echo)(line)
+
+    def on_checkpoint(self, progress: TrainingProgress, kind: CheckpointKind, path: Path) -> None:
+        if self.bar is not None and kind != "state":
+            self.bar.write(f"  saved {kind} checkpoint to {path}")
+
+    def on_train_end(self, progress: TrainingProgress, stopped: bool) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        def pct(metrics: dict[str, Any] | None, key: str = "accuracy") -> str:
+            value = (metrics or {}).get(key)
+            return "-" if value is None else f"{100 * value:.2f} %"
+
+        click.echo(f"\n{summary['method']} student ({summary['student_layers']} layers), "
+                   f"{summary['steps']} steps in {summary['seconds']} s")
+        click.echo(f"  teacher dev accuracy   {pct(summary['teacher_dev'])}")
+        click.echo(f"  student dev accuracy   {pct(summary['student_best_dev'])} (best epoch)")
+        saliency = summary["student_best_dev"].get("saliency_agreement", float("nan"))
+        click.echo(f"  saliency agreement     {saliency:.4f}")
+        if summary.get("student_test"):
+            click.echo(f"  student test accuracy  {pct(summary['student_test'])}")
+        click.echo(f"  best checkpoint        {summary['best_dir']}")

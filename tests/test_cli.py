@@ -1,0 +1,78 @@
+"""The `gkd` command line on tiny real models: distill, evaluate, help, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from gkd.cli import main
+from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
+
+
+def _config(tmp_path: Path, **overrides: object) -> Path:
+    teacher = make_tiny_teacher(tmp_path / "teacher", num_layers=2)
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(32))
+    dev = write_csv(tmp_path / "dev.csv", sentiment_rows(16, seed=1))
+    config = {
+        "method": "gradient_kd",
+        "teacher": str(teacher),
+        "student": {"num_layers": 1},
+        "data": {"train": str(train), "dev": str(dev)},
+        "hyperparameters": {"epochs": 1, "batch_size": 8, "max_length": 16},
+        "output_dir": str(tmp_path / "run"),
+        "cache_dir": str(tmp_path / "cache"),
+        **overrides,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def test_distill_then_evaluate(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["distill", str(_config(tmp_path)), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["steps"] == 4  # 32 rows / batch 8, one epoch
+    assert 0.0 <= summary["student_best_dev"]["accuracy"] <= 1.0
+    assert "saliency_agreement" in summary["student_best_dev"]
+    best = Path(summary["best_dir"])
+    assert (best / "model.safetensors").is_file() and (best / "gkd_card.json").is_file()
+
+    evaluated = runner.invoke(main, ["evaluate", str(best), str(tmp_path / "dev.csv"), "--json",
+                                     "--teacher", str(tmp_path / "teacher")])
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads(evaluated.output[evaluated.output.index("{"):])
+    assert metrics["examples"] == 16
+    assert {"accuracy", "macro_f1", "teacher_agreement", "saliency_agreement"} <= set(metrics)
+
+
+def test_distill_override_and_bad_value_names_the_field(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    result = CliRunner().invoke(main, ["distill", str(config), "--set", "hyperparameters.beta=-1"])
+    assert result.exit_code == 2
+    assert "hyperparameters.beta" in result.output
+
+
+def test_student_deeper_than_teacher_is_a_clear_error(tmp_path: Path) -> None:
+    config = _config(tmp_path, student={"num_layers": 5})
+    result = CliRunner().invoke(main, ["distill", str(config)])
+    assert result.exit_code == 2
+    assert "student.num_layers" in result.output and "only 2" in result.output
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["distill", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "cannot read config file" in result.output
+
+
+def test_help_through_the_entry_point_lists_library_and_service_commands() -> None:
+    out = subprocess.run([sys.executable, "-m", "gkd.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("distill", "evaluate", "example-teacher", "serve", "worker", "keys"):
+        assert command in out.stdout
