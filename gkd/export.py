@@ -38,9 +38,11 @@ def export_student(
         model.config.architectures = [type(model).__name__]
         # Training ran with eager attention for double backward; inference may use the fast kernel.
         model.config._attn_implementation = None
-        with torch.no_grad():
-            model.save_pretrained(str(tmp), safe_serialization=True)
-        model.config._attn_implementation = "eager"
+        try:
+            with torch.no_grad():
+                model.save_pretrained(str(tmp), safe_serialization=True)
+        finally:  # training goes on after a 'best' export and needs eager attention, even if saving failed
+            model.config._attn_implementation = "eager"
         tokenizer.save_pretrained(str(tmp))
         full_card = {"versions": versions(), **card}
         (tmp / CARD_NAME).write_text(json.dumps(full_card, indent=2, default=str), encoding="utf-8")

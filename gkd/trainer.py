@@ -31,7 +31,7 @@ from gkd.batching import EncodedDataset, collate, encode, epoch_batches, eval_ba
 from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress
 from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, ConfigError, DistillConfig, layer_map
 from gkd.export import export_student
-from gkd.metrics import EvalAccumulator
+from gkd.metrics import EvalAccumulator, accuracy_f1
 from gkd.models import Teacher, build_student, load_teacher
 from gkd.objective import Batch, TeacherTargets, student_loss, student_saliency_gradients, teacher_targets
 from gkd.teacher_cache import TeacherCache, open_or_build
@@ -400,14 +400,21 @@ class Trainer:
     def _teacher_metrics(
         self, dataset: EncodedDataset | None, cache: TeacherCache | None, labels: list[str]
     ) -> dict[str, float]:
-        if dataset is None or len(dataset) == 0 or cache is None:
+        """The teacher's dev accuracy (from the cache, or one no-grad pass when caching is off)."""
+        if dataset is None or len(dataset) == 0 or self._teacher is None:
             return {}
-        rows = np.arange(len(dataset))
-        predictions = np.asarray(cache.logits[rows]).argmax(axis=-1)
-        gold = np.asarray(dataset.labels)
-        from gkd.metrics import accuracy_f1
-
-        return accuracy_f1(predictions, gold, len(labels))
+        if cache is not None:
+            predictions = np.asarray(cache.logits[np.arange(len(dataset))]).argmax(axis=-1)
+        else:
+            predictions = np.zeros(len(dataset), dtype=np.int64)
+            model = self._teacher.model
+            with torch.no_grad():
+                for indices in eval_batches(dataset.lengths(), 64):
+                    batch = collate(dataset, indices, self._pad_id).to(self.device)
+                    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   token_type_ids=batch.token_type_ids).logits
+                    predictions[indices] = logits.argmax(dim=-1).cpu().numpy()
+        return accuracy_f1(predictions, np.asarray(dataset.labels), len(labels))
 
     def _evaluate_and_select(
         self,

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-POSITIVE = "good great fine lovely superb wonderful brilliant charming moving delightful".split()
-NEGATIVE = "bad awful dull boring poor terrible weak clumsy tedious messy".split()
+POSITIVE = "good great fine lovely superb wonderful brilliant charming moving delightful".split()  # noqa: SIM905
+NEGATIVE = "bad awful dull boring poor terrible weak clumsy tedious messy".split()  # noqa: SIM905
 NEUTRAL = (
-    "the a movie film plot story actor acting script scene music ending it was is and but very "
+    "the a movie film plot story actor acting script scene music ending it was is and but very "  # noqa: SIM905
     "quite rather really with of to in this that its so too much some".split()
 )
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

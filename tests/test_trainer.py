@@ -1,0 +1,283 @@
+"""The training loop on tiny real models: every method learns, and a stopped run resumes to identical weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress
+from gkd.config import ConfigError, DistillConfig
+from gkd.models import load_teacher
+from gkd.trainer import STATE_FILE, Trainer
+from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
+
+
+class Recorder(TrainerCallback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.terms: list[dict[str, float]] = []
+        self.evaluations: list[dict[str, float]] = []
+        self.checkpoints: list[str] = []
+        self.begun: list[TrainingProgress] = []
+
+    def on_train_begin(self, progress: TrainingProgress) -> None:
+        self.begun.append(progress)
+
+    def on_step(self, progress: TrainingProgress, metrics: StepMetrics) -> None:
+        self.losses.append(metrics.loss)
+        self.terms.append(metrics.terms)
+
+    def on_evaluate(self, progress: TrainingProgress, metrics: dict[str, float]) -> None:
+        self.evaluations.append(metrics)
+
+    def on_checkpoint(self, progress: TrainingProgress, kind: str, path: Path) -> None:
+        self.checkpoints.append(kind)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def should_stop(self, progress: TrainingProgress) -> bool:
+        return progress.step == self.step
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    return {
+        "train": write_csv(root / "train.csv", sentiment_rows(40, seed=0)),
+        "dev": write_csv(root / "dev.csv", sentiment_rows(16, seed=1)),
+    }
+
+
+def make_config(tmp: Path, teacher: Path, data: dict[str, Path], method: str, name: str,
+                student: dict[str, Any] | None = None, **hp: Any) -> DistillConfig:
+    hyperparameters = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.0,
+                       "max_length": 32, "beta": 1.0, "gamma": 1.0, "seed": 3, **hp}
+    return DistillConfig.parse({
+        "method": method,
+        "teacher": str(teacher),
+        "student": student or {"num_layers": 2},
+        "data": {"train": str(data["train"]), "dev": str(data["dev"])},
+        "hyperparameters": hyperparameters,
+        "output_dir": str(tmp / name),
+        "cache_dir": str(tmp / "cache"),
+        "device": "cpu",
+    })
+
+
+@pytest.fixture(scope="module")
+def random_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_teacher(tmp_path_factory.mktemp("random_teacher"), num_layers=4)
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory: pytest.TempPathFactory, random_teacher: Path, data) -> Path:
+    """A 4-layer teacher fine-tuned with `ce` at full depth: it learns the cue words."""
+    tmp = tmp_path_factory.mktemp("teacher_run")
+    teacher_data = {"train": write_csv(tmp / "train.csv", sentiment_rows(160, seed=5)), "dev": data["dev"]}
+    config = make_config(tmp, random_teacher, teacher_data, "ce", "teacher", student={"num_layers": 4, "dropout": 0.0},
+                         epochs=6, learning_rate=2e-3, warmup_ratio=0.1, seed=0)
+    result = Trainer(config).train()
+    assert result.final_dir is not None
+    assert result.final_metrics["accuracy"] >= 0.9, result.history
+    return result.final_dir
+
+
+def weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(output_dir / "state" / STATE_FILE, weights_only=False)["model"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+# ------------------------------------------------------------------ every method learns
+@pytest.mark.parametrize("method", ["ce", "kd", "pkd", "gradient_kd", "gradient_kd_cls"])
+def test_each_method_trains_and_its_loss_goes_down(tmp_path: Path, trained_teacher: Path, data, method: str):
+    recorder = Recorder()
+    config = make_config(tmp_path, trained_teacher, data, method, "run", epochs=3, beta=10.0, gamma=10.0)
+    result = Trainer(config, [recorder]).train()
+    assert not result.stopped
+    assert result.steps == len(recorder.losses) == 3 * 5
+    assert all(torch.isfinite(torch.tensor(recorder.losses)))
+    first, last = sum(recorder.losses[:3]) / 3, sum(recorder.losses[-3:]) / 3
+    assert last < 0.9 * first, recorder.losses
+    expected_terms = {"ce": {"ce"}, "kd": {"kd", "ce"}, "pkd": {"kd", "ce", "pkd"},
+                      "gradient_kd": {"kd", "ce", "grad"}, "gradient_kd_cls": {"kd", "ce", "pkd", "grad"}}[method]
+    assert set(recorder.terms[0]) == expected_terms
+    if method in ("gradient_kd", "gradient_kd_cls"):
+        # the gradient term itself is optimised
+        grads = [t["grad"] for t in recorder.terms]
+        assert sum(grads[-3:]) < sum(grads[:3]), grads
+    # one evaluation per epoch, with the saliency agreement metrics when a teacher exists
+    assert len(result.history) == 3 == len(recorder.evaluations)
+    final = result.final_metrics
+    assert 0.0 <= final["accuracy"] <= 1.0
+    assert "teacher_agreement" in final and "saliency_agreement" in final and "saliency_top3_overlap" in final
+    assert result.teacher_metrics["accuracy"] >= 0.8
+    assert result.final_dir == tmp_path / "run" / "final" and result.best_dir == tmp_path / "run" / "best"
+    assert recorder.checkpoints.count("final") == 1 and recorder.checkpoints.count("state") == 3
+
+
+def test_gradient_kd_beats_chance_and_agrees_with_teacher(tmp_path: Path, trained_teacher: Path, data):
+    config = make_config(tmp_path, trained_teacher, data, "gradient_kd", "run", epochs=4, beta=10.0)
+    result = Trainer(config).train()
+    assert result.best_metrics["accuracy"] >= 0.75, result.history
+    assert result.best_metrics["teacher_agreement"] >= 0.75
+
+
+@pytest.mark.parametrize("method", ["pkd", "gradient_kd_cls"])
+def test_cache_off_and_auto_give_nearly_the_same_run(tmp_path: Path, trained_teacher: Path, data, method: str):
+    runs = {}
+    for cache in ("auto", "off"):
+        config = make_config(tmp_path, trained_teacher, data, method, cache, epochs=1)
+        config.cache = cache
+        recorder = Recorder()
+        Trainer(config, [recorder]).train()
+        runs[cache] = recorder.losses
+    assert runs["auto"] == pytest.approx(runs["off"], rel=2e-2, abs=1e-3)
+    assert (tmp_path / "cache").is_dir()
+
+
+# ------------------------------------------------------------------ exact resume
+RESUME_CASES = {
+    # name: (method, student spec, extra hyperparameters, stop after this optimiser step)
+    "kd-dropout-mid-epoch": ("kd", {"num_layers": 2, "dropout": 0.1}, {}, 3),
+    "kd-dropout-epoch-boundary": ("kd", {"num_layers": 2, "dropout": 0.1}, {}, 5),
+    "gradient_kd-mid-epoch": ("gradient_kd", {"num_layers": 2}, {}, 2),
+    "gradient_kd_cls-dropout-epoch-boundary": ("gradient_kd_cls", {"num_layers": 2, "dropout": 0.1}, {}, 5),
+    "accumulation-mid-epoch": ("kd", {"num_layers": 2, "dropout": 0.1}, {"gradient_accumulation_steps": 2}, 2),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_stop_and_resume_gives_exactly_the_weights_of_a_straight_run(
+    tmp_path: Path, random_teacher: Path, data, case: str
+):
+    method, student, extra, stop_step = RESUME_CASES[case]
+    straight_config = make_config(tmp_path, random_teacher, data, method, "straight", student, **extra)
+    straight = Trainer(straight_config).train()
+    assert not straight.stopped
+
+    config = make_config(tmp_path, random_teacher, data, method, "resumed", student, **extra)
+    first = Trainer(config, [StopAt(stop_step)]).train()
+    assert first.stopped and first.steps == stop_step
+    assert first.final_dir is None and not (tmp_path / "resumed" / "final").exists()
+    stopped_weights = weights(tmp_path / "resumed")
+    # the stop really happened before the end: weights differ from the finished run
+    assert any(not torch.equal(stopped_weights[k], v) for k, v in weights(tmp_path / "straight").items())
+
+    recorder = Recorder()
+    second = Trainer(config, [recorder]).train(resume=True)
+    assert not second.stopped
+    assert second.resumed_from_step == stop_step
+    assert recorder.begun[0].step == stop_step
+    assert second.steps == straight.steps
+    assert len(recorder.losses) == straight.steps - stop_step
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "resumed"))
+    assert [h["step"] for h in second.history] == [h["step"] for h in straight.history]
+    assert second.final_metrics == straight.final_metrics
+
+
+def test_dropout_makes_runs_seed_dependent(tmp_path: Path, random_teacher: Path, data):
+    """Guards the resume test above: with dropout the RNG matters, so restoring it is what makes runs equal."""
+    student = {"num_layers": 2, "dropout": 0.1}
+    a = make_config(tmp_path, random_teacher, data, "kd", "a", student, epochs=1)
+    Trainer(a, [StopAt(2)]).train()
+    # same initial weights and batches, but the dropout masks come from a different RNG position
+    b = make_config(tmp_path, random_teacher, data, "kd", "b", student, epochs=1)
+    torch.manual_seed(12345)
+    trainer = Trainer(b, [StopAt(2)])
+    original = trainer._prepare_student
+
+    def prepare(*args: Any, **kwargs: Any):
+        model = original(*args, **kwargs)
+        torch.manual_seed(999)  # perturb the RNG after the student is built
+        return model
+
+    trainer._prepare_student = prepare  # type: ignore[method-assign]
+    trainer.train()
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_without_state_starts_fresh_and_resume_false_ignores_state(tmp_path: Path, random_teacher: Path, data):
+    config = make_config(tmp_path, random_teacher, data, "kd", "run", epochs=1)
+    first = Trainer(config, [StopAt(2)]).train()
+    assert first.stopped
+    recorder = Recorder()
+    again = Trainer(config, [recorder]).train(resume=False)
+    assert again.resumed_from_step == 0 and len(recorder.losses) == 5
+
+
+def test_resume_with_a_changed_hyperparameter_is_refused(tmp_path: Path, random_teacher: Path, data):
+    config = make_config(tmp_path, random_teacher, data, "kd", "run")
+    assert Trainer(config, [StopAt(2)]).train().stopped
+    changed = make_config(tmp_path, random_teacher, data, "kd", "run", learning_rate=5e-4)
+    with pytest.raises(ConfigError) as info:
+        Trainer(changed).train(resume=True)
+    assert info.value.param == "hyperparameters"
+    other_method = make_config(tmp_path, random_teacher, data, "gradient_kd", "run")
+    with pytest.raises(ConfigError) as info:
+        Trainer(other_method).train(resume=True)
+    assert info.value.param == "method"
+
+
+def test_in_memory_examples_and_teacher_are_used(tmp_path: Path, random_teacher: Path, data):
+    from gkd.data import read_examples
+
+    splits = {"train": read_examples(data["train"]).examples, "dev": read_examples(data["dev"]).examples[:6]}
+    teacher = load_teacher(random_teacher)
+    config = make_config(tmp_path, tmp_path / "does-not-exist", data, "kd", "run", epochs=1)
+    config.cache = "off"
+    result = Trainer(config, examples=splits, teacher=teacher).train()
+    assert result.steps == 5 and result.labels == ["negative", "positive"]
+
+
+def test_unknown_labels_in_data_are_refused(tmp_path: Path, random_teacher: Path, data):
+    rows = sentiment_rows(8) + [{"text": "a movie", "label": "neutral"}]
+    bad = {"train": write_csv(tmp_path / "bad.csv", rows), "dev": data["dev"]}
+    with pytest.raises(ConfigError) as info:
+        Trainer(make_config(tmp_path, random_teacher, bad, "kd", "run")).train()
+    assert info.value.param == "data" and "neutral" in info.value.message
+
+
+class CrashAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, progress: TrainingProgress, metrics: StepMetrics) -> None:
+        if progress.step == self.step:
+            raise RuntimeError("worker lost")
+
+
+def test_crash_resumes_from_the_periodic_state(tmp_path: Path, random_teacher: Path, data):
+    student = {"num_layers": 2, "dropout": 0.1}
+    straight = make_config(tmp_path, random_teacher, data, "kd", "straight", student)
+    Trainer(straight).train()
+    config = make_config(tmp_path, random_teacher, data, "kd", "crashed", student)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        Trainer(config, [CrashAt(7)], state_every_steps=3).train()
+    saved = torch.load(tmp_path / "crashed" / "state" / STATE_FILE, weights_only=False)
+    assert saved["loop"]["step"] == 6 and saved["loop"]["step_in_epoch"] == 1
+    resumed = Trainer(config, state_every_steps=3).train()
+    assert resumed.resumed_from_step == 6
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "crashed"))
+
+
+@pytest.mark.parametrize("method", ["gradient_kd", "gradient_kd_cls"])
+def test_bf16_autocast_runs_the_double_backward_on_cpu(tmp_path: Path, random_teacher: Path, data, method: str):
+    config = make_config(tmp_path, random_teacher, data, method, "run", epochs=1)
+    config.precision = "bf16"
+    recorder = Recorder()
+    result = Trainer(config, [recorder]).train()
+    assert result.steps == 5
+    assert all(torch.isfinite(torch.tensor(recorder.losses)))
+    assert all(t["grad"] > 0 for t in recorder.terms)
