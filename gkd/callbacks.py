@@ -60,6 +60,9 @@ class StepMetrics:
 class TrainerCallback:
     """No-op base class; override the hooks you need."""
 
+    def on_prepare(self, stage: str, done: int, total: int) -> None:
+        """Progress of preparation work before training, e.g. stage 'teacher_cache:train' in batches."""
+
     def on_train_begin(self, progress: TrainingProgress) -> None:
         """Called once, after a resume has been applied."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,13 +171,15 @@ class DistillConfig(_Strict):
         hp = self.hyperparameters
         if self.method == "gradient_kd_cls" and self.student.hidden_size is not None:
             raise ValueError(
-                "gradient_kd_cls compares hidden states and needs the teacher's width: "
+                "student.hidden_size: gradient_kd_cls compares hidden states and needs the teacher's width: "
                 "leave student.hidden_size null or use gradient_kd"
             )
         if self.method == "pkd" and self.student.hidden_size is not None:
-            raise ValueError("pkd compares hidden states and needs the teacher's width")
+            raise ValueError("student.hidden_size: pkd compares hidden states and needs the teacher's width")
         if hp.saliency_form == "vector" and self.student.hidden_size is not None:
-            raise ValueError("saliency_form 'vector' needs equal widths; use 'scalar' or 'auto'")
+            raise ValueError(
+                "hyperparameters.saliency_form: 'vector' needs equal widths; use 'scalar' or 'auto'"
+            )
         return self
 
     @classmethod
@@ -209,7 +212,14 @@ def config_error_from(exc: ValidationError) -> ConfigError:
     # Union members add their type as a loc entry ("literal['bottom',...]", "list[int]"): not a field name.
     param = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and "[" in p)) or None
     message = first["msg"].removeprefix("Value error, ")
+    if param is None:  # cross-field checks name their field as a "dotted.path: " prefix
+        named = _FIELD_PREFIX.match(message)
+        if named:
+            return ConfigError(message, param=named.group(1))
     return ConfigError(f"{param}: {message}" if param else message, param=param)
+
+
+_FIELD_PREFIX = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): ")
 
 
 def effective_dropout(config: DistillConfig, teacher_dropout: float) -> float:

@@ -26,6 +26,18 @@ class ProgressPrinter(TrainerCallback):
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    def on_prepare(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None or self.bar.desc != stage:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=total, desc=stage, unit="batch", dynamic_ncols=True, leave=False)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.bar.close()
+            self.bar = None
+
     def on_train_begin(self, progress: TrainingProgress) -> None:
         self.started = time.perf_counter()
         if self.quiet:

@@ -297,10 +297,18 @@ class Trainer:
         """One cache per split unless caching is off (then targets are computed live each batch)."""
         if self.config.cache == "off":
             return {name: None for name in encoded}
+        def reporter(stage: str) -> Callable[[int, int], None]:
+            def report(done: int, total: int) -> None:
+                for callback in self.callbacks:
+                    callback.on_prepare(stage, done, total)
+
+            return report
+
         return {
             name: open_or_build(
                 teacher.model, teacher.path, dataset, self.config.cache_dir, self.config.hyperparameters.max_length,
                 refresh=self.config.cache == "refresh", device=self.device, pad_id=pad_id,
+                progress=reporter(f"teacher_cache:{name}"),
             )[0]
             for name, dataset in encoded.items()
         }
