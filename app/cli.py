@@ -1,0 +1,286 @@
+"""Service commands, contributed to `gkd` through the `gkd.commands` entry-point group:
+`serve`, `worker`, `db upgrade`, `keys create|revoke`, `models import`.
+
+Without the entry points (a source checkout), `python -m app.cli COMMAND ...` runs the same commands.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from app.settings import Settings
+
+LOCAL_TENANT = "local"
+BUILTIN_BASE = "all-MiniLM-L6-v2"
+EXAMPLE_TEACHER = "example-teacher"
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    settings.ensure_dirs()
+    return settings
+
+
+def _fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------- db
+
+
+@click.group()
+def db() -> None:
+    """Database migrations."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (idempotent)."""
+    from app.db import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url, revision)
+    click.echo(f"database at {revision}: {_redact(settings.database_url)}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return url
+
+
+# --------------------------------------------------------------------------------------------- keys
+
+
+@click.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Tenant name; created if it does not exist.")
+def keys_create(tenant: str) -> None:
+    """Create an API key and print it (once: only its hash is stored)."""
+    from app.db import session_scope, upgrade
+    from app.store import create_key
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        plain, key = create_key(session, tenant)
+    click.echo(plain)
+    click.echo(f"key {key.prefix}... for tenant {tenant!r}; store it now, it is not shown again", err=True)
+
+
+@keys.command("revoke")
+@click.argument("key_or_prefix")
+def keys_revoke(key_or_prefix: str) -> None:
+    """Revoke a key, given in full or by its displayed prefix."""
+    from app.db import session_scope
+    from app.store import revoke_key
+
+    settings = _settings()
+    try:
+        with session_scope(settings.database_url) as session:
+            revoked = revoke_key(session, key_or_prefix)
+            prefixes = [k.prefix for k in revoked]
+    except ValueError as exc:
+        _fail(str(exc))
+    if not prefixes:
+        _fail(f"no active key matches {key_or_prefix!r}")
+    click.echo(f"revoked {', '.join(p + '...' for p in prefixes)}")
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+@click.group()
+def models() -> None:
+    """Teacher models."""
+
+
+@models.command("import")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Display name.")
+@click.option("--tenant", default=None, help="Owner tenant; omit to make the model global (all tenants).")
+def models_import(path: Path, name: str, tenant: str | None) -> None:
+    """Register a local Hugging Face directory (safetensors) as a teacher, in place."""
+    from app.db import session_scope, upgrade
+    from app.registry import RegistryError, import_directory
+    from app.store import get_or_create_tenant
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    try:
+        with session_scope(settings.database_url) as session:
+            tenant_id = get_or_create_tenant(session, tenant).id if tenant else None
+            row = import_directory(session, path, name, tenant_id=tenant_id)
+            model_id, layers, labels = row.id, row.num_layers, row.labels
+    except RegistryError as exc:
+        _fail(exc.message)
+    click.echo(model_id)
+    click.echo(f"registered {name!r}: {layers} layers, labels {labels or 'none (base encoder)'}", err=True)
+
+
+# ------------------------------------------------------------------------------------------- worker
+
+
+def worker_argv(settings: Settings, *, name: str = "gkd@%h", loglevel: str = "INFO") -> list[str]:
+    return [
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        f"--queues={settings.task_queue}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        f"--hostname={name}",
+        f"--loglevel={loglevel}",
+    ]
+
+
+@click.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--name", default="gkd@%h", show_default=True, help="Celery node name.")
+def worker(loglevel: str, name: str) -> None:
+    """Run one Celery worker (solo pool: one job at a time) against GKD_DATABASE_URL / GKD_BROKER_URL."""
+    from app.db import upgrade
+    from worker.celery_app import celery
+
+    settings: Settings = celery.conf.gkd_settings
+    settings.ensure_dirs()
+    upgrade(settings.database_url)
+    celery.worker_main(worker_argv(settings, name=name, loglevel=loglevel))
+
+
+# -------------------------------------------------------------------------------------------- serve
+
+
+def ensure_local_key(settings: Settings) -> str:
+    """The plain key of tenant `local`, kept in <home>/local_api_key (0600) so every start prints the same."""
+    from app.db import session_scope
+    from app.store import create_key, tenant_for_key
+
+    key_file = settings.home / "local_api_key"
+    with session_scope(settings.database_url) as session:
+        if key_file.is_file():
+            plain = key_file.read_text(encoding="utf-8").strip()
+            if tenant_for_key(session, plain) is not None:
+                return plain
+        plain, _key = create_key(session, LOCAL_TENANT)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(plain + "\n")
+    os.chmod(key_file, 0o600)
+    return plain
+
+
+def register_builtin_models(settings: Settings) -> list[str]:
+    """The packaged MiniLM base encoder and, when built, the example teacher, as global models."""
+    from app.db import session_scope
+    from app.registry import RegistryError, import_directory
+
+    found: list[str] = []
+    candidates: list[tuple[str, Path]] = []
+    try:
+        from gkd.models import base_model_dir, example_teacher_dir
+
+        candidates.append((BUILTIN_BASE, base_model_dir()))
+        example = example_teacher_dir(settings.home)
+        if example.is_dir():
+            candidates.append((EXAMPLE_TEACHER, example))
+    except Exception as exc:  # noqa: BLE001 - the service runs without them
+        click.echo(f"note: built-in models unavailable: {exc}", err=True)
+    for name, path in candidates:
+        try:
+            with session_scope(settings.database_url) as session:
+                row = import_directory(session, path, name, source="builtin")
+                found.append(f"{row.id} {name}")
+        except RegistryError as exc:
+            click.echo(f"note: {name} not registered: {exc.message}", err=True)
+    return found
+
+
+def quickstart(url: str, key: str) -> str:
+    auth = f"-H 'Authorization: Bearer {key}'"
+    return "\n".join(
+        [
+            f"export GKD_URL={url} GKD_KEY={key}",
+            f"curl -s {url}/v1/models {auth}",
+            f"curl -s {url}/v1/datasets {auth} -F file=@train.csv",
+            f"curl -s {url}/v1/jobs {auth} -H 'Content-Type: application/json' \\",
+            "  -d '{\"teacher\": \"mdl_...\", \"training_dataset\": \"ds_...\", \"method\": \"gradient_kd\", "
+            "\"hyperparameters\": {\"epochs\": 1}}'",
+            f"curl -sN {url}/v1/jobs/job_.../events/stream {auth}",
+        ]
+    )
+
+
+@click.command()
+@click.option("--host", default=None, help="Bind address (default GKD_HOST, 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default GKD_PORT, 8000).")
+@click.option("--no-worker", is_flag=True, help="Do not start the local Celery worker subprocess.")
+def serve(host: str | None, port: int | None, no_worker: bool) -> None:
+    """Run the API (and one local worker): migrations, built-in models, a local key, then uvicorn."""
+    import uvicorn
+
+    from app.db import upgrade
+    from app.main import create_app
+
+    settings = _settings()
+    if host:
+        settings.host = host
+    if port:
+        settings.port = port
+    upgrade(settings.database_url)
+    settings.migrate_on_start = False
+    registered = register_builtin_models(settings)
+    key = ensure_local_key(settings)
+    url = f"http://{settings.host}:{settings.port}"
+
+    worker_proc: subprocess.Popen[bytes] | None = None
+    if not no_worker:
+        env = {**os.environ, "GKD_HOME": str(settings.home), "GKD_DATABASE_URL": settings.database_url,
+               "GKD_BROKER_URL": settings.broker_url}
+        cmd = [sys.executable, "-m", "app.cli", "worker", "--name", "gkd-local@%h"]
+        worker_proc = subprocess.Popen(cmd, env=env)
+
+    click.echo(f"gkd API on {url}  (docs: {url}/docs)")
+    for line in registered:
+        click.echo(f"model {line}")
+    click.echo(f"local API key (tenant {LOCAL_TENANT!r}): {key}")
+    click.echo("worker: " + (f"pid {worker_proc.pid}" if worker_proc else "none (--no-worker)"))
+    click.echo("quickstart:\n" + quickstart(url, shlex.quote(key) if " " in key else key))
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    finally:
+        if worker_proc is not None and worker_proc.poll() is None:
+            worker_proc.send_signal(signal.SIGTERM)
+            try:
+                worker_proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker_proc.kill()
+
+
+@click.group()
+def cli() -> None:
+    """Service commands (also available as `gkd serve`, `gkd worker`, ... when installed)."""
+
+
+for _command in (serve, worker, db, keys, models):
+    cli.add_command(_command)
+
+if __name__ == "__main__":
+    cli()

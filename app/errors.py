@@ -1,0 +1,142 @@
+"""The one error envelope: `{"error": {"type", "code", "message", "param"}}` for every 4xx/5xx."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_CODE_BY_STATUS = {
+    400: "bad_request",
+    401: "invalid_api_key",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_parameter",
+    429: "rate_limited",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code or _CODE_BY_STATUS.get(status, "server_error")
+        self.param = param
+        self.type = type or _TYPE_BY_STATUS.get(status, "server_error")
+        self.headers = headers
+
+
+def not_found(what: str, ident: str, param: str | None = None) -> ApiError:
+    return ApiError(404, f"no such {what}: {ident!r}", code="resource_missing", param=param)
+
+
+def invalid(message: str, param: str | None = None, code: str = "invalid_parameter") -> ApiError:
+    return ApiError(422, message, code=code, param=param)
+
+
+def conflict(message: str, code: str = "conflict", param: str | None = None) -> ApiError:
+    return ApiError(409, message, code=code, param=param)
+
+
+def error_body(type_: str, code: str, message: str, param: str | None) -> dict[str, Any]:
+    return {"error": {"type": type_, "code": code, "message": message, "param": param}}
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.type, exc.code, exc.message, exc.param), status_code=exc.status, headers=exc.headers
+    )
+
+
+def dotted(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    """('body', 'hyperparameters', 'learning_rate') -> 'hyperparameters.learning_rate'."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
+        parts = parts[1:]
+    # Union members show up as loc parts such as 'list[int]' or 'literal[...]'; they are not fields.
+    parts = [p for p in parts if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
+    return ".".join(str(p) for p in parts) or None
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    if status == 404 and exc.detail == "Not Found":
+        message = "no such route"
+    elif status == 405:
+        message = "method not allowed on this route"
+    else:
+        message = str(exc.detail)
+    body = error_body(
+        _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+        _CODE_BY_STATUS.get(status, "server_error" if status >= 500 else "bad_request"),
+        message,
+        None,
+    )
+    return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    param = dotted(first.get("loc", ()))
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        param = None
+        message = "the request body is not valid JSON"
+    else:
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        if param:
+            message = f"{param}: {message}"
+    code = "missing_parameter" if kind == "missing" else "invalid_parameter"
+    return JSONResponse(error_body("invalid_request_error", code, message, param), status_code=422)
+
+
+async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(error_body("server_error", "internal_error", "internal server error", None), 500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled)

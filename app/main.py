@@ -1,0 +1,47 @@
+"""The FastAPI application factory. Nothing here holds job state: every request reads the database."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from app import errors
+from app.routes import checkpoints, datasets, events, health, jobs, models
+from app.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        settings.ensure_dirs()
+        if settings.migrate_on_start:
+            from app.db import upgrade
+
+            await run_in_threadpool(upgrade, settings.database_url)
+        yield
+
+    app = FastAPI(
+        title="gkd",
+        version="0.1.0",
+        summary="Gradient Knowledge Distillation as a service",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    @functools.cache
+    def celery_producer():  # type: ignore[no-untyped-def]
+        from worker.celery_app import make_celery
+
+        return make_celery(settings)
+
+    app.state.celery = celery_producer
+    errors.install(app)
+    for module in (health, datasets, models, jobs, events, checkpoints):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,98 @@
+"""Registering teacher models: from a local directory (CLI) or from an uploaded archive (API)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.ids import new_id
+from app.orm import TeacherModel, utcnow
+from app.settings import Settings
+from app.storage import ArchiveError, extract_archive
+
+
+class RegistryError(ValueError):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def describe(path: Path) -> object:
+    """gkd.models.describe_teacher, with its ModelError turned into RegistryError."""
+    from gkd.models import ModelError, describe_teacher
+
+    try:
+        return describe_teacher(path)
+    except ModelError as exc:
+        raise RegistryError(exc.message, exc.param) from exc
+
+
+def _row(model_id: str, tenant_id: str | None, name: str, path: str, source: str, info: object) -> TeacherModel:
+    return TeacherModel(
+        id=model_id,
+        tenant_id=tenant_id,
+        name=name,
+        path=path,
+        source=source,
+        task=info.task,  # type: ignore[attr-defined]
+        model_type=info.model_type,  # type: ignore[attr-defined]
+        labels=list(info.labels),  # type: ignore[attr-defined]
+        num_layers=info.num_layers,  # type: ignore[attr-defined]
+        hidden_size=info.hidden_size,  # type: ignore[attr-defined]
+        num_parameters=info.num_parameters,  # type: ignore[attr-defined]
+        vocab_size=info.vocab_size,  # type: ignore[attr-defined]
+        created_at=utcnow(),
+    )
+
+
+def import_directory(
+    session: Session, path: Path, name: str, *, tenant_id: str | None = None, source: str = "import"
+) -> TeacherModel:
+    """Register the directory in place (its absolute path). Re-importing the same name for the same owner
+    updates that row instead of adding another, so `gkd serve` can do it at every start."""
+    path = path.expanduser().resolve()
+    info = describe(path)
+    existing = session.scalar(
+        select(TeacherModel).where(
+            TeacherModel.name == name,
+            TeacherModel.tenant_id.is_(None) if tenant_id is None else TeacherModel.tenant_id == tenant_id,
+        )
+    )
+    fresh = _row(existing.id if existing else new_id("mdl"), tenant_id, name, str(path), source, info)
+    if existing is not None:
+        for column in ("path", "source", "task", "model_type", "labels", "num_layers", "hidden_size",
+                       "num_parameters", "vocab_size"):
+            setattr(existing, column, getattr(fresh, column))
+        session.flush()
+        return existing
+    session.add(fresh)
+    session.flush()
+    return fresh
+
+
+def import_archive(settings: Settings, archive: Path, name: str, tenant_id: str) -> tuple[TeacherModel, Path]:
+    """Extract and check an uploaded archive, then move it into storage. Returns the unsaved row and the
+    final directory (the caller inserts the row and removes the directory if that fails)."""
+    model_id = new_id("mdl")
+    work = Path(tempfile.mkdtemp(prefix="model-", dir=settings.tmp_dir))
+    try:
+        target = work / "x"
+        target.mkdir()
+        root = extract_archive(
+            archive, target, max_members=settings.max_archive_members, max_bytes=settings.max_extracted_bytes
+        )
+        info = describe(root)
+        relative = f"models/{tenant_id}/{model_id}"
+        final = settings.storage / relative
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(root), str(final))
+    except ArchiveError as exc:
+        raise RegistryError(exc.message, exc.param) from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _row(model_id, tenant_id, name, relative, "upload", info), final

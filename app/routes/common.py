@@ -1,0 +1,63 @@
+"""Helpers shared by the route modules: cursor pagination and tenant-scoped lookups."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, or_, select
+from sqlalchemy.orm import Session
+
+from app.deps import Page
+from app.errors import invalid, not_found
+from app.ids import looks_like
+from app.orm import Dataset, Job, TeacherModel, Tenant
+
+T = TypeVar("T")
+
+
+def paginate(
+    session: Session, stmt: Select[Any], id_column: Any, page: Page, prefix: str, out: Callable[[Any], T]
+) -> dict[str, Any]:
+    """Newest first; `after` is the id of the last item of the previous page."""
+    if page.after is not None:
+        if not looks_like(page.after, prefix):
+            raise invalid(f"after must be a {prefix}_ id from a previous page", param="after")
+        stmt = stmt.where(id_column < page.after)
+    rows = session.scalars(stmt.order_by(id_column.desc()).limit(page.limit + 1)).all()
+    has_more = len(rows) > page.limit
+    rows = rows[: page.limit]
+    return {
+        "object": "list",
+        "data": [out(r) for r in rows],
+        "has_more": has_more,
+        "next_cursor": rows[-1].id if has_more and rows else None,
+    }
+
+
+def get_dataset(
+    session: Session, tenant: Tenant, dataset_id: str, param: str | None = None, *, lock: bool = False
+) -> Dataset:
+    """`lock` holds the row (PostgreSQL) so a concurrent DELETE waits for the job insert to commit."""
+    row = session.get(Dataset, dataset_id, with_for_update=lock or None)
+    if row is None or row.tenant_id != tenant.id or row.deleted_at is not None:
+        raise not_found("dataset", dataset_id, param)
+    return row
+
+
+def visible_models(tenant: Tenant) -> Select[Any]:
+    return select(TeacherModel).where(or_(TeacherModel.tenant_id == tenant.id, TeacherModel.tenant_id.is_(None)))
+
+
+def get_model(session: Session, tenant: Tenant, model_id: str, param: str | None = None) -> TeacherModel:
+    row = session.get(TeacherModel, model_id)
+    if row is None or row.tenant_id not in (None, tenant.id):
+        raise not_found("model", model_id, param)
+    return row
+
+
+def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    row = session.get(Job, job_id)
+    if row is None or row.tenant_id != tenant.id:
+        raise not_found("job", job_id)
+    return row

@@ -1,0 +1,123 @@
+"""POST/GET/DELETE /v1/datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from sqlalchemy import or_, select
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
+from app.errors import ApiError, conflict
+from app.ids import new_id
+from app.orm import Dataset, Job, utcnow
+from app.routes.common import get_dataset, paginate
+from app.schemas import DatasetOut, Deleted, ListResponse
+from app.settings import TERMINAL_STATUSES
+from app.uploads import multipart_openapi, receive_upload
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+MAX_NAME = 300
+
+
+def _validate_file(path: Path, filename: str, max_rows: int) -> tuple[str, object]:
+    """Read and check the uploaded file with gkd.data; DataError -> 4xx naming the line."""
+    from gkd.data import DataError, detect_format, read_examples, validate_examples
+
+    try:
+        fmt = detect_format(filename)
+    except DataError as exc:
+        raise ApiError(415, exc.message, code="unsupported_file_type", param="file") from exc
+    try:
+        examples = read_examples(path, fmt, max_rows=max_rows)
+    except DataError as exc:
+        raise ApiError(422, exc.message, code="invalid_dataset", param="file") from exc
+    report = validate_examples(examples)
+    if report.errors:
+        raise ApiError(422, "; ".join(report.errors), code="invalid_dataset", param="file")
+    return fmt, report
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    openapi_extra=multipart_openapi("CSV, TSV, JSONL or Parquet with columns text, optional text_pair, label."),
+)
+async def create_dataset(
+    request: Request, tenant: CurrentTenant, settings: SettingsDep, session: SessionDep
+) -> DatasetOut:
+    upload = await receive_upload(request, tmp_dir=settings.tmp_dir, max_bytes=settings.max_dataset_bytes)
+    final: Path | None = None
+    try:
+        assert upload.path is not None
+        filename = os.path.basename(upload.filename or "")
+        name = (upload.fields.get("name") or filename or "dataset")[:MAX_NAME]
+        # The reader looks at the extension of the path it is given; keep the upload's.
+        fmt, report = await run_in_threadpool(_validate_file, upload.path, filename, settings.max_dataset_rows)
+        dataset_id = new_id("ds")
+        relative = f"datasets/{tenant.id}/{dataset_id}.{fmt}"
+        final = settings.storage / relative
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(upload.path, final)
+        upload.path = None
+        validation = report.model_dump(exclude={"rows", "labels"})  # type: ignore[attr-defined]
+        row = Dataset(
+            id=dataset_id,
+            tenant_id=tenant.id,
+            name=name,
+            format=fmt,
+            rows=report.rows,  # type: ignore[attr-defined]
+            labels=list(report.labels),  # type: ignore[attr-defined]
+            sha256=upload.sha256,
+            size_bytes=upload.size,
+            validation=validation,
+            path=relative,
+            created_at=utcnow(),
+        )
+
+        def insert() -> None:
+            session.add(row)
+            session.commit()
+
+        await run_in_threadpool(insert)
+        final = None
+        return DatasetOut.of(row)
+    finally:
+        upload.discard()
+        if final is not None:
+            final.unlink(missing_ok=True)
+
+
+@router.get("", response_model=ListResponse[DatasetOut])
+def list_datasets(tenant: CurrentTenant, session: SessionDep, page: PageDep) -> dict[str, object]:
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant.id, Dataset.deleted_at.is_(None))
+    return paginate(session, stmt, Dataset.id, page, "ds", DatasetOut.of)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset_route(dataset_id: str, tenant: CurrentTenant, session: SessionDep) -> DatasetOut:
+    return DatasetOut.of(get_dataset(session, tenant, dataset_id))
+
+
+@router.delete("/{dataset_id}", response_model=Deleted)
+def delete_dataset(dataset_id: str, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> Deleted:
+    row = get_dataset(session, tenant, dataset_id, lock=True)
+    in_use = session.scalar(
+        select(Job.id)
+        .where(
+            or_(Job.training_dataset_id == row.id, Job.validation_dataset_id == row.id),
+            Job.status.not_in(TERMINAL_STATUSES),
+        )
+        .limit(1)
+    )
+    if in_use is not None:
+        raise conflict(f"dataset {row.id} is used by unfinished job {in_use}", code="resource_in_use")
+    row.deleted_at = utcnow()
+    path = row.path
+    session.commit()
+    (settings.storage / path).unlink(missing_ok=True)
+    return Deleted(id=row.id, object="dataset")

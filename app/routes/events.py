@@ -1,0 +1,161 @@
+"""GET /v1/jobs/{id}/events (list) and /v1/jobs/{id}/events/stream (Server-Sent Events).
+
+The stream polls the database for rows after the last seq it sent; with a Redis `notify_url` it also
+subscribes to the job's channel, so a worker's publish wakes it at once instead of at the next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from app.db import sessionmaker_for
+from app.deps import CurrentTenant, SessionDep, SettingsDep
+from app.errors import invalid
+from app.orm import Job, JobEvent
+from app.routes.common import get_job
+from app.schemas import EventOut
+from app.settings import TERMINAL_STATUSES, Settings
+from app.store import event_dict, is_terminal_event
+
+router = APIRouter(prefix="/v1/jobs/{job_id}/events", tags=["events"])
+
+STREAM_BATCH = 200
+
+
+@router.get("")
+def list_events(
+    job_id: str,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    job = get_job(session, tenant, job_id)
+    rows = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.seq > after).order_by(JobEvent.seq)
+        .limit(limit + 1)
+    ).all()
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "object": "list",
+        "data": [EventOut.of(r).model_dump(mode="json") for r in rows],
+        "has_more": has_more,
+        "next_cursor": str(rows[-1].seq) if has_more and rows else None,
+    }
+
+
+def _fetch(settings: Settings, job_id: str, after: int) -> tuple[list[JobEvent], str | None]:
+    with sessionmaker_for(settings.database_url)() as session:
+        rows = list(
+            session.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after).order_by(JobEvent.seq)
+                .limit(STREAM_BATCH)
+            )
+        )
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+        return rows, status
+
+
+class _Waker:
+    """Waits for the next poll, or earlier for a Redis notification on the job's channel."""
+
+    def __init__(self, settings: Settings, job_id: str) -> None:
+        self.settings = settings
+        self.channel = f"gkd:events:{job_id}"
+        self.pubsub: Any = None
+        self.client: Any = None
+
+    async def start(self) -> None:
+        if not self.settings.notify_url:
+            return
+        try:
+            import redis.asyncio as aioredis
+
+            self.client = aioredis.Redis.from_url(self.settings.notify_url, socket_connect_timeout=2)
+            self.pubsub = self.client.pubsub()
+            await self.pubsub.subscribe(self.channel)
+        except Exception:  # noqa: BLE001 - fall back to polling only
+            await self.close()
+
+    async def wait(self, seconds: float) -> None:
+        if self.pubsub is None:
+            await asyncio.sleep(seconds)
+            return
+        try:
+            await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=seconds)
+        except Exception:  # noqa: BLE001
+            await self.close()
+            await asyncio.sleep(seconds)
+
+    async def close(self) -> None:
+        pubsub, client, self.pubsub, self.client = self.pubsub, self.client, None, None
+        try:
+            if pubsub is not None:
+                await pubsub.aclose()
+            if client is not None:
+                await client.aclose()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+async def _stream(request: Request, settings: Settings, job_id: str, after: int) -> AsyncIterator[str]:
+    waker = _Waker(settings, job_id)
+    await waker.start()
+    last_sent = time.monotonic()
+    yield "retry: 2000\n\n"
+    try:
+        while True:
+            rows, status = await run_in_threadpool(_fetch, settings, job_id, after)
+            for row in rows:
+                after = row.seq
+                yield f"id: {row.seq}\nevent: {row.type}\ndata: {json.dumps(event_dict(row))}\n\n"
+                last_sent = time.monotonic()
+                if is_terminal_event(row):
+                    return
+            if not rows and (status is None or status in TERMINAL_STATUSES):
+                # Resumed after the terminal event (or the job vanished): nothing more will come.
+                return
+            if len(rows) == STREAM_BATCH:
+                continue
+            if await request.is_disconnected():
+                return
+            if time.monotonic() - last_sent >= settings.sse_keepalive_seconds:
+                yield ": keep-alive\n\n"
+                last_sent = time.monotonic()
+            await waker.wait(settings.sse_poll_seconds)
+    finally:
+        await waker.close()
+
+
+@router.get("/stream")
+def stream_events(
+    job_id: str,
+    request: Request,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    settings: SettingsDep,
+    after: Annotated[int | None, Query(ge=0)] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    job = get_job(session, tenant, job_id)
+    start = after or 0
+    if last_event_id:
+        if not last_event_id.strip().isdigit():
+            raise invalid("Last-Event-ID must be an event seq", param="Last-Event-ID")
+        start = max(start, int(last_event_id.strip()))
+    session.close()
+    return StreamingResponse(
+        _stream(request, settings, job.id, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,196 @@
+"""POST/GET /v1/jobs, POST /v1/jobs/{id}/cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
+from app.enqueue import enqueue_committed_job
+from app.errors import ApiError, conflict, invalid
+from app.ids import new_id
+from app.orm import Job, TeacherModel, Tenant, utcnow
+from app.routes.common import get_dataset, get_job, get_model, paginate
+from app.schemas import JobCreate, JobOut, ListResponse
+from app.settings import TERMINAL_STATUSES
+from app.store import notify, request_hash, status_event, transition
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobStatus = Literal["validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+
+
+def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels: list[str],
+                           dev_labels: list[str] | None) -> None:
+    if not teacher.labels:
+        raise invalid(
+            f"model {teacher.id} ({teacher.name}) has no classification head; choose a fine-tuned teacher",
+            param="teacher",
+        )
+    teacher_labels = set(teacher.labels)
+    if set(train_labels) != teacher_labels:
+        raise invalid(
+            f"the training dataset's labels {sorted(train_labels)} differ from the teacher's labels "
+            f"{sorted(teacher_labels)}",
+            param="training_dataset",
+            code="labels_mismatch",
+        )
+    if dev_labels is not None and not set(dev_labels) <= teacher_labels:
+        raise invalid(
+            f"the validation dataset has labels the teacher does not know: "
+            f"{sorted(set(dev_labels) - teacher_labels)}",
+            param="validation_dataset",
+            code="labels_mismatch",
+        )
+    student = body.student
+    if student.num_layers > teacher.num_layers:
+        raise invalid(
+            f"the student ({student.num_layers} layers) cannot be deeper than the teacher "
+            f"({teacher.num_layers} layers)",
+            param="student.num_layers",
+        )
+    if isinstance(student.init, list):
+        outside = [i for i in student.init if i >= teacher.num_layers]
+        if outside:
+            raise invalid(
+                f"teacher layers {outside} do not exist; the teacher has layers 0..{teacher.num_layers - 1}",
+                param="student.init",
+            )
+    # The library's cross-field checks (method vs. widths etc.), with placeholder paths.
+    from gkd.config import ConfigError, DistillConfig
+
+    try:
+        DistillConfig.parse(
+            {
+                "method": body.method,
+                "teacher": "teacher",
+                "student": body.student.model_dump(),
+                "data": {"train": "train"},
+                "hyperparameters": body.hyperparameters.model_dump(),
+            }
+        )
+    except ConfigError as exc:
+        raise invalid(exc.message, param=exc.param) from exc
+
+
+def _existing_for_key(session: Session, tenant: Tenant, key: str, digest: str) -> Job | None:
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
+    if job is not None and job.request_hash != digest:
+        raise conflict(
+            "this Idempotency-Key was already used with a different request body",
+            code="idempotency_key_reused",
+        )
+    return job
+
+
+@router.post("", status_code=201, response_model=JobOut)
+def create_job(
+    body: JobCreate,
+    request: Request,
+    response: Response,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobOut:
+    digest = request_hash(body.model_dump(mode="json"))
+    if idempotency_key:
+        existing = _existing_for_key(session, tenant, idempotency_key, digest)
+        if existing is not None:
+            response.headers["Idempotent-Replayed"] = "true"
+            return JobOut.of(existing)
+
+    teacher = get_model(session, tenant, body.teacher, param="teacher")
+    train = get_dataset(session, tenant, body.training_dataset, param="training_dataset", lock=True)
+    dev = None
+    if body.validation_dataset is not None:
+        dev = get_dataset(session, tenant, body.validation_dataset, param="validation_dataset", lock=True)
+    _check_against_teacher(body, teacher, train.labels, dev.labels if dev else None)
+
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant.id,
+        status="queued",
+        method=body.method,
+        teacher_id=teacher.id,
+        training_dataset_id=train.id,
+        validation_dataset_id=dev.id if dev else None,
+        student=body.student.model_dump(mode="json"),
+        hyperparameters=body.hyperparameters.model_dump(mode="json"),
+        name=body.name,
+        meta=body.metadata,
+        progress={},
+        metrics={},
+        versions={},
+        attempts=0,
+        last_seq=0,
+        idempotency_key=idempotency_key or None,
+        request_hash=digest,
+        created_at=utcnow(),
+    )
+    session.add(job)
+    try:
+        session.flush()
+        status_event(session, job.id, "queued", "job queued")
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if not idempotency_key:
+            raise
+        # A concurrent request with the same key won the insert.
+        existing = _existing_for_key(session, tenant, idempotency_key, digest)
+        if existing is None:
+            raise
+        response.headers["Idempotent-Replayed"] = "true"
+        return JobOut.of(existing)
+    enqueue_committed_job(request.app.state.celery(), settings, session, job.id)
+    session.refresh(job)
+    return JobOut.of(job)
+
+
+@router.get("", response_model=ListResponse[JobOut])
+def list_jobs(
+    tenant: CurrentTenant,
+    session: SessionDep,
+    page: PageDep,
+    status: Annotated[JobStatus | None, Query()] = None,
+) -> dict[str, object]:
+    stmt = select(Job).where(Job.tenant_id == tenant.id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    return paginate(session, stmt, Job.id, page, "job", JobOut.of)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job_route(job_id: str, tenant: CurrentTenant, session: SessionDep) -> JobOut:
+    return JobOut.of(get_job(session, tenant, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> JobOut:
+    job = get_job(session, tenant, job_id)
+    session.rollback()
+    # Conditional updates: whichever of API and worker moves the job first wins, the other sees it.
+    moved = transition(
+        session, job.id, "cancelled", from_statuses=("validating", "queued"), message="job cancelled before it started"
+    ) or transition(
+        session, job.id, "cancelling", from_statuses=("running",),
+        message="cancellation requested; waiting for the worker",
+    )
+    if moved:
+        session.commit()
+        notify(settings.notify_url, job.id)
+    else:
+        session.rollback()
+        current = session.get(Job, job.id, populate_existing=True)
+        assert current is not None
+        if current.status in TERMINAL_STATUSES:
+            raise ApiError(409, f"job {job.id} already finished with status {current.status!r}",
+                           code="job_finished")
+    current = session.get(Job, job.id, populate_existing=True)
+    assert current is not None
+    return JobOut.of(current)

@@ -1,0 +1,70 @@
+"""GET /v1/models (teachers visible to the tenant: its own and global ones), POST /v1/models (upload)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
+from app.errors import ApiError
+from app.orm import TeacherModel
+from app.registry import RegistryError, import_archive
+from app.routes.common import get_model, paginate, visible_models
+from app.schemas import ListResponse, ModelOut
+from app.uploads import multipart_openapi, receive_upload
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+@router.get("", response_model=ListResponse[ModelOut])
+def list_models(tenant: CurrentTenant, session: SessionDep, page: PageDep) -> dict[str, object]:
+    return paginate(session, visible_models(tenant), TeacherModel.id, page, "mdl", ModelOut.of)
+
+
+@router.get("/{model_id}", response_model=ModelOut)
+def get_model_route(model_id: str, tenant: CurrentTenant, session: SessionDep) -> ModelOut:
+    return ModelOut.of(get_model(session, tenant, model_id))
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelOut,
+    openapi_extra=multipart_openapi(".tar.gz or .zip of a Hugging Face model directory (safetensors)."),
+)
+async def upload_model(
+    request: Request, tenant: CurrentTenant, settings: SettingsDep, session: SessionDep
+) -> ModelOut:
+    upload = await receive_upload(request, tmp_dir=settings.tmp_dir, max_bytes=settings.max_model_bytes)
+    final: Path | None = None
+    try:
+        assert upload.path is not None
+        filename = os.path.basename(upload.filename or "")
+        if not filename.lower().endswith(ARCHIVE_SUFFIXES):
+            raise ApiError(415, "upload a .tar.gz or .zip archive of a Hugging Face model directory",
+                           code="unsupported_file_type", param="file")
+        default_name = re.sub(r"(\.tar\.gz|\.tgz|\.tar|\.zip)$", "", filename, flags=re.I) or "model"
+        name = (upload.fields.get("name") or default_name).strip()[:300]
+        try:
+            row, final = await run_in_threadpool(import_archive, settings, upload.path, name, tenant.id)
+        except RegistryError as exc:
+            raise ApiError(422, exc.message, code="invalid_model", param=exc.param or "file") from exc
+
+        def insert() -> None:
+            session.add(row)
+            session.commit()
+
+        await run_in_threadpool(insert)
+        final = None
+        return ModelOut.of(row)
+    finally:
+        upload.discard()
+        if final is not None:
+            shutil.rmtree(final, ignore_errors=True)

@@ -1,0 +1,204 @@
+"""Request and response bodies. The job's `student` and `hyperparameters` are the library's own pydantic
+models (gkd.config), so their defaults and limits are written once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.orm import Checkpoint, Dataset, Job, JobEvent, TeacherModel
+from gkd.config import DistillConfig, Hyperparameters, Method, StudentSpec
+
+T = TypeVar("T")
+
+MetadataValue = str | int | float | bool | None
+
+
+class ListResponse(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool
+    next_cursor: str | None = None
+
+
+class ValidationOut(BaseModel):
+    errors: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    label_counts: dict[str, int] = Field(default_factory=dict)
+    empty_rows: int = 0
+    duplicate_rows: int = 0
+    over_max_length: int = 0
+    unknown_columns: list[str] = Field(default_factory=list)
+
+
+class DatasetOut(BaseModel):
+    id: str
+    object: Literal["dataset"] = "dataset"
+    name: str
+    format: str
+    rows: int
+    labels: list[str]
+    sha256: str
+    size_bytes: int
+    validation: ValidationOut
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Dataset) -> DatasetOut:
+        return cls(
+            id=row.id,
+            name=row.name,
+            format=row.format,
+            rows=row.rows,
+            labels=row.labels,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            validation=ValidationOut.model_validate(row.validation),
+            created_at=row.created_at,
+        )
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    name: str
+    owner: Literal["tenant", "global"]
+    source: str
+    task: str | None
+    model_type: str | None
+    labels: list[str]
+    num_layers: int
+    hidden_size: int
+    num_parameters: int
+    vocab_size: int | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: TeacherModel) -> ModelOut:
+        return cls(
+            id=row.id,
+            name=row.name,
+            owner="global" if row.tenant_id is None else "tenant",
+            source=row.source,
+            task=row.task,
+            model_type=row.model_type,
+            labels=row.labels,
+            num_layers=row.num_layers,
+            hidden_size=row.hidden_size,
+            num_parameters=row.num_parameters,
+            vocab_size=row.vocab_size,
+            created_at=row.created_at,
+        )
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str = Field(..., description="Id of a registered teacher model (yours or a global one).")
+    method: Method = Field(DistillConfig.model_fields["method"].default)
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    training_dataset: str
+    validation_dataset: str | None = None
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    name: str | None = Field(None, max_length=300)
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=50)
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total_steps: int | None = None
+    epoch: int = 0
+    fraction: float = 0.0
+    eta_seconds: float | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    status: str
+    name: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    teacher: str
+    method: str
+    student: dict[str, Any]
+    training_dataset: str
+    validation_dataset: str | None
+    hyperparameters: dict[str, Any]
+    metadata: dict[str, Any]
+    progress: Progress
+    metrics: dict[str, Any]
+    error: str | None
+    attempts: int
+    versions: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: Job) -> JobOut:
+        progress = {k: v for k, v in (row.progress or {}).items() if k in Progress.model_fields}
+        return cls(
+            id=row.id,
+            status=row.status,
+            name=row.name,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            teacher=row.teacher_id,
+            method=row.method,
+            student=row.student,
+            training_dataset=row.training_dataset_id,
+            validation_dataset=row.validation_dataset_id,
+            hyperparameters=row.hyperparameters,
+            metadata=row.meta,
+            progress=Progress.model_validate(progress),
+            metrics={"latest": (row.metrics or {}).get("latest", {}), "best": (row.metrics or {}).get("best", {})},
+            error=row.error,
+            attempts=row.attempts,
+            versions={"gkd": None, "torch": None, "transformers": None, **(row.versions or {})},
+        )
+
+
+class EventOut(BaseModel):
+    object: Literal["event"] = "event"
+    seq: int
+    created_at: datetime
+    type: str
+    message: str
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: JobEvent) -> EventOut:
+        return cls(seq=row.seq, created_at=row.created_at, type=row.type, message=row.message, data=row.data)
+
+
+class CheckpointOut(BaseModel):
+    id: str
+    object: Literal["checkpoint"] = "checkpoint"
+    job: str
+    kind: str
+    step: int
+    sha256: str
+    size_bytes: int
+    metrics: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Checkpoint) -> CheckpointOut:
+        return cls(
+            id=row.id,
+            job=row.job_id,
+            kind=row.kind,
+            step=row.step,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            metrics=row.metrics,
+            created_at=row.created_at,
+        )
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: bool = True

@@ -1,0 +1,93 @@
+"""Service settings, read from the environment (prefix `GKD_`); one `Settings` object per process.
+
+Paths default under `GKD_HOME` (./var): the SQLite database, the embedded broker, storage and the teacher
+cache, so `gkd serve` needs no server at all. Production points `GKD_DATABASE_URL` at PostgreSQL and
+`GKD_BROKER_URL` at Redis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GKD_", extra="ignore")
+
+    home: Path = Field(Path("var"), description="Data directory; other paths default under it.")
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<home>/gkd.db.")
+    broker_url: str = Field("", description="Celery broker; default the embedded sqla+sqlite transport.")
+    storage_dir: Path | None = Field(None, description="Datasets, models, checkpoints; default <home>/storage.")
+    cache_dir: Path | None = Field(None, description="Teacher cache; default <home>/teacher_cache.")
+    notify_url: str | None = Field(
+        None, description="Redis URL for event wake-ups (pub/sub); default the broker URL when it is Redis."
+    )
+
+    # API
+    host: str = "127.0.0.1"
+    port: int = 8000
+    migrate_on_start: bool = True
+    max_dataset_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    max_dataset_rows: int = Field(5_000_000, ge=1)
+    max_model_bytes: int = Field(4 * 1024 * 1024 * 1024, ge=1)
+    max_extracted_bytes: int = Field(8 * 1024 * 1024 * 1024, ge=1)
+    max_archive_members: int = Field(10_000, ge=1)
+    page_limit_default: int = Field(20, ge=1)
+    page_limit_max: int = Field(100, ge=1)
+    sse_poll_seconds: float = Field(0.5, gt=0)
+    sse_keepalive_seconds: float = Field(15.0, gt=0)
+    enqueue_timeout_seconds: float = Field(3.0, gt=0)
+
+    # Worker
+    task_queue: str = "training"
+    max_attempts: int = Field(3, ge=1)
+    visibility_timeout_seconds: int = Field(7 * 24 * 3600, ge=60, description="Above the longest job.")
+    metrics_every_steps: int = Field(10, ge=1)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    stale_after_seconds: float = Field(120.0, gt=0, description="A running job without heartbeat is lost.")
+    sweeper_interval_seconds: float = Field(30.0, gt=0)
+    requeue_after_seconds: float = Field(60.0, gt=0, description="Re-enqueue queued jobs older than this.")
+    cancel_check_seconds: float = Field(0.5, ge=0)
+    db_retry_attempts: int = Field(6, ge=1)
+    worker_device: str = "auto"
+    worker_num_threads: int | None = Field(None, ge=1)
+    state_every_steps: int | None = Field(None, ge=1)
+    broker_polling_seconds: float = Field(0.5, gt=0)
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> Settings:
+        home = self.home.expanduser().resolve()
+        self.home = home
+        if not self.database_url:
+            self.database_url = f"sqlite:///{home / 'gkd.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{home / 'broker.db'}"
+        if self.storage_dir is None:
+            self.storage_dir = home / "storage"
+        if self.cache_dir is None:
+            self.cache_dir = home / "teacher_cache"
+        if self.notify_url is None and self.broker_url.startswith(("redis://", "rediss://")):
+            self.notify_url = self.broker_url
+        return self
+
+    @property
+    def storage(self) -> Path:
+        assert self.storage_dir is not None
+        return self.storage_dir
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Temporary uploads live on the storage volume so the final move is a rename."""
+        return self.storage / "tmp"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.home, self.storage, self.tmp_dir, self.cache_dir):
+            assert path is not None
+            path.mkdir(parents=True, exist_ok=True)
+        for url in (self.database_url, self.broker_url):
+            if "sqlite:///" in url:
+                Path(url.split("sqlite:///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,164 @@
+"""Files on the storage volume: safe paths, hashing, packing checkpoints, and unpacking model archives.
+
+Nothing from a request becomes a path: files are named by generated ids, and archive members are checked
+before a single byte is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class ArchiveError(ValueError):
+    def __init__(self, message: str, param: str | None = "file") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def resolve(storage: Path, relative: str) -> Path:
+    """A stored relative path under `storage`; refuses anything that would leave it."""
+    path = Path(relative)
+    if path.is_absolute():
+        return path
+    full = (storage / path).resolve()
+    if not full.is_relative_to(storage.resolve()):
+        raise ValueError(f"path {relative!r} leaves the storage directory")
+    return full
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pack_directory(directory: Path, target: Path) -> tuple[str, int]:
+    """Write `directory`'s regular files as a .tar.gz at `target` (files at the archive root).
+
+    Written to a temporary name in the same directory, fsynced, then renamed: readers never see half a file.
+    Returns (sha256, size).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6) as archive:
+                for path in sorted(directory.rglob("*")):
+                    if path.is_file() and not path.is_symlink():
+                        archive.add(path, arcname=path.relative_to(directory).as_posix(), recursive=False)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return sha256_file(target), target.stat().st_size
+
+
+def _check_member_name(name: str) -> PurePosixPath:
+    if not name or "\x00" in name or "\\" in name:
+        raise ArchiveError(f"archive member {name!r} has an invalid name")
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise ArchiveError(f"archive member {name!r} has an absolute path")
+    if ".." in path.parts:
+        raise ArchiveError(f"archive member {name!r} leaves the target directory")
+    if path.name.lower().endswith(PICKLE_SUFFIXES):
+        raise ArchiveError(f"archive member {name!r} is a pickle weight file; only safetensors are accepted",
+                           param="weights")
+    return path
+
+
+def extract_archive(archive: Path, target: Path, *, max_members: int, max_bytes: int) -> Path:
+    """Extract a .tar.gz/.tgz/.tar or .zip into the empty directory `target`, refusing links, devices,
+    absolute paths, `..`, pickle weights and oversized content. Returns the model root inside `target`
+    (the target itself, or its only top-level directory)."""
+    if tarfile.is_tarfile(archive):
+        _extract_tar(archive, target, max_members=max_members, max_bytes=max_bytes)
+    elif zipfile.is_zipfile(archive):
+        _extract_zip(archive, target, max_members=max_members, max_bytes=max_bytes)
+    else:
+        raise ArchiveError("the upload is not a .tar.gz or .zip archive", param="file")
+    entries = [p for p in target.iterdir() if not p.name.startswith(".")]
+    if not (target / "config.json").exists() and len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return target
+
+
+def _extract_tar(archive: Path, target: Path, *, max_members: int, max_bytes: int) -> None:
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            members = tar.getmembers()
+            if len(members) > max_members:
+                raise ArchiveError(f"the archive has more than {max_members} members")
+            total = 0
+            for member in members:
+                _check_member_name(member.name)
+                if member.issym() or member.islnk():
+                    raise ArchiveError(f"archive member {member.name!r} is a link; links are refused")
+                if not (member.isfile() or member.isdir()):
+                    raise ArchiveError(f"archive member {member.name!r} is not a regular file or directory")
+                total += member.size
+                if total > max_bytes:
+                    raise ArchiveError(f"the archive expands to more than {max_bytes} bytes")
+            for member in members:
+                dest = target.joinpath(*PurePosixPath(member.name).parts)
+                if member.isdir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None
+                with source, dest.open("xb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, FileExistsError):
+            raise ArchiveError("the archive lists the same file twice") from exc
+        raise ArchiveError(f"the archive cannot be read: {exc}") from exc
+
+
+def _extract_zip(archive: Path, target: Path, *, max_members: int, max_bytes: int) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            if len(infos) > max_members:
+                raise ArchiveError(f"the archive has more than {max_members} members")
+            total = 0
+            for info in infos:
+                _check_member_name(info.filename.rstrip("/") or info.filename)
+                mode = info.external_attr >> 16
+                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    raise ArchiveError(f"archive member {info.filename!r} is a link or special file")
+                total += info.file_size
+                if total > max_bytes:
+                    raise ArchiveError(f"the archive expands to more than {max_bytes} bytes")
+            for info in infos:
+                dest = target.joinpath(*PurePosixPath(info.filename.rstrip("/")).parts)
+                if info.is_dir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                written = 0
+                with zf.open(info) as source, dest.open("xb") as out:
+                    for block in iter(lambda: source.read(1 << 20), b""):
+                        written += len(block)
+                        if written > info.file_size:  # a lying header: stop a zip bomb early
+                            raise ArchiveError(f"archive member {info.filename!r} is larger than declared")
+                        out.write(block)
+    except (zipfile.BadZipFile, OSError, RuntimeError) as exc:
+        if isinstance(exc, FileExistsError):
+            raise ArchiveError("the archive lists the same file twice") from exc
+        raise ArchiveError(f"the archive cannot be read: {exc}") from exc

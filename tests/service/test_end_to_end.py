@@ -1,0 +1,251 @@
+"""A real Celery worker subprocess runs real (tiny) jobs: PostgreSQL + Redis, and SQLite + the embedded
+broker. Upload, submit, follow the SSE stream, download and load the checkpoint; cancel; failure."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.factories import LABELS, make_tiny_teacher, sentiment_rows
+from tests.service.conftest import (
+    REDIS_URL,
+    _reachable,
+    csv_bytes,
+    forget_redis_queue,
+    new_key,
+    register_teacher,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.services]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Stack:
+    def __init__(self, settings: Settings, process: subprocess.Popen, log: Path) -> None:
+        self.settings, self.process, self.log = settings, process, log
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+def start_worker(settings: Settings, log: Path, **extra: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "GKD_HOME": str(settings.home),
+        "GKD_DATABASE_URL": settings.database_url,
+        "GKD_BROKER_URL": settings.broker_url,
+        "GKD_TASK_QUEUE": settings.task_queue,
+        "GKD_WORKER_NUM_THREADS": "1",
+        "GKD_WORKER_DEVICE": "cpu",
+        "GKD_METRICS_EVERY_STEPS": "1",
+        "GKD_HEARTBEAT_SECONDS": "1",
+        "GKD_CANCEL_CHECK_SECONDS": "0",
+        "GKD_BROKER_POLLING_SECONDS": "0.2",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        **extra,
+    }
+    handle = log.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--name", f"test-{secrets.token_hex(3)}@%h"],
+        cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture(scope="module", params=["postgresql+redis", "sqlite+embedded"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("stack")
+    if request.param == "postgresql+redis":
+        if not _reachable(6379):
+            pytest.skip("Redis is not listening on 127.0.0.1:6379")
+        database_url, broker_url = request.getfixturevalue("postgresql_url"), REDIS_URL
+    else:
+        database_url, broker_url = f"sqlite:///{home / 'gkd.db'}", ""
+    settings = Settings(home=home, database_url=database_url, broker_url=broker_url,
+                        task_queue=f"test-{secrets.token_hex(4)}", sse_poll_seconds=0.2,
+                        broker_polling_seconds=0.2)
+    from app.db import upgrade
+
+    upgrade(settings.database_url)
+    log = home / "worker.log"
+    process = start_worker(settings, log)
+    stack = Stack(settings, process, log)
+    yield stack
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    if settings.broker_url.startswith("redis"):
+        forget_redis_queue(settings.task_queue)
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack) -> Iterator[TestClient]:
+    with TestClient(create_app(stack.settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def follow(client: TestClient, headers: dict, job_id: str, timeout: float = 150.0) -> list[dict]:
+    """Read the SSE stream to its end; returns the events."""
+    events: list[dict] = []
+    deadline = time.monotonic() + timeout
+    with client.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=headers, timeout=timeout) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        current: dict[str, str] = {}
+        for line in response.iter_lines():
+            assert time.monotonic() < deadline, "stream did not end"
+            if line.startswith("id: "):
+                current["id"] = line[4:]
+            elif line.startswith("data: "):
+                event = json.loads(line[6:])
+                assert str(event["seq"]) == current.get("id")
+                events.append(event)
+    return events
+
+
+def submit(client: TestClient, headers: dict, teacher: str, dataset: str, validation_dataset: str | None = None,
+           **hyper: object) -> dict:
+    body = {
+        "teacher": teacher,
+        "method": "gradient_kd",
+        "student": {"num_layers": 1},
+        "training_dataset": dataset,
+        "validation_dataset": validation_dataset,
+        "hyperparameters": {"epochs": 1, "batch_size": 8, "max_length": 16, **hyper},
+    }
+    response = client.post("/v1/jobs", headers=headers, json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def upload(client: TestClient, headers: dict, n: int) -> str:
+    response = client.post("/v1/datasets", headers=headers, files={"file": ("train.csv", csv_bytes(sentiment_rows(n)))})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def test_job_succeeds_and_checkpoint_loads(stack: Stack, api: TestClient, tiny_teacher: Path,
+                                           tmp_path: Path) -> None:
+    headers = {"Authorization": f"Bearer {new_key(stack.settings)}"}
+    teacher = register_teacher(stack.settings, headers, tiny_teacher)
+    dataset = upload(api, headers, 48)
+    dev_rows = sentiment_rows(16, seed=1)
+    dev = api.post("/v1/datasets", headers=headers, files={"file": ("dev.csv", csv_bytes(dev_rows))}).json()["id"]
+    job = submit(api, headers, teacher, dataset, validation_dataset=dev)
+    assert job["status"] == "queued" and job["validation_dataset"] == dev
+    assert job["hyperparameters"]["temperature"] == 5.0  # defaults filled in
+
+    events = follow(api, headers, job["id"])
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), "seq must be gapless"
+    statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
+    assert statuses == ["queued", "running", "succeeded"], stack.log_tail()
+    metrics = [e["data"] for e in events if e["type"] == "metrics"]
+    assert any({"loss", "kd", "ce", "grad", "lr", "step", "epoch"} <= set(m) for m in metrics)
+    assert any({"accuracy", "macro_f1", "teacher_agreement", "saliency_agreement"} <= set(m) for m in metrics)
+
+    # Resume from Last-Event-ID: only what came after.
+    with api.stream("GET", f"/v1/jobs/{job['id']}/events/stream",
+                    headers={**headers, "Last-Event-ID": str(len(events) - 1)}) as response:
+        tail = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    assert [e["seq"] for e in tail] == [len(events)]
+
+    final = api.get(f"/v1/jobs/{job['id']}", headers=headers).json()
+    assert final["status"] == "succeeded" and final["attempts"] == 1 and final["finished_at"]
+    assert final["progress"]["step"] == final["progress"]["total_steps"] > 0
+    assert final["versions"]["torch"] and final["versions"]["transformers"]
+    assert "accuracy" in final["metrics"]["best"]
+
+    checkpoints = api.get(f"/v1/jobs/{job['id']}/checkpoints", headers=headers).json()["data"]
+    kinds = {c["kind"]: c for c in checkpoints}
+    assert "final" in kinds
+    chosen = kinds.get("best") or kinds["final"]
+    content = api.get(f"/v1/jobs/{job['id']}/checkpoints/{chosen['id']}/content", headers=headers)
+    assert content.status_code == 200
+    import hashlib
+
+    assert hashlib.sha256(content.content).hexdigest() == chosen["sha256"]
+    target = tmp_path / "ckpt"
+    with tarfile.open(fileobj=io.BytesIO(content.content), mode="r:gz") as archive:
+        archive.extractall(target, filter="data")
+    assert (target / "gkd_card.json").is_file()
+
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(target)).eval()
+    assert model.config.num_hidden_layers == 1
+    assert sorted(model.config.id2label.values()) == sorted(LABELS)
+
+    # The downloaded model gives the accuracy the job reported for that checkpoint.
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(target))
+    batch = tokenizer([r["text"] for r in dev_rows], truncation=True, max_length=16, padding=True,
+                      return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**batch).logits.argmax(-1).tolist()
+    label_ids = model.config.label2id
+    accuracy = sum(p == label_ids[r["label"]] for p, r in zip(predicted, dev_rows, strict=True)) / len(dev_rows)
+    assert accuracy == pytest.approx(chosen["metrics"]["accuracy"], abs=1e-6)
+
+    # Another tenant sees none of it.
+    other = {"Authorization": f"Bearer {new_key(stack.settings)}"}
+    assert api.get(f"/v1/jobs/{job['id']}", headers=other).status_code == 404
+    assert api.get(f"/v1/jobs/{job['id']}/checkpoints/{chosen['id']}/content", headers=other).status_code == 404
+
+
+def test_cancel_while_running(stack: Stack, api: TestClient, tiny_teacher: Path) -> None:
+    headers = {"Authorization": f"Bearer {new_key(stack.settings)}"}
+    teacher = register_teacher(stack.settings, headers, tiny_teacher)
+    dataset = upload(api, headers, 48)
+    job = submit(api, headers, teacher, dataset, epochs=100)
+    deadline = time.monotonic() + 120
+    while True:
+        events = api.get(f"/v1/jobs/{job['id']}/events", headers=headers).json()["data"]
+        if any(e["type"] == "metrics" for e in events):
+            break
+        assert time.monotonic() < deadline, stack.log_tail()
+        time.sleep(0.2)
+    cancel = api.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+    assert cancel.status_code == 200 and cancel.json()["status"] in ("cancelling", "cancelled")
+    events = follow(api, headers, job["id"], timeout=120)
+    statuses = [(e["seq"], e["data"]["status"]) for e in events if e["type"] == "status"]
+    assert [s for _, s in statuses] == ["queued", "running", "cancelling", "cancelled"], stack.log_tail()
+    cancel_seq = statuses[2][0]
+    assert not [e for e in events if e["type"] == "metrics" and e["seq"] > cancel_seq]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    again = api.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+    assert again.status_code == 409 and again.json()["error"]["type"] == "conflict_error"
+
+
+def test_training_error_fails_the_job(stack: Stack, api: TestClient, tmp_path: Path) -> None:
+    headers = {"Authorization": f"Bearer {new_key(stack.settings)}"}
+    teacher_dir = make_tiny_teacher(tmp_path / "broken")
+    teacher = register_teacher(stack.settings, headers, teacher_dir, name="broken")
+    (teacher_dir / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    dataset = upload(api, headers, 16)
+    job = submit(api, headers, teacher, dataset)
+    events = follow(api, headers, job["id"], timeout=120)
+    assert events[-1]["data"]["status"] == "failed", stack.log_tail()
+    final = api.get(f"/v1/jobs/{job['id']}", headers=headers).json()
+    assert final["status"] == "failed" and final["error"]
+    assert final["finished_at"]

@@ -1,0 +1,196 @@
+"""Job submission checks, idempotency, listing, cancel, dataset-in-use, gapless events, the sweeper."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.db import session_scope
+from app.enqueue import sweep
+from app.main import create_app
+from app.orm import Job, JobEvent
+from app.settings import Settings
+from app.store import append_event
+from tests.factories import sentiment_rows
+from tests.service.conftest import register_teacher, upload_dataset
+from tests.service.test_api_basics import assert_error
+
+
+@pytest.fixture
+def setup(client: TestClient, auth: dict, settings: Settings, tiny_teacher: Path) -> dict:
+    teacher = register_teacher(settings, auth, tiny_teacher)
+    dataset = upload_dataset(client, auth)["id"]
+    return {"teacher": teacher, "training_dataset": dataset, "student": {"num_layers": 1}}
+
+
+def test_create_job(client: TestClient, auth: dict, setup: dict) -> None:
+    response = client.post("/v1/jobs", headers=auth, json={**setup, "name": "run 1", "metadata": {"a": 1}})
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["id"].startswith("job_") and job["object"] == "job" and job["status"] == "queued"
+    assert job["method"] == "gradient_kd" and job["teacher"] == setup["teacher"]
+    assert job["hyperparameters"]["learning_rate"] == 5e-5 and job["hyperparameters"]["epochs"] == 4
+    assert job["student"]["num_layers"] == 1 and job["metadata"] == {"a": 1}
+    assert job["progress"]["step"] == 0 and job["attempts"] == 0
+    assert set(job["versions"]) == {"gkd", "torch", "transformers"}
+    events = client.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()["data"]
+    assert [(e["seq"], e["type"], e["data"]) for e in events] == [(1, "status", {"status": "queued"})]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "param"),
+    [
+        ({"teacher": "mdl_unknown"}, 404, "teacher"),
+        ({"training_dataset": "ds_unknown"}, 404, "training_dataset"),
+        ({"validation_dataset": "ds_unknown"}, 404, "validation_dataset"),
+        ({"student": {"num_layers": 3}}, 422, "student.num_layers"),
+        ({"student": {"num_layers": 2, "init": [0, 5]}}, 422, "student.init"),
+        ({"student": {"num_layers": 2, "init": [0]}}, 422, "student"),
+        ({"hyperparameters": {"learning_rate": -1}}, 422, "hyperparameters.learning_rate"),
+        ({"hyperparameters": {"epochs": "many"}}, 422, "hyperparameters.epochs"),
+        ({"hyperparameters": {"warp": 9}}, 422, "hyperparameters.warp"),
+        ({"method": "magic"}, 422, "method"),
+        ({"method": "gradient_kd_cls", "student": {"num_layers": 1, "hidden_size": 16}}, 422, None),
+        ({"surprise": True}, 422, "surprise"),
+    ],
+)
+def test_invalid_jobs_name_the_field(client: TestClient, auth: dict, setup: dict, change: dict, status: int,
+                                     param: str | None) -> None:
+    error = assert_error(client.post("/v1/jobs", headers=auth, json={**setup, **change}), status,
+                         "not_found_error" if status == 404 else "invalid_request_error")
+    if param is not None:
+        assert error["param"] == param, error
+    assert client.get("/v1/jobs", headers=auth).json()["data"] == []
+
+
+def test_missing_body_field_and_bad_json(client: TestClient, auth: dict, setup: dict) -> None:
+    error = assert_error(client.post("/v1/jobs", headers=auth, json={"teacher": setup["teacher"]}), 422,
+                         "invalid_request_error", "training_dataset")
+    assert error["code"] == "missing_parameter"
+    assert_error(client.post("/v1/jobs", headers={**auth, "Content-Type": "application/json"}, content=b"{nope"),
+                 422, "invalid_request_error", None)
+
+
+def test_other_tenants_dataset_and_teacher_are_invisible(client: TestClient, auth: dict, other_auth: dict,
+                                                        setup: dict) -> None:
+    assert_error(client.post("/v1/jobs", headers=other_auth, json=setup), 404, "not_found_error", "teacher")
+    mine = upload_dataset(client, other_auth)["id"]
+    assert_error(client.post("/v1/jobs", headers=other_auth, json={**setup, "training_dataset": mine}), 404,
+                 "not_found_error", "teacher")
+    theirs = {**setup, "training_dataset": mine}
+    assert_error(client.post("/v1/jobs", headers=auth, json=theirs), 404, "not_found_error", "training_dataset")
+
+
+def test_labels_must_match_the_teacher(client: TestClient, auth: dict, setup: dict) -> None:
+    rows = [{"text": r["text"], "label": "happy" if r["label"] == "positive" else "sad"} for r in sentiment_rows(12)]
+    other = upload_dataset(client, auth, rows)["id"]
+    error = assert_error(client.post("/v1/jobs", headers=auth, json={**setup, "training_dataset": other}), 422,
+                         "invalid_request_error", "training_dataset")
+    assert error["code"] == "labels_mismatch"
+
+
+def test_idempotency_key(client: TestClient, auth: dict, setup: dict) -> None:
+    headers = {**auth, "Idempotency-Key": "abc-123"}
+    first = client.post("/v1/jobs", headers=headers, json=setup)
+    again = client.post("/v1/jobs", headers=headers, json=setup)
+    assert first.status_code == 201 and again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    changed = client.post("/v1/jobs", headers=headers, json={**setup, "name": "different"})
+    assert_error(changed, 409, "conflict_error")
+    assert len(client.get("/v1/jobs", headers=auth).json()["data"]) == 1
+
+
+def test_list_filter_pagination_and_cancel(client: TestClient, auth: dict, other_auth: dict, setup: dict) -> None:
+    ids = [client.post("/v1/jobs", headers=auth, json=setup).json()["id"] for _ in range(3)]
+    page = client.get("/v1/jobs?limit=2", headers=auth).json()
+    assert [j["id"] for j in page["data"]] == ids[::-1][:2] and page["has_more"]
+    rest = client.get(f"/v1/jobs?limit=2&after={page['next_cursor']}", headers=auth).json()
+    assert [j["id"] for j in rest["data"]] == [ids[0]] and not rest["has_more"]
+
+    assert_error(client.post(f"/v1/jobs/{ids[0]}/cancel", headers=other_auth), 404, "not_found_error")
+    cancelled = client.post(f"/v1/jobs/{ids[0]}/cancel", headers=auth)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["finished_at"]
+    assert_error(client.post(f"/v1/jobs/{ids[0]}/cancel", headers=auth), 409, "conflict_error")
+    assert [j["id"] for j in client.get("/v1/jobs?status=cancelled", headers=auth).json()["data"]] == [ids[0]]
+    assert len(client.get("/v1/jobs?status=queued", headers=auth).json()["data"]) == 2
+    assert_error(client.get("/v1/jobs?status=sleeping", headers=auth), 422, "invalid_request_error", "status")
+    events = client.get(f"/v1/jobs/{ids[0]}/events", headers=auth).json()["data"]
+    assert [e["data"]["status"] for e in events] == ["queued", "cancelled"]
+
+
+def test_dataset_in_use_cannot_be_deleted(client: TestClient, auth: dict, setup: dict) -> None:
+    job = client.post("/v1/jobs", headers=auth, json=setup).json()
+    error = assert_error(client.delete(f"/v1/datasets/{setup['training_dataset']}", headers=auth), 409,
+                         "conflict_error")
+    assert job["id"] in error["message"]
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert client.delete(f"/v1/datasets/{setup['training_dataset']}", headers=auth).status_code == 200
+
+
+def test_event_seq_is_gapless_with_concurrent_writers(client: TestClient, auth: dict, setup: dict,
+                                                      settings: Settings) -> None:
+    job_id = client.post("/v1/jobs", headers=auth, json=setup).json()["id"]
+
+    def writer(n: int) -> None:
+        for i in range(10):
+            with session_scope(settings.database_url) as session:
+                append_event(session, job_id, "log", f"writer {n} event {i}")
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # A rolled back event gives its number back.
+    with pytest.raises(RuntimeError), session_scope(settings.database_url) as session:
+        append_event(session, job_id, "log", "never committed")
+        raise RuntimeError
+    with session_scope(settings.database_url) as session:
+        append_event(session, job_id, "log", "last")
+        seqs = session.scalars(select(JobEvent.seq).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)).all()
+    assert list(seqs) == list(range(1, 43))
+
+
+def test_stream_of_a_finished_job_ends(client: TestClient, auth: dict, setup: dict) -> None:
+    job_id = client.post("/v1/jobs", headers=auth, json=setup).json()["id"]
+    client.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
+    with client.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=auth) as response:
+        lines = list(response.iter_lines())
+    assert "id: 1" in lines and "id: 2" in lines
+    with client.stream("GET", f"/v1/jobs/{job_id}/events/stream?after=2", headers=auth) as response:
+        assert not [line for line in response.iter_lines() if line.startswith("data:")]
+
+
+def test_broker_down_leaves_job_queued_and_sweeper_enqueues(settings: Settings, auth: dict, setup: dict) -> None:
+    settings.broker_url = "redis://127.0.0.1:1/0"
+    settings.enqueue_timeout_seconds = 0.5
+    with TestClient(create_app(settings), raise_server_exceptions=False) as down:
+        response = down.post("/v1/jobs", headers=auth, json=setup)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "queued" and job.enqueued_at is None
+
+    from worker.celery_app import make_celery
+
+    settings.broker_url = "memory://"
+    settings.requeue_after_seconds = 0.001
+    celery = make_celery(settings)
+    with session_scope(settings.database_url) as session:
+        counts = sweep(celery, settings, session)
+    assert counts["queued"] >= 1
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.enqueued_at is not None
+    with celery.connection_for_read() as conn:
+        queue = conn.SimpleQueue(settings.task_queue)
+        message = queue.get(timeout=2)
+        assert message.headers["task"] == "worker.tasks.run_job"
+        queue.close()

@@ -1,0 +1,364 @@
+"""Running one job: claim it, train it with `gkd.trainer.Trainer`, record events/checkpoints, finish it.
+
+Every database write is one short transaction, retried on OperationalError with backoff
+(`app.db.with_retries`), and followed by a Redis wake-up for SSE streams when configured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db import sessionmaker_for, with_retries
+from app.ids import new_id
+from app.orm import Checkpoint, Dataset, Job, TeacherModel, utcnow
+from app.settings import TERMINAL_STATUSES, Settings
+from app.storage import pack_directory, resolve
+from app.store import append_event, notify, status_event, transition
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("running", "cancelling")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Claim:
+    attempt: int
+    resumed: bool
+
+
+class JobContext:
+    """Database access for one job, from the worker's side."""
+
+    def __init__(self, settings: Settings, job_id: str) -> None:
+        self.settings = settings
+        self.job_id = job_id
+        self.sessions = sessionmaker_for(settings.database_url)
+
+    def write(self, fn: Any, what: str = "job update") -> Any:
+        """Run `fn(session)` in its own transaction with retries; notify SSE listeners after commit."""
+
+        def once() -> Any:
+            with self.sessions() as session:
+                try:
+                    result = fn(session)
+                    session.commit()
+                    return result
+                except BaseException:
+                    session.rollback()
+                    raise
+
+        result = with_retries(once, attempts=self.settings.db_retry_attempts, what=what)
+        notify(self.settings.notify_url, self.job_id)
+        return result
+
+    def read(self, fn: Any) -> Any:
+        def once() -> Any:
+            with self.sessions() as session:
+                return fn(session)
+
+        return with_retries(once, attempts=self.settings.db_retry_attempts, what="job read")
+
+    # ------------------------------------------------------------------------------------- claim
+    def claim(self, worker: str) -> Claim | None:
+        settings = self.settings
+
+        def tx(session: Session) -> Claim | None:
+            job = session.get(Job, self.job_id, with_for_update=True)
+            if job is None:
+                log.warning("job %s does not exist; dropping the task", self.job_id)
+                return None
+            now = utcnow()
+            stale = job.heartbeat_at is None or job.heartbeat_at < now - timedelta(
+                seconds=settings.stale_after_seconds
+            )
+            if job.status in TERMINAL_STATUSES or (job.status in ACTIVE and not stale):
+                return None  # finished, or another worker holds it: a duplicate delivery
+            if job.status == "cancelling":
+                transition(session, job.id, "cancelled", from_statuses=("cancelling",),
+                           message="job cancelled (its worker was lost)")
+                return None
+            if job.attempts >= settings.max_attempts:
+                transition(
+                    session, job.id, "failed", from_statuses=("queued", "running"),
+                    message=f"job failed: gave up after {job.attempts} attempts",
+                    values={"error": f"the job's worker was lost {job.attempts} times; gave up after "
+                                     f"{settings.max_attempts} attempts"},
+                )
+                return None
+            from gkd.versions import versions
+
+            seen_status, attempt = job.status, job.attempts + 1
+            claimed = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == seen_status, Job.attempts == job.attempts)
+                .values(status="running", attempts=attempt, worker=worker, heartbeat_at=now,
+                        started_at=job.started_at or now, versions=versions(), error=None)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if claimed != 1:
+                return None
+            if seen_status == "queued":
+                status_event(session, job.id, "running", f"job running on {worker} (attempt {attempt})")
+            else:
+                append_event(session, job.id, "log", f"worker {worker} resumes the job (attempt {attempt})",
+                             {"attempt": attempt, "worker": worker})
+            return Claim(attempt=attempt, resumed=seen_status != "queued")
+
+        return self.write(tx, "claim")
+
+    def heartbeat(self, worker: str) -> None:
+        def tx(session: Session) -> None:
+            session.execute(
+                update(Job)
+                .where(Job.id == self.job_id, Job.worker == worker, Job.status.in_(ACTIVE))
+                .values(heartbeat_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+
+        with_retries(lambda: self._plain(tx), attempts=2, what="heartbeat")
+
+    def _plain(self, fn: Any) -> Any:
+        with self.sessions() as session:
+            result = fn(session)
+            session.commit()
+            return result
+
+    def status(self) -> str | None:
+        return self.read(lambda s: s.scalar(select(Job.status).where(Job.id == self.job_id)))
+
+    def finish(self, status: str, message: str, *, error: str | None = None,
+               metrics: dict[str, Any] | None = None) -> str:
+        """Move to a terminal status; a pending cancel turns success into `cancelled`. Returns the status."""
+
+        def tx(session: Session) -> str:
+            values: dict[str, Any] = {"heartbeat_at": utcnow()}
+            if error is not None:
+                values["error"] = error
+            if metrics is not None:
+                values["metrics"] = metrics
+            if status == "succeeded" and transition(session, self.job_id, "succeeded", from_statuses=("running",),
+                                                    message=message, values=values):
+                return "succeeded"
+            if status in ("succeeded", "cancelled") and transition(
+                session, self.job_id, "cancelled", from_statuses=ACTIVE, message="job cancelled", values=values
+            ):
+                return "cancelled"
+            if status == "failed" and transition(session, self.job_id, "failed", from_statuses=ACTIVE,
+                                                 message=message, values=values):
+                return "failed"
+            current = session.scalar(select(Job.status).where(Job.id == self.job_id))
+            return str(current)
+
+        return self.write(tx, f"finish {status}")
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, ctx: JobContext, worker: str) -> None:
+        super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
+        self.ctx, self.worker = ctx, worker
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.ctx.settings.heartbeat_seconds):
+            try:
+                self.ctx.heartbeat(self.worker)
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                log.warning("heartbeat of %s failed: %s", self.ctx.job_id, exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+def _clean(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe floats (NaN/inf become None)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        elif isinstance(value, float):
+            value = round(value, 6)
+        out[key] = value
+    return out
+
+
+def make_callback(ctx: JobContext) -> Any:
+    from gkd.callbacks import TrainerCallback
+
+    class JobCallback(TrainerCallback):
+        """Progress, metrics events, cancellation and checkpoint upload for one job."""
+
+        def __init__(self) -> None:
+            self.cancel_seen = False
+            self.last_check = 0.0
+            # A resumed attempt continues from what the previous attempt recorded.
+            stored = ctx.read(lambda s: s.scalar(select(Job.metrics).where(Job.id == ctx.job_id))) or {}
+            self.latest: dict[str, Any] = dict(stored.get("latest") or {})
+            self.best: dict[str, Any] = dict(stored.get("best") or {})
+
+        # Metrics and progress share one transaction with the event. The write comes first (it takes the
+        # job's row lock, or SQLite's write lock), the status is read after it, inside the same transaction:
+        # if the job is being cancelled the transaction is rolled back (seq stays gapless) and training
+        # stops, so no metrics event ever follows the `cancelling` event.
+        def _record(self, progress: Any, message: str, data: dict[str, Any] | None) -> None:
+            def tx(session: Session) -> bool:
+                now = utcnow()
+                if data is not None:
+                    append_event(session, ctx.job_id, "metrics", message, data)
+                else:
+                    session.execute(update(Job).where(Job.id == ctx.job_id).values(heartbeat_at=now)
+                                    .execution_options(synchronize_session=False))
+                status = session.scalar(select(Job.status).where(Job.id == ctx.job_id))
+                if status != "running":
+                    session.rollback()
+                    return False
+                session.execute(
+                    update(Job).where(Job.id == ctx.job_id)
+                    .values(progress=progress.as_dict(), metrics={"latest": self.latest, "best": self.best},
+                            heartbeat_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                return True
+
+            if not ctx.write(tx, "metrics"):
+                self.cancel_seen = True
+
+        def on_train_begin(self, progress: Any) -> None:
+            if progress.resumed_from_step:
+                message = f"training resumed from step {progress.resumed_from_step} of {progress.total_steps}"
+            else:
+                message = f"training started: {progress.total_steps} steps"
+            ctx.write(lambda s: append_event(s, ctx.job_id, "log", message, progress.as_dict()), "log")
+            self._record(progress, "", None)
+
+        def on_step(self, progress: Any, metrics: Any) -> None:
+            values = _clean({**metrics.as_dict(), "step": progress.step, "epoch": progress.epoch})
+            self.latest = {**self.latest, **values}
+            every = ctx.settings.metrics_every_steps
+            if progress.step % every == 0 or progress.step == progress.total_steps or progress.step == 1:
+                message = f"step {progress.step}/{progress.total_steps} loss {values.get('loss')}"
+                self._record(progress, message, values)
+
+        def on_evaluate(self, progress: Any, metrics: dict[str, float]) -> None:
+            values = _clean({**metrics, "step": progress.step, "epoch": progress.epoch, "eval": True})
+            self.latest = {**self.latest, **{f"eval_{k}" if k in ("loss",) else k: v for k, v in values.items()
+                                             if k != "eval"}}
+            if not self.best or (values.get("accuracy") or 0) > (self.best.get("accuracy") or -1):
+                self.best = {k: v for k, v in values.items() if k != "eval"}
+            self._record(progress, f"evaluation at step {progress.step}: accuracy {values.get('accuracy')}",
+                         values)
+
+        def on_checkpoint(self, progress: Any, kind: str, path: Path) -> None:
+            if kind not in ("best", "final"):
+                return
+            target = ctx.settings.storage / "jobs" / ctx.job_id / "checkpoints" / f"{kind}.tar.gz"
+            sha, size = pack_directory(Path(path), target)
+            relative = target.relative_to(ctx.settings.storage).as_posix()
+            card = Path(path) / "gkd_card.json"
+            try:
+                metrics = _clean(json.loads(card.read_text(encoding="utf-8")).get("metrics") or {})
+            except (OSError, ValueError):
+                metrics = dict(self.best) if kind == "best" else dict(self.latest)
+
+            def tx(session: Session) -> None:
+                row = session.scalar(
+                    select(Checkpoint).where(Checkpoint.job_id == ctx.job_id, Checkpoint.kind == kind)
+                )
+                if row is None:
+                    row = Checkpoint(id=new_id("ckpt"), job_id=ctx.job_id, kind=kind, path=relative)
+                    session.add(row)
+                row.sha256, row.size_bytes, row.step, row.metrics = sha, size, progress.step, metrics
+                row.created_at = utcnow()
+                session.flush()
+                append_event(session, ctx.job_id, "checkpoint", f"{kind} checkpoint at step {progress.step}",
+                             {"checkpoint": row.id, "kind": kind, "step": progress.step, "sha256": sha,
+                              "size_bytes": size})
+
+            ctx.write(tx, "checkpoint")
+
+        def should_stop(self, progress: Any) -> bool:
+            if self.cancel_seen:
+                return True
+            now = time.monotonic()
+            if now - self.last_check >= ctx.settings.cancel_check_seconds:
+                self.last_check = now
+                if ctx.status() != "running":
+                    self.cancel_seen = True
+            return self.cancel_seen
+
+    return JobCallback()
+
+
+def build_config(settings: Settings, job_id: str) -> Any:
+    from gkd.config import DataSpec, DistillConfig
+
+    with sessionmaker_for(settings.database_url)() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        teacher = session.get(TeacherModel, job.teacher_id)
+        train = session.get(Dataset, job.training_dataset_id)
+        dev = session.get(Dataset, job.validation_dataset_id) if job.validation_dataset_id else None
+        if teacher is None or train is None:
+            raise RuntimeError("the job's teacher or training dataset no longer exists")
+        storage = settings.storage
+        return DistillConfig(
+            method=job.method,  # type: ignore[arg-type]
+            teacher=str(resolve(storage, teacher.path)),
+            student=job.student,  # type: ignore[arg-type]
+            data=DataSpec(train=str(resolve(storage, train.path)),
+                          dev=str(resolve(storage, dev.path)) if dev else None),
+            hyperparameters=job.hyperparameters,  # type: ignore[arg-type]
+            output_dir=str(storage / "jobs" / job_id / "work"),
+            cache_dir=str(settings.cache_dir),
+            device=settings.worker_device,
+            num_threads=settings.worker_num_threads,
+        )
+
+
+def run_job(settings: Settings, job_id: str) -> str:
+    """Claim and run one job; returns the status it ended with (or 'skipped')."""
+    ctx = JobContext(settings, job_id)
+    worker = worker_name()
+    claim = ctx.claim(worker)
+    if claim is None:
+        return "skipped"
+    heartbeat = Heartbeat(ctx, worker)
+    heartbeat.start()
+    try:
+        try:
+            from gkd.trainer import Trainer
+
+            config = build_config(settings, job_id)
+            callback = make_callback(ctx)
+            trainer = Trainer(config, [callback], state_every_steps=settings.state_every_steps)
+            result = trainer.train(resume=True)
+        except Exception as exc:  # noqa: BLE001 - any training error ends the job `failed`, with its message
+            log.exception("job %s failed", job_id)
+            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            return ctx.finish("failed", f"job failed: {message}", error=f"{type(exc).__name__}: {message}")
+        metrics = {
+            "latest": {**callback.latest, **_clean(dict(result.final_metrics))},
+            "best": _clean(dict(result.best_metrics)) or callback.best,
+        }
+        if result.stopped or callback.cancel_seen:
+            return ctx.finish("cancelled", "job cancelled", metrics=metrics)
+        return ctx.finish("succeeded", f"job succeeded after {result.steps} steps", metrics=metrics)
+    finally:
+        heartbeat.stop()
