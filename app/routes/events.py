@@ -56,13 +56,16 @@ def list_events(
 
 def _fetch(settings: Settings, job_id: str, after: int) -> tuple[list[JobEvent], str | None]:
     with sessionmaker_for(settings.database_url)() as session:
+        # Status first: a terminal status and its event commit together, so events read *after* a terminal
+        # status include that event. (Read the other way round, under READ COMMITTED the events could
+        # predate the commit while the status postdates it, and the stream would end one event short.)
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
         rows = list(
             session.scalars(
                 select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after).order_by(JobEvent.seq)
                 .limit(STREAM_BATCH)
             )
         )
-        status = session.scalar(select(Job.status).where(Job.id == job_id))
         return rows, status
 
 
