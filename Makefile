@@ -42,5 +42,9 @@ bench: install
 bench-quality: install
 	$(PY) -m benchmarks.quality
 
+# With `make run` up in another terminal: upload the movie-review data, distil, download, compare.
+demo: install
+	$(PY) -m gkd.demo $(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) var .pytest_cache

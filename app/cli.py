@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from app.settings import Settings
+from gkd.client_cli import models_list, models_upload
 
 LOCAL_TENANT = "local"
 BUILTIN_BASE = "all-MiniLM-L6-v2"
@@ -132,6 +133,11 @@ def models_import(path: Path, name: str, tenant: str | None) -> None:
         _fail(exc.message)
     click.echo(model_id)
     click.echo(f"registered {name!r}: {layers} layers, labels {labels or 'none (base encoder)'}", err=True)
+
+
+# Client commands over HTTP (gkd/client_cli.py): the teachers the API key can use, and uploads through the API.
+models.add_command(models_list)
+models.add_command(models_upload)
 
 
 # ------------------------------------------------------------------------------------------- worker

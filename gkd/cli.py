@@ -17,6 +17,8 @@ import click
 import yaml
 
 from gkd import __version__
+from gkd.client_cli import datasets as client_datasets
+from gkd.client_cli import jobs as client_jobs
 from gkd.config import ConfigError, DistillConfig
 
 
@@ -172,6 +174,10 @@ def example_teacher(home: str, train_rows: int, epochs: int, max_length: int, fo
                f"trained on {card.get('train_rows')} rows x {card.get('epochs')} epoch(s)")
     click.echo(f"  data: {', '.join(str(p) for p in files.values())}")
 
+
+# Client commands (HTTP, gkd.client); `gkd models list|upload` join the service's `models` group (app/cli.py).
+main.add_command(client_datasets)
+main.add_command(client_jobs)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,133 @@
+"""Typed results. Every model allows unknown fields (`extra="allow"`), so a newer service that adds
+fields does not break an older client; the extra fields are kept and show up in `model_dump()`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+T = TypeVar("T")
+
+
+class _Resource(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True, protected_namespaces=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class DatasetValidation(_Resource):
+    errors: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    label_counts: dict[str, int] = Field(default_factory=dict)
+    empty_rows: int = 0
+    duplicate_rows: int = 0
+    over_max_length: int = 0
+
+
+class Dataset(_Resource):
+    id: str
+    object: str = "dataset"
+    name: str | None = None
+    format: str | None = None
+    rows: int | None = None
+    labels: list[str] = Field(default_factory=list)
+    sha256: str | None = None
+    size_bytes: int | None = None
+    validation: DatasetValidation = Field(default_factory=DatasetValidation)
+    created_at: datetime | None = None
+
+
+class Model(_Resource):
+    id: str
+    object: str = "model"
+    name: str | None = None
+    owner: str | None = None
+    source: str | None = None
+    task: str | None = None
+    model_type: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    num_parameters: int | None = None
+    vocab_size: int | None = None
+    created_at: datetime | None = None
+
+
+class JobProgress(_Resource):
+    step: int = 0
+    total_steps: int | None = None
+    epoch: int = 0
+    fraction: float = 0.0
+    eta_seconds: float | None = None
+
+
+class Job(_Resource):
+    id: str
+    object: str = "job"
+    status: str
+    name: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    teacher: str | None = None
+    method: str | None = None
+    student: dict[str, Any] = Field(default_factory=dict)
+    training_dataset: str | None = None
+    validation_dataset: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    progress: JobProgress = Field(default_factory=JobProgress)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    attempts: int = 0
+    versions: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class JobEvent(_Resource):
+    object: str = "event"
+    seq: int
+    created_at: datetime | None = None
+    type: str
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        """A status event that moves the job to a final state: the last event of its stream."""
+        return self.type == "status" and self.data.get("status") in TERMINAL_STATUSES
+
+
+class Checkpoint(_Resource):
+    id: str
+    object: str = "checkpoint"
+    job: str | None = None
+    kind: str | None = None
+    step: int | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+class Deleted(_Resource):
+    id: str
+    object: str
+    deleted: bool = True
+
+
+class Page(_Resource, Generic[T]):
+    """One page of a list endpoint."""
+
+    object: str = "list"
+    data: list[T]
+    has_more: bool = False
+    next_cursor: str | None = None
