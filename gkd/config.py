@@ -58,6 +58,11 @@ class StudentSpec(_Strict):
         description="Student width; null keeps the teacher's. A different width starts the encoder fresh "
         "and uses the scalar saliency form of the gradient loss.",
     )
+    head: Literal["fresh", "teacher"] = Field(
+        "fresh",
+        description="'fresh' starts pooler and classifier from scratch (the authors); 'teacher' copies the "
+        "teacher's, so the student's confidence and its input gradients are meaningful from step one.",
+    )
     dropout: float | None = Field(
         None,
         ge=0.0,
@@ -116,6 +121,13 @@ class Hyperparameters(_Strict):
         "auto",
         description="'vector' compares unit per-token gradient vectors (the paper; needs equal widths), "
         "'scalar' compares normalised per-token saliency (ours; any width), 'auto' picks by width.",
+    )
+    gradient_warmup_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Ramp the weight of the gradient terms linearly from 0 over this fraction of the steps "
+        "(ours): the student first learns the teacher's outputs, then its saliency.",
     )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of initialisation, data order and dropout.")
     eval_every_steps: int | None = Field(

@@ -265,19 +265,22 @@ def build_student(teacher: Teacher, config: DistillConfig) -> PreTrainedModel:
     student = AutoModelForSequenceClassification.from_config(student_config, attn_implementation="eager")
     same_width = student_config.hidden_size == teacher_model.config.hidden_size
     if same_width:
-        copy_teacher_weights(teacher_model, student, layers)
+        copy_teacher_weights(teacher_model, student, layers, head=spec.head == "teacher")
         if config.method in GRADIENT_METHODS:
             freeze(embedding_module(student))
     return student
 
 
-def copy_teacher_weights(teacher: PreTrainedModel, student: PreTrainedModel, layers: list[int] | None) -> None:
-    """Copy embeddings (and, unless `layers` is None, encoder layer `layers[j]` into student layer j)."""
+def copy_teacher_weights(
+    teacher: PreTrainedModel, student: PreTrainedModel, layers: list[int] | None, *, head: bool = False
+) -> None:
+    """Copy embeddings, encoder layer `layers[j]` into student layer j (none when `layers` is None) and,
+    with `head`, the pooler and classifier."""
     source = teacher.state_dict()
     target = student.state_dict()
     update: dict[str, torch.Tensor] = {}
     for key in target:
-        if key.startswith(FRESH_PREFIXES) or ".pooler." in key:
+        if not head and (key.startswith(FRESH_PREFIXES) or ".pooler." in key):
             continue
         match = LAYER_KEY.match(key)
         if match and ".encoder." in key:

@@ -118,8 +118,12 @@ def student_loss(
     targets: TeacherTargets | None,
     layer_pairs: Sequence[tuple[int, int]] = (),
     vector_form: bool = True,
+    gradient_scale: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """The training loss of one batch for `method`, with its terms (floats, for logging)."""
+    """The training loss of one batch for `method`, with its terms (floats, for logging).
+
+    `gradient_scale` multiplies beta (gradient_kd) or gamma (gradient_kd_cls); the trainer uses it to ramp
+    the gradient terms in (`hyperparameters.gradient_warmup_ratio`)."""
     needs_hidden = method in HIDDEN_STATE_METHODS
     result = forward(student, batch, hidden_states=needs_hidden)
     logits = result.logits
@@ -143,7 +147,7 @@ def student_loss(
         terms["pkd"] = float(pkd.detach())
     if method in GRADIENT_METHODS:
         grad_term = _gradient_term(method, result, batch, targets, layer_pairs, vector_form)
-        weight = hp.beta if method == "gradient_kd" else hp.gamma
+        weight = (hp.beta if method == "gradient_kd" else hp.gamma) * gradient_scale
         loss = loss + weight * grad_term
         terms["grad"] = float(grad_term.detach())
     return loss, terms

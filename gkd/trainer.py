@@ -105,6 +105,12 @@ def _linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], flo
     return factor
 
 
+def _ramp(step: int, total_steps: int, warmup_ratio: float) -> float:
+    """Linear ramp from 0 to 1 over the first `warmup_ratio` of training (1 when the ratio is 0)."""
+    ramp_steps = warmup_ratio * total_steps
+    return 1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps)
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same directory, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +242,7 @@ class Trainer:
                 metrics = self._optimisation_step(
                     student, optimizer, scheduler, group, encoded["train"], caches.get("train"), teacher,
                     pad_id, pairs, vector_form, autocast,
+                    gradient_scale=_ramp(loop.step, total_steps, hp.gradient_warmup_ratio),
                 )
                 loop.step += 1
                 loop.step_in_epoch += 1
@@ -352,6 +359,7 @@ class Trainer:
         pairs: list[tuple[int, int]],
         vector_form: bool,
         autocast: contextlib.AbstractContextManager[Any],
+        gradient_scale: float = 1.0,
     ) -> StepMetrics:
         hp = self.config.hyperparameters
         method = self.config.method
@@ -364,7 +372,8 @@ class Trainer:
             batch = collate(dataset, indices, pad_id).to(self.device)
             targets = self._targets(cache, teacher, batch, needs_grads) if needs_teacher else None
             with autocast:
-                loss, terms = student_loss(method, hp, student, batch, targets, pairs, vector_form)
+                loss, terms = student_loss(method, hp, student, batch, targets, pairs, vector_form,
+                                           gradient_scale=gradient_scale)
             share = len(indices) / total_examples
             (loss * share).backward()
             for name, value in {"loss": float(loss.detach()), **terms}.items():
