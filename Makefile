@@ -23,7 +23,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install
+# The example teacher (the packaged MiniLM fine-tuned on movie reviews) is trained once, on the first
+# `make run` (a few minutes on 2 cores), and then registered by `gkd serve` for the README quickstart.
+EXAMPLE_TEACHER := var/models/example-teacher/gkd_card.json
+$(EXAMPLE_TEACHER): | $(STAMP)
+	$(GKD) example-teacher
+
+run: install $(EXAMPLE_TEACHER)
 	$(GKD) serve
 
 test: install
@@ -33,8 +39,7 @@ lint: install
 	$(VENV)/bin/ruff check gkd app worker tests benchmarks
 	$(VENV)/bin/mypy gkd
 
-example-teacher: install
-	$(GKD) example-teacher
+example-teacher: install $(EXAMPLE_TEACHER)
 
 bench: install
 	$(PY) -m benchmarks.train_step

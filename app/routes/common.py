@@ -50,7 +50,16 @@ def visible_models(tenant: Tenant) -> Select[Any]:
 
 
 def get_model(session: Session, tenant: Tenant, model_id: str, param: str | None = None) -> TeacherModel:
+    """A model by id, or by name (the tenant's own model first, then a shared one such as 'example-teacher')."""
     row = session.get(TeacherModel, model_id)
+    if row is None and not model_id.startswith("mdl_"):
+        named = session.scalars(
+            select(TeacherModel).where(
+                TeacherModel.name == model_id,
+                or_(TeacherModel.tenant_id == tenant.id, TeacherModel.tenant_id.is_(None)),
+            )
+        ).all()
+        row = min(named, key=lambda m: m.tenant_id is None, default=None)
     if row is None or row.tenant_id not in (None, tenant.id):
         raise not_found("model", model_id, param)
     return row
