@@ -180,6 +180,7 @@ def load_teacher(
     check_vocab(tokenizer, model.config.vocab_size)
     model.to(device)
     model.eval()
+    freeze(model)  # the teacher is a constant: no parameter gradients are ever needed
     return Teacher(model=model, tokenizer=tokenizer, path=path, labels=list(labels))
 
 

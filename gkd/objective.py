@@ -87,12 +87,16 @@ def forward(model: PreTrainedModel, batch: Batch, *, hidden_states: bool = False
 
 def teacher_targets(model: PreTrainedModel, batch: Batch, *, with_gradients: bool = True) -> TeacherTargets:
     """Teacher logits, [CLS] states and unit input gradients of its confidence signal (no graph kept)."""
+    if not with_gradients:  # logits and [CLS] states only: record no graph
+        with torch.no_grad():
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        token_type_ids=batch.token_type_ids, output_hidden_states=True)
+        cls_only = torch.stack([h[:, 0] for h in out.hidden_states], dim=1)
+        return TeacherTargets(logits=out.logits.float(), cls_states=cls_only.float())
     with torch.enable_grad():
         result = forward(model, batch, hidden_states=True)
         assert result.hidden_states is not None
         cls_states = torch.stack([h[:, 0] for h in result.hidden_states], dim=1)
-        if not with_gradients:
-            return TeacherTargets(logits=result.logits.detach().float(), cls_states=cls_states.detach())
         signal = losses.confidence_signal(result.logits)
         tensors = [result.embedding_output, *result.hidden_states[1:]]
         grads = torch.autograd.grad(signal, tensors, allow_unused=True)
@@ -140,9 +144,11 @@ def student_loss(
     student_cls = None
     if needs_hidden:
         assert result.hidden_states is not None and targets.cls_states is not None
-        student_cls = torch.stack([result.hidden_states[k][:, 0] for k, _ in layer_pairs], dim=1)
-        teacher_cls = targets.cls_states[:, [t for _, t in layer_pairs]]
-        pkd = losses.pkd_loss(teacher_cls, student_cls) if layer_pairs else logits.new_zeros(())
+        pkd = logits.new_zeros(())
+        if layer_pairs:  # a 1-layer student has no intermediate layer to match: the term is 0
+            student_cls = torch.stack([result.hidden_states[k][:, 0] for k, _ in layer_pairs], dim=1)
+            teacher_cls = targets.cls_states[:, [t for _, t in layer_pairs]]
+            pkd = losses.pkd_loss(teacher_cls, student_cls)
         loss = loss + hp.beta * pkd
         terms["pkd"] = float(pkd.detach())
     if method in GRADIENT_METHODS:

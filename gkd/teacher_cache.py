@@ -188,9 +188,12 @@ def open_or_build(
     device: torch.device | str = "cpu",
     pad_id: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    fingerprint: str | None = None,
 ) -> tuple[TeacherCache, bool]:
-    """The cache for this teacher and dataset, built if missing (or if `refresh`); returns (cache, built)."""
-    key = cache_key(teacher_fingerprint(teacher_dir), dataset, max_length)
+    """The cache for this teacher and dataset, built if missing (or if `refresh`); returns (cache, built).
+
+    `fingerprint` (of `teacher_dir`) may be passed in to hash the weights once for several datasets."""
+    key = cache_key(fingerprint or teacher_fingerprint(teacher_dir), dataset, max_length)
     directory = Path(cache_root) / key
     if directory.exists() and (refresh or not (directory / "meta.json").is_file()):
         shutil.rmtree(directory, ignore_errors=True)

@@ -34,7 +34,7 @@ from gkd.export import export_student
 from gkd.metrics import EvalAccumulator, accuracy_f1
 from gkd.models import Teacher, build_student, load_teacher
 from gkd.objective import Batch, TeacherTargets, student_loss, student_saliency_gradients, teacher_targets
-from gkd.teacher_cache import TeacherCache, open_or_build
+from gkd.teacher_cache import TeacherCache, open_or_build, teacher_fingerprint
 
 STATE_FILE = "training_state.pt"
 Splits = dict[str, list[gdata.Example]]
@@ -311,11 +311,12 @@ class Trainer:
 
             return report
 
+        fingerprint = teacher_fingerprint(teacher.path)
         return {
             name: open_or_build(
                 teacher.model, teacher.path, dataset, self.config.cache_dir, self.config.hyperparameters.max_length,
                 refresh=self.config.cache == "refresh", device=self.device, pad_id=pad_id,
-                progress=reporter(f"teacher_cache:{name}"),
+                progress=reporter(f"teacher_cache:{name}"), fingerprint=fingerprint,
             )[0]
             for name, dataset in encoded.items()
         }

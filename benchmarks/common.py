@@ -1,0 +1,220 @@
+"""Shared helpers of the benchmark scripts: environment facts, peak memory, data, tiny teachers, output."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import resource
+import shlex
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_TEACHER = "var/models/example-teacher"
+DEFAULT_DATA_DIR = "var/data/movie_reviews"
+
+# A word-level vocabulary for the tiny random teacher (`--tiny`): no files outside the repo are needed.
+_POSITIVE = ["good", "great", "fine", "lovely", "superb", "wonderful", "brilliant", "charming", "moving",
+             "delightful"]
+_NEGATIVE = ["bad", "awful", "dull", "boring", "poor", "terrible", "weak", "clumsy", "tedious", "messy"]
+_NEUTRAL = ["the", "a", "movie", "film", "plot", "story", "actor", "acting", "script", "scene", "music", "ending",
+            "it", "was", "is", "and", "but", "very", "quite", "rather", "really", "with", "of", "to", "in", "this",
+            "that", "its", "so", "too", "much", "some"]
+_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TINY_VOCAB = _SPECIAL + sorted(set(_POSITIVE + _NEGATIVE + _NEUTRAL))
+TINY_LABELS = ("negative", "positive")
+
+
+# ---------------------------------------------------------------- environment
+def set_threads(threads: int | None) -> int:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return int(torch.get_num_threads())
+
+
+def environment(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Facts that make a figure reproducible: command, date, versions, cores, threads."""
+    import torch
+    import transformers
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return {
+        "command": " ".join(["python", "-m", _module_name(), *map(shlex.quote, args)]),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": int(torch.get_num_threads()),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+_MODULE = "benchmarks"
+
+
+def set_module_name(name: str) -> None:
+    global _MODULE
+    _MODULE = name
+
+
+def _module_name() -> str:
+    return _MODULE
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MiB).
+
+    Linux: VmHWM of /proc/self/status, which belongs to this address space. `ru_maxrss` is not usable
+    in a subprocess: Linux keeps the parent's peak across fork + exec, so a child of a 6 GB benchmark
+    would report 6 GB.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def current_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return float(statistics.fmean(values)), float(statistics.stdev(values)) if len(values) > 1 else 0.0
+
+
+# ---------------------------------------------------------------- data and teachers
+def synthetic_rows(n: int, seed: int = 0, min_words: int = 3, max_words: int = 12) -> list[tuple[str, str]]:
+    """Labelled sentences over the tiny vocabulary (label decided by one sentiment word)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = TINY_LABELS[i % 2]
+        cue = rng.choice(_POSITIVE if label == "positive" else _NEGATIVE)
+        words = [rng.choice(_NEUTRAL) for _ in range(rng.randint(min_words, max_words))]
+        words.insert(rng.randint(0, len(words)), cue)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def make_tiny_teacher(
+    directory: Path, *, num_layers: int = 2, hidden: int = 32, max_positions: int = 160, seed: int = 0
+) -> Path:
+    """A randomly initialised BERT classifier + word-level tokenizer saved as a Hugging Face directory."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(TINY_VOCAB), hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=4,
+        intermediate_size=hidden * 2, max_position_embeddings=max_positions,
+        id2label=dict(enumerate(TINY_LABELS)), label2id={name: i for i, name in enumerate(TINY_LABELS)},
+    )
+    BertForSequenceClassification(config).save_pretrained(str(directory), safe_serialization=True)
+    (directory / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
+    BertTokenizerFast.from_pretrained(str(directory)).save_pretrained(str(directory))
+    return directory
+
+
+def tiny_teacher_dir(max_positions: int = 160) -> Path:
+    """A tiny teacher in a fresh temporary directory (callers may delete it)."""
+    return make_tiny_teacher(Path(tempfile.mkdtemp(prefix="gkd-bench-teacher-")), max_positions=max_positions)
+
+
+def movie_review_split_files(data_dir: str | Path = DEFAULT_DATA_DIR) -> dict[str, Path]:
+    """train/dev/test CSVs of the movie-review benchmark; written by `gkd.example` if missing."""
+    directory = Path(data_dir)
+    paths = {name: directory / f"{name}.csv" for name in ("train", "dev", "test")}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    if directory.resolve() == Path(DEFAULT_DATA_DIR).resolve():
+        from gkd.example import movie_review_files
+
+        return movie_review_files(directory.parent.parent)
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    raise SystemExit(f"missing data files: {', '.join(missing)}")
+
+
+def write_rows_csv(path: Path, rows: Sequence[tuple[str, str]]) -> Path:
+    """A text,label CSV (the library's tabular format)."""
+    import csv
+
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def read_split(path: Path) -> list[Any]:
+    from gkd.data import read_examples
+
+    return list(read_examples(str(path)).examples)
+
+
+# ---------------------------------------------------------------- output
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(cell, headers)) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    table = [list(map(str, headers))] + [list(map(str, row)) for row in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    lines = ["  ".join(value.ljust(widths[i]) for i, value in enumerate(row)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def environment_markdown(env: dict[str, Any]) -> str:
+    return "\n".join([
+        f"- command: `{env['command']}`",
+        f"- date (UTC): {env['date']}",
+        f"- torch {env['torch']}, transformers {env['transformers']}, Python {env['python']}",
+        f"- machine: {env['processor']}, {env['cpu_count']} cores ({env['cpu_affinity']} usable), "
+        f"torch threads {env['torch_threads']}" + (f", GPU {env['cuda']}" if env.get("cuda") else ""),
+    ])

@@ -1,0 +1,117 @@
+"""Smoke tests of the benchmark scripts on a tiny random teacher: they run end to end and write what they promise.
+
+They measure nothing (a few steps on a 2-layer, 32-wide model); they only keep `benchmarks/` from rotting
+and never need the example teacher.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import quality, train_step
+from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_teacher(tmp_path_factory.mktemp("teacher") / "tiny", num_layers=2, hidden=32)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("reviews")
+    for seed, (name, count) in enumerate({"train": 24, "dev": 12, "test": 12}.items()):
+        write_csv(root / f"{name}.csv", sentiment_rows(count, seed=seed))
+    return root
+
+
+def step_args(teacher_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["--teacher", str(teacher_dir), "--synthetic-data", "--student-layers", "2", "--batch-size", "4",
+            "--length", "16", "--steps", "1", "--warmup", "1", "--threads", "1", "--out", str(out), *extra]
+
+
+def test_train_step_writes_every_variant_epoch_phases_and_targets(teacher_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "train_step.json"
+    report = train_step.main(step_args(teacher_dir, out, "--epoch-batches", "2", "--epoch-repeats", "1", "--no-rss"))
+
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert saved["benchmark"] == "train_step" and saved == json.loads(json.dumps(report))
+    assert {"environment", "settings", "shapes", "epoch", "phases", "targets"} <= set(saved)
+    assert {"command", "date", "torch", "cpu_count", "torch_threads"} <= set(saved["environment"])
+    assert set(saved["shapes"]) == {"padded", "bucketed"}
+    variants = {"ce", "kd", "kd+cache", "pkd", "pkd+cache", "gradient_kd", "gradient_kd+cache",
+                "gradient_kd_cls", "gradient_kd_cls+cache"}
+    for shape in saved["shapes"].values():
+        assert {row["variant"] for row in shape["results"]} == variants
+        for row in shape["results"]:
+            assert len(row["times_ms"]) == 1 and row["median_ms"] > 0 and row["ratio_to_kd_uncached"] > 0
+        assert shape["cache_build_s"] > 0
+    assert saved["shapes"]["padded"]["stats"]["mean_width"] == 16
+    epoch = saved["epoch"]
+    assert epoch["batches"] == 2 and len(epoch["cached_s"]) == len(epoch["uncached_s"]) == 1 and epoch["speedup"] > 0
+    assert {"gradient_kd+cache", "gradient_kd", "kd"} <= set(saved["phases"])
+    assert "input_gradient_create_graph" in saved["phases"]["gradient_kd+cache"]
+    assert {t["name"].split(" (")[0] for t in saved["targets"]} >= {"gradient_kd cached <= 1.5x uncached kd"}
+    assert all(isinstance(t["pass"], bool) for t in saved["targets"])
+    markdown = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "python -m benchmarks.train_step" in markdown and "| gradient_kd | yes |" in markdown
+
+
+@pytest.mark.slow  # two subprocesses, each importing torch and transformers
+def test_train_step_measures_peak_rss_in_subprocesses(teacher_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rss.json"
+    report = train_step.main(step_args(teacher_dir, out, "--methods", "gradient_kd", "--shapes", "packed",
+                                       "--epoch-batches", "0", "--no-phases", "--rss-steps", "1"))
+
+    memory = {(m["method"], m["cached"]): m for m in report["memory"]}
+    assert set(memory) == {("gradient_kd", False), ("gradient_kd", True)}
+    for row in memory.values():
+        assert "error" not in row, row.get("error")
+        assert row["peak_rss_mb"] >= row["setup_peak_rss_mb"] > 0
+    assert report["shapes"]["packed"]["stats"]["real_token_fraction"] == 1.0
+    assert "epoch" not in report
+
+
+def quality_args(teacher_dir: Path, data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["--teacher", str(teacher_dir), "--data-dir", str(data_dir), "--epochs", "1", "--max-length", "16",
+            "--batch-size", "8", "--learning-rate", "1e-3", "--methods", "ce,gradient_kd", "--layers", "1",
+            "--seeds", "1", "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
+            "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "quality.json"), *extra]
+
+
+def test_quality_runs_methods_and_sweep_and_resumes(teacher_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    args = quality_args(teacher_dir, data_dir, tmp_path, "--sweep", "--sweep-values", "10", "--sweep-layers", "1")
+    report = quality.main(args)
+
+    out = tmp_path / "quality.json"
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert {"environment", "settings", "runs", "summary", "sweep_summary", "teacher_reference"} <= set(saved)
+    assert sorted(run["key"] for run in saved["runs"]) == [
+        "main|L1|ce|seed42|beta1|gamma1", "main|L1|gradient_kd|seed42|beta1|gamma1",
+        "sweep|L1|gradient_kd|seed42|beta10|gamma1",
+    ]
+    for run in saved["runs"]:
+        assert {"accuracy", "teacher_agreement", "saliency_agreement", "saliency_top3_overlap"} <= set(run["test"])
+    rows = {(row["layers"], row["method"]): row for row in saved["summary"]}
+    assert set(rows) == {(1, "ce"), (1, "gradient_kd")}
+    assert rows[(1, "gradient_kd")]["accuracy"]["values"] == [saved["runs"][1]["test"]["accuracy"]]
+    assert "saliency cos" in out.with_suffix(".md").read_text(encoding="utf-8")
+    assert saved["teacher_reference"]["test"]["saliency_agreement"] == pytest.approx(1.0, abs=1e-4)
+    assert not (tmp_path / "work" / "main_L1_ce_seed42_beta1_gamma1").exists()
+
+    again = quality.main(args)  # resumes: every run is already there
+    assert [r["key"] for r in again["runs"]] == [r["key"] for r in report["runs"]]
+    with pytest.raises(SystemExit, match="other settings"):
+        quality.main(quality_args(teacher_dir, data_dir, tmp_path, "--epochs", "2"))
+
+
+def test_quality_tiny_mode_needs_no_files(tmp_path: Path) -> None:
+    report = quality.main(["--tiny", "--train-rows", "16", "--eval-rows", "8", "--epochs", "1", "--max-length", "16",
+                           "--batch-size", "8", "--methods", "kd", "--layers", "1", "--seeds", "1", "--no-plot",
+                           "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--work-dir",
+                           str(tmp_path / "work"), "--out", str(tmp_path / "q.json")])
+    assert [row["method"] for row in report["summary"]] == ["kd"]
+    assert report["settings"]["teacher"] == "tiny"
