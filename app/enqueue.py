@@ -18,14 +18,14 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def send_run_job(celery: Celery, settings: Settings, job_id: str) -> bool:
-    from worker.celery_app import RUN_JOB
+def send_run_job(celery: Celery, settings: Settings, job_id: str, device: str | None = "auto") -> bool:
+    from worker.celery_app import RUN_JOB, queue_for
 
     try:
         celery.send_task(
             RUN_JOB,
             args=[job_id],
-            queue=settings.task_queue,
+            queue=queue_for(settings, device),
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0},
         )
@@ -37,7 +37,8 @@ def send_run_job(celery: Celery, settings: Settings, job_id: str) -> bool:
 
 def enqueue_committed_job(celery: Celery, settings: Settings, session: Session, job_id: str) -> bool:
     """Enqueue a job whose row is committed, and record when."""
-    if not send_run_job(celery, settings, job_id):
+    device = session.scalar(select(Job.device).where(Job.id == job_id))
+    if not send_run_job(celery, settings, job_id, device):
         return False
     try:
         session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
@@ -59,15 +60,15 @@ def sweep(celery: Celery, settings: Settings, session: Session) -> dict[str, int
     queued_cutoff = now - timedelta(seconds=settings.requeue_after_seconds)
     stale_cutoff = now - timedelta(seconds=settings.stale_after_seconds)
     counts = {"queued": 0, "stale": 0}
-    queued = session.scalars(
-        select(Job.id).where(
+    queued = session.execute(
+        select(Job.id, Job.device).where(
             Job.status == "queued",
             Job.created_at < queued_cutoff,
             or_(Job.enqueued_at.is_(None), Job.enqueued_at < queued_cutoff),
         )
     ).all()
-    stale = session.scalars(
-        select(Job.id).where(
+    stale = session.execute(
+        select(Job.id, Job.device).where(
             Job.status.in_(("running", "cancelling")),
             or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_cutoff),
             or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_cutoff),
@@ -75,7 +76,7 @@ def sweep(celery: Celery, settings: Settings, session: Session) -> dict[str, int
     ).all()
     session.rollback()
     for kind, ids, cutoff in (("queued", queued, queued_cutoff), ("stale", stale, stale_cutoff)):
-        for job_id in ids:
+        for job_id, device in ids:
             claimed = session.execute(
                 update(Job)
                 .where(Job.id == job_id, or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff))
@@ -83,6 +84,6 @@ def sweep(celery: Celery, settings: Settings, session: Session) -> dict[str, int
                 .execution_options(synchronize_session=False)
             ).rowcount
             session.commit()
-            if claimed and send_run_job(celery, settings, job_id):
+            if claimed and send_run_job(celery, settings, job_id, device):
                 counts[kind] += 1
     return counts

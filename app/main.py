@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app import errors
-from app.routes import checkpoints, datasets, events, health, jobs, models
+from app import dashboard, errors
+from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, saliency
 from app.settings import Settings
 
 
@@ -42,6 +42,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.state.celery = celery_producer
     errors.install(app)
-    for module in (health, datasets, models, jobs, events, checkpoints):
+    for module in (health, metrics, datasets, models, jobs, events, checkpoints, saliency, dashboard):
         app.include_router(module.router)
     return app

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.ids import new_id
 from app.orm import TeacherModel, utcnow
 from app.settings import Settings
-from app.storage import ArchiveError, extract_archive
+from app.storage import ArchiveError, extract_archive, get_storage
 
 
 class RegistryError(ValueError):
@@ -91,6 +91,7 @@ def import_archive(settings: Settings, archive: Path, name: str, tenant_id: str)
         final = settings.storage / relative
         final.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(root), str(final))
+        get_storage(settings).publish(relative)  # GKD_STORAGE=s3: to the bucket
     except ArchiveError as exc:
         raise RegistryError(exc.message, exc.param) from exc
     finally:

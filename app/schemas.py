@@ -104,6 +104,10 @@ class JobCreate(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     name: str | None = Field(None, max_length=300)
     metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=50)
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="Worker queue: `cpu`, `gpu`, or `auto` (the deployment's GKD_AUTO_DEVICE)."
+    )
+    devices: int = Field(1, ge=1, le=16, description="Data-parallel processes (GPUs, or CPU processes) of one job.")
 
 
 class Progress(BaseModel):
@@ -134,6 +138,8 @@ class JobOut(BaseModel):
     error: str | None
     attempts: int
     versions: dict[str, Any]
+    device: str = "auto"
+    devices: int = 1
 
     @classmethod
     def of(cls, row: Job) -> JobOut:
@@ -157,6 +163,8 @@ class JobOut(BaseModel):
             error=row.error,
             attempts=row.attempts,
             versions={"gkd": None, "torch": None, "transformers": None, **(row.versions or {})},
+            device=row.device or "auto",
+            devices=row.devices or 1,
         )
 
 

@@ -8,8 +8,9 @@ cache, so `gkd serve` needs no server at all. Production points `GKD_DATABASE_UR
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
@@ -57,6 +58,25 @@ class Settings(BaseSettings):
     worker_num_threads: int | None = Field(None, ge=1)
     state_every_steps: int | None = Field(None, ge=1)
     broker_polling_seconds: float = Field(0.5, gt=0)
+
+    # Deployment beyond one machine (docs/deploy.md)
+    storage_backend: Literal["local", "s3"] = Field(
+        "local", validation_alias=AliasChoices("GKD_STORAGE", "GKD_STORAGE_BACKEND", "storage_backend"),
+        description="GKD_STORAGE: `local` (the storage directory) or `s3` (a bucket; the directory is its cache).",
+    )
+    s3_bucket: str = ""
+    s3_prefix: str = Field("", description="Key prefix inside the bucket, e.g. `gkd/`.")
+    s3_endpoint_url: str | None = Field(None, description="For MinIO, Ceph, R2...; unset for AWS.")
+    s3_region: str | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_multipart_threshold_bytes: int = Field(64 * 1024 * 1024, ge=5 * 1024 * 1024)
+    s3_multipart_chunk_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    s3_presigned_downloads: bool = Field(False, description="Checkpoint downloads answer 307 to a presigned URL.")
+    s3_presign_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    gpu_task_queue: str = Field("training-gpu", description="Queue of jobs with device `gpu`; cpu jobs use task_queue.")
+    auto_device: Literal["cpu", "gpu"] = Field("cpu", description="Where jobs with device `auto` go.")
+    worker_queues: str = Field("", description="Comma list of `cpu`,`gpu`; default from GKD_WORKER_DEVICE.")
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve worker /metrics on it.")
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

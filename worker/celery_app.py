@@ -23,6 +23,36 @@ def _tune_embedded_transport(settings: Settings) -> None:
         sqla_transport.Transport.polling_interval = settings.broker_polling_seconds
 
 
+def queue_for(settings: Settings, device: str | None) -> str:
+    """The queue of a job by its device kind: `gpu` -> GKD_GPU_TASK_QUEUE, `cpu` -> GKD_TASK_QUEUE, `auto` ->
+    the kind GKD_AUTO_DEVICE names (cpu unless the deployment has GPU workers and says so)."""
+    kind = settings.auto_device if device in (None, "", "auto") else device
+    return settings.gpu_task_queue if kind == "gpu" else settings.task_queue
+
+
+def worker_kinds(settings: Settings) -> list[str]:
+    """Device kinds this worker consumes: GKD_WORKER_QUEUES (`cpu`, `gpu` or `cpu,gpu`), else from
+    GKD_WORKER_DEVICE (`cuda...` -> gpu, `cpu` -> cpu, `auto` -> cpu, and gpu too when CUDA is available, so
+    the one local worker of `gkd serve` takes every job)."""
+    kinds = [kind.strip() for kind in settings.worker_queues.split(",") if kind.strip()]
+    for kind in kinds:
+        if kind not in ("cpu", "gpu"):
+            raise ValueError(f"GKD_WORKER_QUEUES: unknown device kind {kind!r} (use cpu, gpu or cpu,gpu)")
+    if kinds:
+        return kinds
+    if settings.worker_device.startswith("cuda"):
+        return ["gpu"]
+    if settings.worker_device == "auto":
+        import torch
+
+        return ["cpu", "gpu"] if torch.cuda.is_available() else ["cpu"]
+    return ["cpu"]
+
+
+def worker_queues(settings: Settings) -> list[str]:
+    return [queue_for(settings, kind) for kind in worker_kinds(settings)]
+
+
 def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
     _tune_embedded_transport(settings)
     celery = Celery("gkd", broker=settings.broker_url, include=["worker.tasks"] if include_tasks else [])
@@ -31,7 +61,7 @@ def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
         transport_options["visibility_timeout"] = settings.visibility_timeout_seconds
     celery.conf.update(
         task_default_queue=settings.task_queue,
-        task_queues=[Queue(settings.task_queue)],
+        task_queues=[Queue(settings.task_queue), Queue(settings.gpu_task_queue)],
         task_routes={RUN_JOB: {"queue": settings.task_queue}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,

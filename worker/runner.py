@@ -25,12 +25,15 @@ from app.db import sessionmaker_for, with_retries
 from app.ids import new_id
 from app.orm import Checkpoint, Dataset, Job, TeacherModel, utcnow
 from app.settings import TERMINAL_STATUSES, Settings
-from app.storage import pack_directory, resolve
+from app.storage import get_storage, pack_directory
 from app.store import append_event, notify, status_event, transition
 
 log = logging.getLogger(__name__)
 
 ACTIVE = ("running", "cancelling")
+# Set when this worker is asked to shut down (SIGTERM): the running job stops after its current step, saves
+# its training state and goes back to the queue for another worker (`worker.tasks`, docs/deploy.md).
+DRAIN = threading.Event()
 
 
 def worker_name() -> str:
@@ -168,6 +171,23 @@ class JobContext:
 
         return self.write(tx, f"finish {status}")
 
+    def requeue(self, worker: str, step: int) -> str | None:
+        """A draining worker hands the job back: `running` -> `queued`, the attempt not counted. Returns the
+        job's device kind (its queue) or None when the job is no longer running (e.g. being cancelled)."""
+
+        def tx(session: Session) -> str | None:
+            job = session.get(Job, self.job_id)
+            if job is None or not transition(
+                session, self.job_id, "queued", from_statuses=("running",),
+                message=f"worker {worker} is shutting down; the job is queued again and resumes from step {step}",
+                values={"worker": None, "attempts": max(0, job.attempts - 1), "heartbeat_at": None,
+                        "enqueued_at": utcnow()},
+            ):
+                return None
+            return job.device
+
+        return self.write(tx, "requeue")
+
 
 class Heartbeat(threading.Thread):
     def __init__(self, ctx: JobContext, worker: str) -> None:
@@ -207,7 +227,9 @@ def make_callback(ctx: JobContext) -> Any:
 
         def __init__(self) -> None:
             self.cancel_seen = False
+            self.draining = False
             self.last_check = 0.0
+            self.last_step_time: float | None = None
             # A resumed attempt continues from what the previous attempt recorded.
             stored = ctx.read(lambda s: s.scalar(select(Job.metrics).where(Job.id == ctx.job_id))) or {}
             self.latest: dict[str, Any] = dict(stored.get("latest") or {})
@@ -249,6 +271,11 @@ def make_callback(ctx: JobContext) -> Any:
             self._record(progress, "", None)
 
         def on_step(self, progress: Any, metrics: Any) -> None:
+            from worker.metrics import WORKER_METRICS
+
+            now = time.monotonic()
+            WORKER_METRICS.step(now - self.last_step_time if self.last_step_time is not None else None)
+            self.last_step_time = now
             values = _clean({**metrics.as_dict(), "step": progress.step, "epoch": progress.epoch})
             self.latest = {**self.latest, **values}
             every = ctx.settings.metrics_every_steps
@@ -266,11 +293,17 @@ def make_callback(ctx: JobContext) -> Any:
                          values)
 
         def on_checkpoint(self, progress: Any, kind: str, path: Path) -> None:
-            if kind not in ("best", "final"):
+            if kind not in ("best", "final", "state"):
+                return
+            if kind == "state":  # the resumable training state follows the job to whichever worker resumes it
+                storage = get_storage(ctx.settings)
+                if storage.kind != "local":
+                    storage.publish(Path(path).relative_to(ctx.settings.storage).as_posix())
                 return
             target = ctx.settings.storage / "jobs" / ctx.job_id / "checkpoints" / f"{kind}.tar.gz"
             sha, size = pack_directory(Path(path), target)
             relative = target.relative_to(ctx.settings.storage).as_posix()
+            get_storage(ctx.settings).publish(relative)
             card = Path(path) / "gkd_card.json"
             try:
                 metrics = _clean(json.loads(card.read_text(encoding="utf-8")).get("metrics") or {})
@@ -294,6 +327,9 @@ def make_callback(ctx: JobContext) -> Any:
             ctx.write(tx, "checkpoint")
 
         def should_stop(self, progress: Any) -> bool:
+            if DRAIN.is_set():
+                self.draining = True
+                return True
             if self.cancel_seen:
                 return True
             now = time.monotonic()
@@ -308,6 +344,7 @@ def make_callback(ctx: JobContext) -> Any:
 
 def build_config(settings: Settings, job_id: str) -> Any:
     from gkd.config import DataSpec, DistillConfig
+    from gkd.trainer import STATE_FILE
 
     with sessionmaker_for(settings.database_url)() as session:
         job = session.get(Job, job_id)
@@ -317,15 +354,19 @@ def build_config(settings: Settings, job_id: str) -> Any:
         dev = session.get(Dataset, job.validation_dataset_id) if job.validation_dataset_id else None
         if teacher is None or train is None:
             raise RuntimeError("the job's teacher or training dataset no longer exists")
-        storage = settings.storage
+        storage = get_storage(settings)  # a bucket's objects are downloaded to this worker's storage directory
+        work = settings.storage / "jobs" / job_id / "work"
+        state = (work / "state" / STATE_FILE).relative_to(settings.storage).as_posix()
+        if storage.kind != "local" and storage.exists(state):
+            storage.materialize(state, refresh=True)  # the latest state, whoever saved it
         return DistillConfig(
             method=job.method,  # type: ignore[arg-type]
-            teacher=str(resolve(storage, teacher.path)),
+            teacher=str(storage.materialize(teacher.path)),
             student=job.student,  # type: ignore[arg-type]
-            data=DataSpec(train=str(resolve(storage, train.path)),
-                          dev=str(resolve(storage, dev.path)) if dev else None),
+            data=DataSpec(train=str(storage.materialize(train.path)),
+                          dev=str(storage.materialize(dev.path)) if dev else None),
             hyperparameters=job.hyperparameters,  # type: ignore[arg-type]
-            output_dir=str(storage / "jobs" / job_id / "work"),
+            output_dir=str(work),
             cache_dir=str(settings.cache_dir),
             device=settings.worker_device,
             num_threads=settings.worker_num_threads,
@@ -336,6 +377,13 @@ def run_job(settings: Settings, job_id: str) -> str:
     """Claim and run one job; returns the status it ended with (or 'skipped')."""
     ctx = JobContext(settings, job_id)
     worker = worker_name()
+    if DRAIN.is_set():  # shutting down: this delivery (perhaps our own hand-back) goes to another worker
+        from app.enqueue import send_run_job
+        from worker.celery_app import celery
+
+        device = ctx.read(lambda s: s.scalar(select(Job.device).where(Job.id == job_id)))
+        send_run_job(celery, settings, job_id, device)
+        return "requeued"
     claim = ctx.claim(worker)
     if claim is None:
         return "skipped"
@@ -347,8 +395,14 @@ def run_job(settings: Settings, job_id: str) -> str:
 
             config = build_config(settings, job_id)
             callback = make_callback(ctx)
-            trainer = Trainer(config, [callback], state_every_steps=settings.state_every_steps)
-            result = trainer.train(resume=True)
+            devices = ctx.read(lambda s: s.scalar(select(Job.devices).where(Job.id == job_id))) or 1
+            if devices > 1:  # data-parallel on this worker's GPUs (NCCL) or CPU processes (gloo)
+                from gkd.distributed import train_distributed
+
+                result = train_distributed(config, devices, [callback], state_every_steps=settings.state_every_steps)
+            else:
+                trainer = Trainer(config, [callback], state_every_steps=settings.state_every_steps)
+                result = trainer.train(resume=True)
         except Exception as exc:  # noqa: BLE001 - any training error ends the job `failed`, with its message
             log.exception("job %s failed", job_id)
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -357,6 +411,14 @@ def run_job(settings: Settings, job_id: str) -> str:
             "latest": {**callback.latest, **_clean(dict(result.final_metrics))},
             "best": _clean(dict(result.best_metrics)) or callback.best,
         }
+        if result.stopped and callback.draining and not callback.cancel_seen:
+            device = ctx.requeue(worker, result.steps)
+            if device is not None:
+                from app.enqueue import send_run_job
+                from worker.celery_app import celery
+
+                send_run_job(celery, settings, job_id, device)  # if this fails, the sweeper re-enqueues it
+                return "requeued"
         if result.stopped or callback.cancel_seen:
             return ctx.finish("cancelled", "job cancelled", metrics=metrics)
         return ctx.finish("succeeded", f"job succeeded after {result.steps} steps", metrics=metrics)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from app.settings import Settings
 from worker.celery_app import RUN_JOB, celery
@@ -22,11 +22,25 @@ def worker_settings() -> Settings:
 
 @celery.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(job_id: str) -> str:
+    from worker.metrics import WORKER_METRICS
     from worker.runner import run_job as run
 
-    status = run(worker_settings(), job_id)
+    WORKER_METRICS.busy(True)
+    try:
+        status = run(worker_settings(), job_id)
+    finally:
+        WORKER_METRICS.busy(False)
+    WORKER_METRICS.job(status)
     log.info("job %s: %s", job_id, status)
     return status
+
+
+@worker_shutting_down.connect
+def _drain(sender: object = None, **_kwargs: object) -> None:
+    """SIGTERM (warm shutdown): the running job saves its state and is re-queued; see `worker.runner.DRAIN`."""
+    from worker.runner import DRAIN
+
+    DRAIN.set()
 
 
 @worker_ready.connect
@@ -34,6 +48,10 @@ def _start_sweeper(sender: object = None, **_kwargs: object) -> None:
     from worker.sweeper import Sweeper
 
     Sweeper.start_once(celery, worker_settings())
+    if worker_settings().worker_metrics_port:
+        from worker.metrics import serve_metrics
+
+        serve_metrics(worker_settings().worker_metrics_port)
 
 
 @worker_shutdown.connect

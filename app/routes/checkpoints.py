@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import select
 
 from app.deps import CurrentTenant, SessionDep, SettingsDep
@@ -13,7 +13,7 @@ from app.errors import not_found
 from app.orm import Checkpoint
 from app.routes.common import get_job
 from app.schemas import CheckpointOut
-from app.storage import resolve
+from app.storage import get_storage, resolve
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/checkpoints", tags=["checkpoints"])
 
@@ -42,11 +42,24 @@ def get_checkpoint(job_id: str, checkpoint_id: str, tenant: CurrentTenant, sessi
 @router.get("/{checkpoint_id}/content", response_class=FileResponse)
 def download_checkpoint(
     job_id: str, checkpoint_id: str, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep
-) -> FileResponse:
+) -> Response:
     job = get_job(session, tenant, job_id)
     row = session.get(Checkpoint, checkpoint_id)
     if row is None or row.job_id != job.id:
         raise not_found("checkpoint", checkpoint_id)
+    storage = get_storage(settings)
+    if storage.kind != "local":  # a bucket: a 307 to a presigned URL, or the object streamed through the API
+        filename = f"{job.id}-{row.kind}.tar.gz"
+        url = storage.download_url(row.path, filename) if settings.s3_presigned_downloads else None
+        if url:
+            return RedirectResponse(url, status_code=307, headers={"X-Checksum-SHA256": row.sha256})
+        try:
+            body, size = storage.stream(row.path)
+        except Exception as exc:  # noqa: BLE001 - a missing object reads as a missing file
+            raise not_found("checkpoint file", checkpoint_id) from exc
+        return StreamingResponse(body, media_type="application/gzip", headers={
+            "Content-Length": str(size), "X-Checksum-SHA256": row.sha256,
+            "Content-Disposition": f'attachment; filename="{filename}"'})
     path = resolve(settings.storage, row.path)
     if not path.is_file():
         raise not_found("checkpoint file", checkpoint_id)

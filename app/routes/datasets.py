@@ -16,6 +16,7 @@ from app.orm import Dataset, Job, utcnow
 from app.routes.common import get_dataset, paginate
 from app.schemas import DatasetOut, Deleted, ListResponse
 from app.settings import TERMINAL_STATUSES
+from app.storage import get_storage
 from app.uploads import multipart_openapi, receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -64,6 +65,7 @@ async def create_dataset(
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(upload.path, final)
         upload.path = None
+        await run_in_threadpool(get_storage(settings).publish, relative)  # GKD_STORAGE=s3: to the bucket
         validation = report.model_dump(exclude={"rows", "labels"})  # type: ignore[attr-defined]
         row = Dataset(
             id=dataset_id,
@@ -119,5 +121,5 @@ def delete_dataset(dataset_id: str, tenant: CurrentTenant, session: SessionDep, 
     row.deleted_at = utcnow()
     path = row.path
     session.commit()
-    (settings.storage / path).unlink(missing_ok=True)
+    get_storage(settings).delete(path)
     return Deleted(id=row.id, object="dataset")

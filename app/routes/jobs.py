@@ -131,6 +131,8 @@ def create_job(
         idempotency_key=idempotency_key or None,
         request_hash=digest,
         created_at=utcnow(),
+        device=body.device,
+        devices=body.devices,
     )
     session.add(job)
     try:

@@ -1,0 +1,293 @@
+// Job page: summary, progress, live loss and evaluation curves from the event stream, cancel, checkpoints.
+
+import { api, download, followEvents, listAll } from "./api.js";
+import {
+  TERMINAL, announce, errorBox, fmtBytes, fmtDuration, fmtNum, h, pageTitle, progressCell, replace, statusBadge,
+  studentText, timeEl,
+} from "./ui.js";
+
+const LOSS_SERIES = [
+  ["loss", "total", "#174ea6", []],
+  ["kd", "kd", "#b34700", [8, 4]],
+  ["ce", "ce", "#1b6b2c", [2, 3]],
+  ["grad", "grad", "#7b2d8e", [10, 3, 2, 3]],
+  ["pkd", "pkd", "#5f6368", [4, 4]],
+];
+const EVAL_SERIES = [
+  ["accuracy", "dev accuracy", "#174ea6", []],
+  ["macro_f1", "macro-F1", "#1b6b2c", [2, 3]],
+  ["teacher_agreement", "teacher agreement", "#b34700", [8, 4]],
+  ["saliency_agreement", "saliency agreement", "#7b2d8e", [10, 3, 2, 3]],
+];
+const MAX_LOG = 200;
+
+export async function render(main, { jobId }) {
+  const controller = new AbortController();
+  const [job, teachers] = await Promise.all([
+    api(`/v1/jobs/${encodeURIComponent(jobId)}`),
+    listAll("/v1/models").catch(() => []),
+  ]);
+  const teacher = teachers.find((t) => t.id === job.teacher);
+  pageTitle(job.name || job.id);
+
+  const statusSlot = h("span", { id: "job-status" });
+  const cancel = h("button", { type: "button", class: "danger", id: "cancel-job" }, "Cancel job");
+  const facts = h("dl", { class: "facts" });
+  const progress = h("div", { id: "job-progress" });
+  const streamState = h("span", { class: "stream-state", id: "stream-state", "aria-live": "polite" });
+  const errorSlot = h("div");
+  const lossChart = new Chart("loss-chart", "Training loss", LOSS_SERIES);
+  const evalChart = new Chart("eval-chart", "Dev accuracy and saliency agreement per evaluation", EVAL_SERIES, [0, 1]);
+  const evalTable = h("tbody");
+  const log = h("ol", { class: "events", id: "event-log", "aria-label": "Events, newest first" });
+  const checkpoints = h("div", { id: "checkpoints" }, h("p", { class: "muted" }, "No checkpoint yet."));
+
+  replace(main,
+    h("p", {}, h("a", { href: "#/jobs" }, "← All jobs")),
+    h("div", { class: "title-row" },
+      h("h1", {}, job.name || job.id, " ", statusSlot),
+      h("div", { class: "actions" }, cancel)),
+    errorSlot,
+    h("section", { class: "card", "aria-labelledby": "h-progress" },
+      h("h2", { id: "h-progress" }, "Progress ", streamState), progress),
+    h("section", { class: "card", "aria-labelledby": "h-curves" },
+      h("h2", { id: "h-curves" }, "Curves"),
+      h("div", { class: "grid-2" }, lossChart.figure, evalChart.figure),
+      h("details", {}, h("summary", {}, "Evaluations as a table"),
+        h("div", { class: "table-wrap" }, h("table", { id: "eval-table" },
+          h("thead", {}, h("tr", {}, ["Step", "Epoch", ...EVAL_SERIES.map((s) => s[1])].map((c) =>
+            h("th", { scope: "col", class: c === "Step" || c === "Epoch" ? "" : "num" }, c)))),
+          evalTable)))),
+    h("section", { class: "card", "aria-labelledby": "h-checkpoints" },
+      h("h2", { id: "h-checkpoints" }, "Checkpoints"), checkpoints),
+    h("section", { class: "card", "aria-labelledby": "h-summary" }, h("h2", { id: "h-summary" }, "Summary"), facts),
+    h("section", { class: "card", "aria-labelledby": "h-events" }, h("h2", { id: "h-events" }, "Events"), log));
+
+  let current = job;
+  function showJob(j) {
+    current = j;
+    replace(statusSlot, statusBadge(j.status));
+    cancel.disabled = TERMINAL.has(j.status) || j.status === "cancelling";
+    cancel.hidden = TERMINAL.has(j.status);
+    const p = j.progress || {};
+    replace(progress,
+      progressCell(p, j.status), " ",
+      h("span", {}, `step ${p.step ?? 0}${p.total_steps ? ` of ${p.total_steps}` : ""}, epoch ${p.epoch ?? 0}`),
+      TERMINAL.has(j.status) ? null : h("span", {}, ` · ETA ${fmtDuration(p.eta_seconds)}`));
+    const best = j.metrics?.best || {};
+    replace(facts,
+      fact("Id", h("code", {}, j.id)),
+      fact("Method", h("code", {}, j.method)),
+      fact("Teacher", teacher ? `${teacher.name} (${teacher.num_layers} layers × ${teacher.hidden_size})` : j.teacher),
+      fact("Student", studentText(j.student, teacher)),
+      fact("Training data", h("code", {}, j.training_dataset)),
+      fact("Validation data", j.validation_dataset ? h("code", {}, j.validation_dataset) : "dev split of training data"),
+      fact("Created", timeEl(j.created_at)),
+      fact("Started", timeEl(j.started_at)),
+      fact("Finished", timeEl(j.finished_at)),
+      fact("Attempts", String(j.attempts)),
+      best.accuracy !== undefined ? fact("Best dev accuracy", fmtNum(best.accuracy)) : null,
+      fact("Hyperparameters", h("details", {}, h("summary", {}, "show"),
+        h("dl", { class: "facts" }, Object.entries(j.hyperparameters || {}).map(([k, v]) =>
+          [h("dt", {}, k), h("dd", {}, h("code", {}, JSON.stringify(v)))])))));
+    replace(errorSlot, j.error ? errorBox({ message: j.error }) : null);
+  }
+  showJob(job);
+
+  async function refreshJob() {
+    try { showJob(await api(`/v1/jobs/${encodeURIComponent(jobId)}`, { signal: controller.signal })); } catch { /* next event */ }
+  }
+
+  async function refreshCheckpoints() {
+    try {
+      const list = await api(`/v1/jobs/${encodeURIComponent(jobId)}/checkpoints`, { signal: controller.signal });
+      replace(checkpoints, list.data.length ? checkpointTable(jobId, list.data) : h("p", { class: "muted" },
+        "No checkpoint yet."));
+    } catch (error) {
+      if (!controller.signal.aborted) replace(checkpoints, errorBox(error));
+    }
+  }
+  refreshCheckpoints();
+
+  cancel.addEventListener("click", async () => {
+    cancel.disabled = true;
+    try {
+      showJob(await api(`/v1/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" }));
+      announce(`Job ${current.status}.`);
+    } catch (error) {
+      replace(errorSlot, errorBox(error));
+      cancel.disabled = false;
+    }
+  });
+
+  let refreshTimer = null;
+  function scheduleRefresh() {
+    if (refreshTimer) return;
+    refreshTimer = setTimeout(() => { refreshTimer = null; refreshJob(); }, 700);
+  }
+
+  function onEvent(event) {
+    addLog(log, event);
+    const d = event.data || {};
+    if (event.type === "metrics") {
+      if (d.eval) {
+        evalChart.add(d.step, d);
+        evalTable.prepend(h("tr", {}, h("td", {}, String(d.step)), h("td", {}, String(d.epoch ?? "")),
+          EVAL_SERIES.map(([k]) => h("td", { class: "num" }, fmtNum(d[k])))));
+      } else {
+        lossChart.add(d.step, d);
+      }
+      scheduleRefresh();
+    } else if (event.type === "status") {
+      refreshJob();
+      announce(`Job ${d.status}.`);
+      if (TERMINAL.has(d.status)) refreshCheckpoints();
+      return TERMINAL.has(d.status);
+    } else if (event.type === "checkpoint") {
+      refreshCheckpoints();
+    }
+    return false;
+  }
+
+  const STATES = {
+    connecting: "connecting…", live: "● live", reconnecting: "reconnecting…", ended: "stream ended", error: "stream failed",
+  };
+  followEvents(jobId, {
+    onEvent,
+    signal: controller.signal,
+    onState: (state, error) => {
+      streamState.textContent = STATES[state] || state;
+      streamState.dataset.state = state;
+      if (error) replace(errorSlot, errorBox(error));
+    },
+    isFinished: async () => {
+      await refreshJob();
+      return TERMINAL.has(current.status);
+    },
+  });
+
+  const onResize = () => { lossChart.resize(); evalChart.resize(); };
+  window.addEventListener("resize", onResize);
+  return () => {
+    controller.abort();
+    clearTimeout(refreshTimer);
+    window.removeEventListener("resize", onResize);
+    lossChart.destroy();
+    evalChart.destroy();
+  };
+}
+
+function fact(term, value) {
+  return [h("dt", {}, term), h("dd", {}, value)];
+}
+
+function addLog(log, event) {
+  log.prepend(h("li", { "data-seq": String(event.seq), "data-type": event.type },
+    h("span", { class: "seq" }, `#${event.seq}`), h("code", {}, event.type), " ", event.message));
+  while (log.childElementCount > MAX_LOG) log.lastElementChild.remove();
+}
+
+function checkpointTable(jobId, rows) {
+  const keys = ["accuracy", "macro_f1", "teacher_agreement", "saliency_agreement"];
+  return h("div", { class: "table-wrap" }, h("table", { id: "checkpoint-table" },
+    h("thead", {}, h("tr", {},
+      ["Kind", "Step", ...keys.map((k) => k.replace("_", " ")), "Size", ""].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, rows.map((c) => {
+      const status = h("span", { class: "visually-hidden", "aria-live": "polite" });
+      const button = h("button", { type: "button", class: "secondary", "data-download": c.kind,
+        "aria-label": `Download the ${c.kind} checkpoint` }, "Download");
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        status.textContent = "Downloading…";
+        try {
+          const size = await download(`/v1/jobs/${encodeURIComponent(jobId)}/checkpoints/${c.id}/content`,
+            `${jobId}-${c.kind}.tar.gz`);
+          status.textContent = `Downloaded ${fmtBytes(size)}.`;
+        } catch (error) {
+          status.textContent = `Download failed: ${error.message}`;
+          button.after(errorBox(error));
+        } finally {
+          button.disabled = false;
+        }
+      });
+      return h("tr", { "data-checkpoint": c.id },
+        h("th", { scope: "row" }, c.kind, h("div", { class: "muted mono" }, c.id)),
+        h("td", { class: "num" }, String(c.step)),
+        keys.map((k) => h("td", { class: "num" }, fmtNum(c.metrics?.[k]))),
+        h("td", { class: "num nowrap" }, fmtBytes(c.size_bytes)),
+        h("td", {}, h("div", { class: "actions" }, button,
+          h("a", { href: `#/jobs/${jobId}/checkpoints/${c.id}/saliency`, "data-saliency": c.kind },
+            "Saliency", h("span", { class: "visually-hidden" }, ` of the ${c.kind} checkpoint`)), status)));
+    }))));
+}
+
+/** A uPlot line chart over training steps, fed point by point; redraws at most once per frame. */
+class Chart {
+  constructor(id, caption, series, range) {
+    this.series = series;
+    this.range = range;
+    this.points = new Map(); // step -> values
+    this.box = h("div", { class: "chart-box", id, "data-points": "0", role: "img", "aria-label": `${caption}: no data yet` });
+    this.empty = h("p", { class: "chart-empty" }, "Waiting for data…");
+    this.figure = h("figure", { class: "chart" }, h("figcaption", {}, caption), this.box, this.empty);
+    this.plot = null;
+    this.frame = null;
+  }
+
+  add(step, values) {
+    if (typeof step !== "number") return;
+    this.points.set(step, { ...(this.points.get(step) || {}), ...values });
+    if (!this.frame) this.frame = requestAnimationFrame(() => { this.frame = null; this.draw(); });
+  }
+
+  data() {
+    const steps = [...this.points.keys()].sort((a, b) => a - b);
+    const present = this.series.filter(([k]) => steps.some((s) => typeof this.points.get(s)[k] === "number"));
+    const columns = present.map(([k]) => steps.map((s) => {
+      const v = this.points.get(s)[k];
+      return typeof v === "number" ? v : null;
+    }));
+    return { steps, present, columns };
+  }
+
+  draw() {
+    const { steps, present, columns } = this.data();
+    this.box.dataset.points = String(steps.length);
+    if (!steps.length || !window.uPlot) return;
+    this.empty.hidden = true;
+    const last = steps[steps.length - 1];
+    const summary = present.map(([k, label], i) => `${label} ${fmtNum(columns[i][columns[i].length - 1])}`).join(", ");
+    this.box.setAttribute("aria-label", `${this.figure.querySelector("figcaption").textContent}: ${steps.length} points, at step ${last}: ${summary}`);
+    const keys = present.map(([k]) => k).join(",");
+    if (this.plot && this.keys !== keys) { this.plot.destroy(); this.plot = null; }
+    if (!this.plot) {
+      this.keys = keys;
+      this.plot = new window.uPlot({
+        width: this.width(),
+        height: 240,
+        scales: { x: { time: false }, y: this.range ? { range: this.range } : {} },
+        axes: [{ label: "step", stroke: "#16181d", grid: { stroke: "#e3e6ec" } },
+          { stroke: "#16181d", grid: { stroke: "#e3e6ec" }, size: 56 }],
+        series: [{ label: "step" }, ...present.map(([, label, color, dash]) => ({
+          label, stroke: color, width: 2, dash, points: { show: steps.length < 60 }, spanGaps: true,
+        }))],
+        legend: { live: true },
+      }, [steps, ...columns], this.box);
+    } else {
+      this.plot.setData([steps, ...columns]);
+    }
+  }
+
+  width() {
+    return Math.max(280, Math.floor(this.box.clientWidth || this.figure.clientWidth || 500));
+  }
+
+  resize() {
+    if (this.plot) this.plot.setSize({ width: this.width(), height: 240 });
+  }
+
+  destroy() {
+    if (this.frame) cancelAnimationFrame(this.frame);
+    if (this.plot) this.plot.destroy();
+  }
+}

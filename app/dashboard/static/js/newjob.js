@@ -1,0 +1,225 @@
+// New-job form, generated from the API's own OpenAPI schema (JobCreate -> StudentSpec, Hyperparameters):
+// defaults, descriptions (help text), enums and min/max come from the server, so the form never drifts.
+
+import { api, listAll } from "./api.js";
+import { announce, errorBox, h, pageTitle, replace } from "./ui.js";
+
+let schemaCache = null;
+
+async function loadSchemas() {
+  if (!schemaCache) {
+    const response = await fetch("/openapi.json", { cache: "no-store" });
+    if (!response.ok) throw new Error(`cannot read the API schema (HTTP ${response.status})`);
+    schemaCache = (await response.json()).components.schemas;
+  }
+  return schemaCache;
+}
+
+function deref(schemas, node) {
+  if (node && node.$ref) return schemas[node.$ref.split("/").pop()];
+  if (node && node.allOf && node.allOf.length === 1 && node.allOf[0].$ref) return deref(schemas, node.allOf[0]);
+  return node;
+}
+
+/** Reduce one property schema to what an input needs. */
+export function describe(prop) {
+  const variants = prop.anyOf || [prop];
+  const nonNull = variants.filter((v) => v.type !== "null");
+  const nullable = nonNull.length < variants.length;
+  const base = {
+    nullable, title: prop.title, description: prop.description,
+    default: "default" in prop ? prop.default : (nullable ? null : undefined),
+  };
+  if (nonNull.length === 1) {
+    const v = nonNull[0];
+    if (v.enum) return { ...base, kind: "enum", options: v.enum };
+    if (v.type === "integer" || v.type === "number") {
+      return { ...base, kind: "number", integer: v.type === "integer", minimum: v.minimum, maximum: v.maximum,
+        exclusiveMinimum: v.exclusiveMinimum, exclusiveMaximum: v.exclusiveMaximum };
+    }
+    if (v.type === "boolean") return { ...base, kind: "boolean" };
+    if (v.type === "string") return { ...base, kind: "string", maxLength: v.maxLength };
+  }
+  const options = nonNull.find((v) => v.enum)?.enum;
+  const list = nonNull.find((v) => v.type === "array" && v.items && v.items.type === "integer");
+  if (options && list) return { ...base, kind: "enum-or-list", options };
+  return { ...base, kind: "json" };
+}
+
+const fieldId = (path) => `f-${path.replace(/\./g, "-")}`;
+
+/** One labelled input for `path` (e.g. "hyperparameters.learning_rate"); returns [element, read()]. */
+function field(path, prop) {
+  const d = describe(prop);
+  const id = fieldId(path);
+  const helpId = `${id}-help`;
+  const name = path.split(".").pop();
+  const help = [d.description || ""];
+  let input;
+  let read;
+  const common = { id, name: path, "aria-describedby": helpId, "data-path": path };
+  if (d.kind === "enum") {
+    input = h("select", common,
+      d.nullable ? h("option", { value: "" }, "null") : null,
+      d.options.map((o) => h("option", { value: String(o), selected: o === d.default }, String(o))));
+    read = () => (input.value === "" && d.nullable ? null : d.options.find((o) => String(o) === input.value));
+  } else if (d.kind === "boolean") {
+    input = h("input", { ...common, type: "checkbox", checked: d.default === true });
+    read = () => input.checked;
+  } else if (d.kind === "number") {
+    const attrs = { ...common, type: "number", inputmode: d.integer ? "numeric" : "decimal", step: d.integer ? "1" : "any" };
+    let min = d.minimum;
+    let max = d.maximum;
+    if (d.exclusiveMinimum !== undefined) min = d.integer ? d.exclusiveMinimum + 1 : d.exclusiveMinimum;
+    if (d.exclusiveMaximum !== undefined) max = d.integer ? d.exclusiveMaximum - 1 : d.exclusiveMaximum;
+    if (min !== undefined) attrs.min = String(min);
+    if (max !== undefined) attrs.max = String(max);
+    attrs.required = !d.nullable;
+    if (d.default !== null && d.default !== undefined) attrs.value = String(d.default);
+    if (d.nullable) attrs.placeholder = "empty = null";
+    input = h("input", attrs);
+    const bounds = [];
+    if (d.minimum !== undefined) bounds.push(`≥ ${d.minimum}`);
+    if (d.exclusiveMinimum !== undefined) bounds.push(`> ${d.exclusiveMinimum}`);
+    if (d.maximum !== undefined) bounds.push(`≤ ${d.maximum}`);
+    if (d.exclusiveMaximum !== undefined) bounds.push(`< ${d.exclusiveMaximum}`);
+    if (bounds.length) help.push(` Allowed: ${bounds.join(", ")}.`);
+    if (d.nullable) help.push(" Leave empty for null.");
+    input.addEventListener("input", () => {
+      const v = input.valueAsNumber;
+      let message = "";
+      if (input.value !== "" && d.exclusiveMinimum !== undefined && v <= d.exclusiveMinimum) message = `Must be greater than ${d.exclusiveMinimum}.`;
+      if (input.value !== "" && d.exclusiveMaximum !== undefined && v >= d.exclusiveMaximum) message = `Must be less than ${d.exclusiveMaximum}.`;
+      input.setCustomValidity(message);
+    });
+    read = () => (input.value === "" ? null : Number(input.value));
+  } else if (d.kind === "enum-or-list") {
+    const listId = `${id}-options`;
+    input = h("input", { ...common, type: "text", list: listId, value: d.default == null ? "" : String(d.default),
+      autocomplete: "off", spellcheck: "false" });
+    help.push(` One of ${d.options.join(", ")}, or comma-separated integers.`);
+    read = () => {
+      const v = input.value.trim();
+      if (d.options.includes(v)) return v;
+      if (v === "" && d.nullable) return null;
+      if (/^\s*\d+(\s*,\s*\d+)*\s*$/.test(v)) return v.split(",").map((x) => Number(x.trim()));
+      return v;
+    };
+    return [h("div", { class: "field" }, h("label", { for: id }, d.title || name, " ", h("code", {}, name)), input,
+      h("datalist", { id: listId }, d.options.map((o) => h("option", { value: o }))),
+      h("span", { class: "help", id: helpId }, help.join(""))), read, d];
+  } else if (d.kind === "string") {
+    input = h("input", { ...common, type: "text", maxlength: d.maxLength ? String(d.maxLength) : null,
+      value: d.default == null ? "" : d.default, autocomplete: "off" });
+    read = () => (input.value === "" && d.nullable ? null : input.value);
+  } else {
+    input = h("input", { ...common, type: "text", value: d.default === undefined ? "" : JSON.stringify(d.default) });
+    help.push(" JSON value.");
+    read = () => (input.value.trim() === "" ? null : JSON.parse(input.value));
+  }
+  const label = h("label", { for: id }, d.title || name, " ", h("code", {}, name));
+  const cls = d.kind === "boolean" ? "field checkbox" : "field";
+  return [h("div", { class: cls }, d.kind === "boolean" ? [input, label] : [label, input],
+    h("span", { class: "help", id: helpId }, help.join(""))), read, d];
+}
+
+function group(schemas, prefix, schema, legend) {
+  const readers = {};
+  const fields = [];
+  for (const [name, prop] of Object.entries(schema.properties)) {
+    const [el, read] = field(`${prefix}.${name}`, prop);
+    fields.push(el);
+    readers[name] = read;
+  }
+  const el = h("fieldset", { id: `fs-${prefix}` }, h("legend", {}, legend),
+    schema.description ? h("p", { class: "help" }, schema.description) : null, h("div", { class: "fields" }, fields));
+  return [el, () => Object.fromEntries(Object.entries(readers).map(([k, r]) => [k, r()]))];
+}
+
+export async function render(main) {
+  pageTitle("New job");
+  const [schemas, models, datasets] = await Promise.all([
+    loadSchemas(), listAll("/v1/models"), listAll("/v1/datasets"),
+  ]);
+  const jobSchema = schemas.JobCreate;
+  const props = jobSchema.properties;
+  const teachers = models.filter((m) => m.labels && m.labels.length);
+
+  const teacher = h("select", { id: "f-teacher", name: "teacher", required: true, "aria-describedby": "f-teacher-help" },
+    teachers.length ? null : h("option", { value: "" }, "No teacher with a classification head"),
+    teachers.map((m) => h("option", { value: m.id }, `${m.name} — ${m.num_layers} layers × ${m.hidden_size}, labels ${m.labels.join("/")}`)));
+  const methodInfo = describe(props.method);
+  const method = h("select", { id: "f-method", name: "method" },
+    methodInfo.options.map((o) => h("option", { value: o, selected: o === methodInfo.default }, o)));
+  const dsOption = (ds) => h("option", { value: ds.id }, `${ds.name} — ${ds.rows} rows (${ds.labels.join("/")})`);
+  const train = h("select", { id: "f-training_dataset", name: "training_dataset", required: true },
+    datasets.length ? null : h("option", { value: "" }, "Upload a dataset first"), datasets.map(dsOption));
+  const dev = h("select", { id: "f-validation_dataset", name: "validation_dataset", "aria-describedby": "f-validation_dataset-help" },
+    h("option", { value: "" }, "None: hold out a dev split of the training data"), datasets.map(dsOption));
+  const name = h("input", { id: "f-name", name: "name", type: "text", autocomplete: "off",
+    maxlength: String(describe(props.name).maxLength || 300) });
+
+  const [studentSet, readStudent] = group(schemas, "student", deref(schemas, props.student), "Student");
+  const [hpSet, readHp] = group(schemas, "hyperparameters", deref(schemas, props.hyperparameters), "Hyperparameters");
+  const errors = h("div", { id: "form-errors", tabindex: "-1" });
+  const submit = h("button", { type: "submit", id: "submit-job" }, "Start distillation");
+  let idempotencyKey = crypto.randomUUID();
+
+  const form = h("form", { id: "new-job-form", novalidate: false, "aria-labelledby": "h-new" },
+    h("h1", { id: "h-new" }, "New distillation job"),
+    errors,
+    h("fieldset", { id: "fs-job" }, h("legend", {}, "Job"), h("div", { class: "fields" },
+      h("div", { class: "field" }, h("label", { for: "f-teacher" }, "Teacher ", h("code", {}, "teacher")), teacher,
+        h("span", { class: "help", id: "f-teacher-help" }, props.teacher.description || "")),
+      h("div", { class: "field" }, h("label", { for: "f-method" }, "Method ", h("code", {}, "method")), method,
+        h("span", { class: "help" }, props.method.description || "Training objective; gradient_kd is the paper's.")),
+      h("div", { class: "field" }, h("label", { for: "f-training_dataset" }, "Training dataset ",
+        h("code", {}, "training_dataset")), train),
+      h("div", { class: "field" }, h("label", { for: "f-validation_dataset" }, "Validation dataset ",
+        h("code", {}, "validation_dataset")), dev,
+        h("span", { class: "help", id: "f-validation_dataset-help" }, "Optional; evaluated after every epoch.")),
+      h("div", { class: "field" }, h("label", { for: "f-name" }, "Name ", h("code", {}, "name")), name))),
+    studentSet,
+    hpSet,
+    h("p", {}, submit));
+  replace(main, form);
+
+  form.addEventListener("input", () => { idempotencyKey = crypto.randomUUID(); });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+    let body;
+    try {
+      body = {
+        teacher: teacher.value,
+        method: method.value,
+        training_dataset: train.value,
+        validation_dataset: dev.value || null,
+        name: name.value.trim() || null,
+        student: readStudent(),
+        hyperparameters: readHp(),
+      };
+    } catch (error) {
+      replace(errors, errorBox(error));
+      errors.focus();
+      return;
+    }
+    submit.disabled = true;
+    try {
+      const job = await api("/v1/jobs", { method: "POST", json: body, headers: { "Idempotency-Key": idempotencyKey } });
+      announce(`Job ${job.id} ${job.status}.`);
+      location.hash = `#/jobs/${job.id}`;
+    } catch (error) {
+      replace(errors, errorBox(error));
+      const target = error.param && document.getElementById(fieldId(error.param));
+      if (target) {
+        target.setAttribute("aria-invalid", "true");
+        target.focus();
+      } else {
+        errors.focus();
+      }
+    } finally {
+      submit.disabled = false;
+    }
+  });
+}

@@ -1,0 +1,295 @@
+"""The dashboard end to end in headless Chromium against a real API server and Celery worker: sign in with a
+key, upload a dataset, submit a tiny job from the schema-generated form, watch the curves grow until the job
+succeeds, download the checkpoint, look at saliency, filter the job list and cancel a job.
+
+Screenshots of every page go to test-artifacts/dashboard/ (gitignored)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.settings import Settings
+from tests.dashboard.conftest import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    new_key,
+    register_teacher,
+    sentiment_csv,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: `apt-get install -y chromium` "
+                       "(make install does it) to run the browser tests"),
+]
+
+# Every input must be labelled (a <label for>, a wrapping label, aria-label or aria-labelledby).
+UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
+  .filter((el) => el.type !== 'hidden' && !el.labels?.length && !el.getAttribute('aria-label')
+                  && !el.getAttribute('aria-labelledby'))
+  .map((el) => el.id || el.name || el.outerHTML)"""
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str]]:
+    from app.db import upgrade
+    from tests.client.conftest import Server, service_env
+
+    home = tmp_path_factory.mktemp("dash-service")
+    settings = Settings(home=home, database_url=f"sqlite:///{home / 'gkd.db'}", broker_url="",
+                        task_queue=f"dash-test-{secrets.token_hex(4)}", migrate_on_start=False)
+    settings.ensure_dirs()
+    upgrade(settings.database_url)
+    log = (home / "worker.log").open("ab")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--name", f"dash-test-{secrets.token_hex(3)}@%h"],
+        cwd=REPO, env=service_env(settings), stdout=log, stderr=subprocess.STDOUT,
+    )
+    log.close()
+    server = Server(settings, home / "api.log").start()
+    try:
+        yield settings, server.url
+    finally:
+        server.stop()
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+            accept_downloads=True,
+        )
+        context.set_default_timeout(30_000)
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    # The wrong key (401) and the deliberately invalid job (422) are expected; nothing else may fail.
+    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+            if msg.type == "error" and not any(f"status of {s} " in msg.text for s in (401, 422)) else None)
+    page.problems = problems
+    yield page
+    page.close()
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def assert_labelled(page: Any) -> None:
+    assert page.evaluate(UNLABELLED) == []
+
+
+def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_teacher: Path, tmp_path: Path) -> None:
+    from gkd.config import Hyperparameters, StudentSpec
+
+    settings, url = service
+    key = new_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    teacher_id = register_teacher(settings, key, tiny_teacher, name="tiny-teacher")
+
+    # --- sign in: a wrong key is refused, the right one is kept in sessionStorage, never in the URL
+    page.goto(url + "/")
+    assert page.url.endswith("/dashboard/")
+    page.wait_for_selector("#api-key")
+    assert page.locator("#nav").is_hidden()
+    assert_labelled(page)
+    shot(page, "01-sign-in")
+    page.fill("#api-key", "gkd_not_a_key")
+    page.keyboard.press("Enter")
+    page.get_by_role("alert").filter(has_text="not accepted").wait_for()
+    page.fill("#api-key", key)
+    page.keyboard.press("Enter")  # keyboard only
+    page.wait_for_selector("#no-jobs")
+    assert page.evaluate("sessionStorage.getItem('gkd.apiKey')") == key
+    assert page.evaluate("localStorage.length") == 0
+
+    # --- datasets: upload and read the validation report
+    csv_body = sentiment_csv(48)
+    first_row = csv_body.decode().splitlines()[1]
+    data_file = tmp_path / "reviews.csv"
+    data_file.write_bytes(csv_body + f"{first_row}\n{first_row}\n".encode())
+    page.get_by_role("link", name="Datasets").click()
+    page.set_input_files("#dataset-file", str(data_file))
+    page.fill("#dataset-name", "reviews")
+    page.get_by_role("button", name="Upload").click()
+    report = page.locator("#upload-result .report")
+    report.wait_for()
+    dataset = httpx.get(url + "/v1/datasets", headers=headers).json()["data"][0]
+    assert dataset["name"] == "reviews" and dataset["validation"]["duplicate_rows"] == 2
+    assert report.locator("[data-field=rows]").inner_text() == "50"
+    assert report.locator("[data-field=duplicate_rows]").inner_text() == "2"
+    counts = dataset["validation"]["label_counts"]
+    for label, n in counts.items():
+        assert report.locator(f"tr[data-label={label}] td").first.inner_text() == str(n)
+    assert "duplicates" in report.inner_text()  # the warning is shown
+    page.wait_for_selector(f"#datasets-table tr[data-dataset={dataset['id']}]")
+    assert_labelled(page)
+    shot(page, "02-datasets")
+
+    # --- new job: the form is generated from /openapi.json, i.e. from gkd.config
+    page.get_by_role("link", name="New job").click()
+    page.wait_for_selector("#new-job-form")
+    for prefix, model in (("student", StudentSpec), ("hyperparameters", Hyperparameters)):
+        for name, info in model.model_fields.items():
+            field = page.locator(f"#f-{prefix}-{name}")
+            assert field.count() == 1, f"{prefix}.{name} has no input"
+            help_text = page.locator(f"#f-{prefix}-{name}-help").inner_text()
+            assert (info.description or "")[:40] in help_text
+    epochs = page.locator("#f-hyperparameters-epochs")
+    assert epochs.get_attribute("min") == "1" and epochs.get_attribute("max") == "100"
+    assert epochs.input_value() == "4"
+    assert float(page.locator("#f-hyperparameters-learning_rate").input_value()) == 5e-5
+    assert page.locator("#f-hyperparameters-length_bucketing").is_checked()
+    assert page.locator("#f-student-hidden_size").input_value() == ""
+    assert_labelled(page)
+    page.select_option("#f-teacher", teacher_id)
+    page.select_option("#f-training_dataset", dataset["id"])
+    page.fill("#f-name", "dashboard-e2e")
+    page.fill("#f-hyperparameters-epochs", "1")
+    page.fill("#f-hyperparameters-batch_size", "8")
+    page.fill("#f-hyperparameters-max_length", "16")
+    # A check only the server can make (the teacher has 2 layers) lands on the field it names.
+    page.fill("#f-student-num_layers", "3")
+    page.click("#submit-job")
+    page.get_by_role("alert").filter(has_text="cannot be deeper").wait_for()
+    assert page.locator("#f-student-num_layers").get_attribute("aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.id") == "f-student-num_layers"
+    page.fill("#f-student-num_layers", "1")
+    shot(page, "03-new-job")
+    page.click("#submit-job")
+    page.wait_for_url("**/dashboard/#/jobs/job_*")
+    job_id = page.url.rsplit("/", 1)[1]
+    assert key not in page.url
+
+    # --- job page: the curve grows from the event stream until the job succeeds
+    page.wait_for_selector("#loss-chart")
+    page.evaluate("""() => {
+        const box = document.getElementById('loss-chart');
+        window.__points = [Number(box.dataset.points)];
+        new MutationObserver(() => window.__points.push(Number(box.dataset.points)))
+            .observe(box, {attributes: true, attributeFilter: ['data-points']});
+    }""")
+    page.wait_for_selector("#job-status [data-status=succeeded]", timeout=90_000)
+    page.wait_for_selector("#checkpoint-table button[data-download=final]")
+    page.wait_for_selector("#stream-state[data-state=ended]")
+    events = httpx.get(f"{url}/v1/jobs/{job_id}/events?limit=1000", headers=headers).json()["data"]
+    train_steps = {e["data"]["step"] for e in events if e["type"] == "metrics" and not e["data"].get("eval")}
+    evals = [e for e in events if e["type"] == "metrics" and e["data"].get("eval")]
+    assert len(train_steps) >= 3 and evals
+    page.wait_for_function(f"document.getElementById('loss-chart').dataset.points === '{len(train_steps)}'")
+    observed = page.evaluate("window.__points")
+    assert observed == sorted(observed) and observed[-1] == len(train_steps) and len(set(observed)) >= 2, observed
+    assert page.locator("#eval-table tbody tr").count() == len(evals)
+    assert page.locator("#loss-chart canvas").count() >= 1
+    assert page.locator("#event-log li").count() == len(events)
+    assert page.locator("#cancel-job").is_hidden()
+    shot(page, "04-job")
+
+    # --- download the final checkpoint (fetched with the header, saved as a blob)
+    checkpoints = httpx.get(f"{url}/v1/jobs/{job_id}/checkpoints", headers=headers).json()["data"]
+    final = next(c for c in checkpoints if c["kind"] == "final")
+    with page.expect_download() as download_info:
+        page.click("#checkpoint-table button[data-download=final]")
+    download = download_info.value
+    assert download.suggested_filename == f"{job_id}-final.tar.gz"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(str(saved))
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == final["sha256"]
+    with tarfile.open(saved) as archive:
+        names = set(archive.getnames())
+    assert {"config.json", "model.safetensors", "gkd_card.json"} <= {n.removeprefix("./") for n in names}
+
+    # --- saliency of the final checkpoint
+    page.click("#checkpoint-table a[data-saliency=final]")
+    page.wait_for_selector(".saliency-example")
+    examples = page.locator(".saliency-example")
+    assert 1 <= examples.count() <= 5
+    first = examples.first
+    assert first.locator("[data-model=teacher] .tok").count() == first.locator("[data-model=student] .tok").count()
+    assert first.locator("[data-model=student] .tok[data-score]").count() >= 3
+    assert_labelled(page)
+    shot(page, "05-saliency")
+    page.fill("#sal-texts", "the film was wonderful")
+    page.get_by_role("button", name="Explain texts").click()
+    page.locator(".saliency-example").filter(has_text="the film was wonderful").wait_for()
+
+    # --- jobs list with filter
+    page.get_by_role("link", name="Jobs").first.click()
+    row = page.locator(f"#jobs-table tr[data-job={job_id}]")
+    row.wait_for()
+    assert row.locator("[data-status]").inner_text() == "succeeded"
+    assert row.locator("progress").get_attribute("value") == "1"
+    assert "1 layer × 32" in row.inner_text() and "tiny-teacher" in row.inner_text()
+    page.select_option("#status-filter", "failed")
+    page.wait_for_selector("#no-jobs")
+    page.select_option("#status-filter", "succeeded")
+    page.locator(f"#jobs-table tr[data-job={job_id}]").wait_for()
+    assert_labelled(page)
+    page.select_option("#status-filter", "")
+    page.locator(f"#jobs-table tr[data-job={job_id}]").wait_for()
+    shot(page, "06-jobs")
+
+    # --- cancel a long job from its page
+    body = {"teacher": teacher_id, "training_dataset": dataset["id"], "student": {"num_layers": 1},
+            "hyperparameters": {"epochs": 100, "batch_size": 8, "max_length": 16}, "name": "to-cancel"}
+    long_job = httpx.post(url + "/v1/jobs", headers=headers, json=body).json()
+    # The first stream connection drops after event 1: the page reconnects with Last-Event-ID: 1.
+    first_event = httpx.get(f"{url}/v1/jobs/{long_job['id']}/events?limit=1", headers=headers).json()["data"][0]
+    streams: list[str | None] = []
+
+    def drop_first_stream(route: Any) -> None:
+        streams.append(route.request.headers.get("last-event-id"))
+        if len(streams) == 1:
+            route.fulfill(status=200, headers={"Content-Type": "text/event-stream"},
+                          body=f"retry: 100\n\nid: 1\nevent: status\ndata: {json.dumps(first_event)}\n\n")
+        else:
+            route.continue_()
+
+    page.route(f"**/v1/jobs/{long_job['id']}/events/stream*", drop_first_stream)
+    page.goto(f"{url}/dashboard/#/jobs/{long_job['id']}")
+    page.get_by_role("button", name="Cancel job").click()
+    page.wait_for_selector("#job-status [data-status=cancelled]", timeout=60_000)
+    page.wait_for_selector("#stream-state[data-state=ended]")
+    assert streams[:2] == [None, "1"], streams
+    long_events = httpx.get(f"{url}/v1/jobs/{long_job['id']}/events?limit=1000", headers=headers).json()["data"]
+    shown = [int(s) for s in page.locator("#event-log li").evaluate_all("els => els.map((e) => e.dataset.seq)")]
+    assert sorted(shown) == [e["seq"] for e in long_events]  # nothing lost, nothing twice
+    assert long_events[-1]["data"]["status"] == "cancelled"
+
+    # --- forgetting the key signs out
+    page.get_by_role("button", name="Forget key").click()
+    page.wait_for_selector("#api-key")
+    assert page.evaluate("sessionStorage.getItem('gkd.apiKey')") is None
+    assert page.problems == [], page.problems

@@ -1,0 +1,37 @@
+"""Fixtures of the deployment tests: the service tests' SQLite database and tiny teacher, and an
+S3-compatible server (moto's server mode on a free loopback port, started and stopped by the tests)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gkd.distributed import free_port
+from tests.service.conftest import sqlite_url, tiny_teacher  # noqa: F401 - fixtures re-used here
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, Any]]:
+    """A moto S3 server; its URL and a boto3 client. Fake credentials are set for every boto3 client."""
+    pytest.importorskip("boto3")
+    server_module = pytest.importorskip("moto.server")
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    port = free_port()
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    import boto3
+
+    url = f"http://127.0.0.1:{port}"
+    try:
+        yield {"url": url, "client": boto3.client("s3", endpoint_url=url, region_name="us-east-1")}
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
