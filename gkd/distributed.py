@@ -25,9 +25,7 @@ is built by rank 0 first; the other ranks then open the same memory-mapped files
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import math
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,11 +35,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import PreTrainedModel
 
-from gkd.batching import EncodedDataset, collate
+from gkd.batching import EncodedDataset
 from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress
-from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, ConfigError, DistillConfig
+from gkd.config import ConfigError, DistillConfig
 from gkd.models import Teacher
-from gkd.objective import student_loss
 from gkd.teacher_cache import TeacherCache
 from gkd.trainer import Splits, Trainer, TrainResult
 
@@ -158,52 +155,19 @@ class DistributedTrainer(Trainer):
             return group[self.rank :: self.world_size]
         return [part for part in (indices[self.rank :: self.world_size] for indices in group) if part]
 
-    def _optimisation_step(
-        self,
-        student: PreTrainedModel,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        group: list[list[int]],
-        dataset: EncodedDataset,
-        cache: TeacherCache | None,
-        teacher: Teacher,
-        pad_id: int,
-        pairs: list[tuple[int, int]],
-        vector_form: bool,
-        autocast: contextlib.AbstractContextManager[Any],
-        gradient_scale: float = 1.0,
-    ) -> StepMetrics:
-        hp, method = self.config.hyperparameters, self.config.method
-        needs_teacher, needs_grads = method in TEACHER_METHODS, method in GRADIENT_METHODS
-        total_examples = sum(len(indices) for indices in group)
-        sums: dict[str, float] = {}
-        optimizer.zero_grad(set_to_none=True)
-        for indices in self._shares(group):
-            batch = collate(dataset, indices, pad_id).to(self.device)
-            targets = self._targets(cache, teacher, batch, needs_grads) if needs_teacher else None
-            with autocast:
-                loss, terms = student_loss(method, hp, student, batch, targets, pairs, vector_form,
-                                           gradient_scale=gradient_scale)
-            share = len(indices) / total_examples
-            (loss * share).backward()
-            for name, value in {"loss": float(loss.detach()), **terms}.items():
-                sums[name] = sums.get(name, 0.0) + value * share
+    def _micro_batches(self, group: list[list[int]]) -> list[list[int]]:
+        return self._shares(group)
+
+    def _synchronise(self, student: PreTrainedModel, sums: dict[str, float]) -> dict[str, float]:
+        """Sum gradients and the logged loss terms over the ranks (each share is weighted by the step's size)."""
         self._all_reduce_gradients(student)
         gathered: list[dict[str, float]] = [{} for _ in range(self.world_size)]
         dist.all_gather_object(gathered, sums)
-        sums = {}
+        total: dict[str, float] = {}
         for part in gathered:
             for name, value in part.items():
-                sums[name] = sums.get(name, 0.0) + value
-        if hp.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], hp.max_grad_norm)
-        optimizer.step()
-        learning_rate = float(optimizer.param_groups[0]["lr"])
-        scheduler.step()
-        loss_value = sums.pop("loss")
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"the loss became {loss_value}; lower the learning rate or beta/gamma")
-        return StepMetrics(loss=loss_value, terms=sums, learning_rate=learning_rate)
+                total[name] = total.get(name, 0.0) + value
+        return total
 
     @staticmethod
     def _all_reduce_gradients(model: torch.nn.Module) -> None:

@@ -369,7 +369,7 @@ class Trainer:
         total_examples = sum(len(indices) for indices in group)
         sums: dict[str, float] = {}
         optimizer.zero_grad(set_to_none=True)
-        for indices in group:
+        for indices in self._micro_batches(group):
             batch = collate(dataset, indices, pad_id).to(self.device)
             targets = self._targets(cache, teacher, batch, needs_grads) if needs_teacher else None
             with autocast:
@@ -379,6 +379,7 @@ class Trainer:
             (loss * share).backward()
             for name, value in {"loss": float(loss.detach()), **terms}.items():
                 sums[name] = sums.get(name, 0.0) + value * share
+        sums = self._synchronise(student, sums)
         if hp.max_grad_norm:
             torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], hp.max_grad_norm)
         optimizer.step()
@@ -388,6 +389,14 @@ class Trainer:
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"the loss became {loss_value}; lower the learning rate or beta/gamma")
         return StepMetrics(loss=loss_value, terms=sums, learning_rate=learning_rate)
+
+    def _micro_batches(self, group: list[list[int]]) -> list[list[int]]:
+        """The micro-batches this process computes of one optimisation step (all of them here)."""
+        return group
+
+    def _synchronise(self, student: PreTrainedModel, sums: dict[str, float]) -> dict[str, float]:
+        """Combine gradients and logged loss terms across processes before the optimiser step (none here)."""
+        return sums
 
     def evaluate(
         self,
