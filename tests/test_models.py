@@ -113,19 +113,25 @@ def test_explicit_dropout_is_used(teacher: Teacher):
     assert student.config.hidden_dropout_prob == 0.2 and student.config.attention_probs_dropout_prob == 0.2
 
 
-def test_pooler_and_classifier_start_fresh(teacher: Teacher):
-    student = build_student(teacher, config("kd", num_layers=4))
+def test_pooler_and_classifier_start_fresh_on_request(teacher: Teacher):
+    student = build_student(teacher, config("kd", num_layers=4, head="fresh"))
     for name in ("classifier.weight", "bert.pooler.dense.weight"):
         s, t = student.state_dict()[name], teacher.model.state_dict()[name]
         assert s.shape == t.shape
         assert not torch.equal(s, t), name
 
 
+def test_pooler_and_classifier_come_from_the_teacher_by_default(teacher: Teacher):
+    student = build_student(teacher, config("kd", num_layers=2))
+    for name in ("classifier.weight", "classifier.bias", "bert.pooler.dense.weight"):
+        assert torch.equal(student.state_dict()[name], teacher.model.state_dict()[name]), name
+
+
 def test_student_is_deterministic_in_the_seed(teacher: Teacher):
-    a = build_student(teacher, config("kd", num_layers=2))
-    b = build_student(teacher, config("kd", num_layers=2))
+    a = build_student(teacher, config("kd", num_layers=2, head="fresh"))
+    b = build_student(teacher, config("kd", num_layers=2, head="fresh"))
     assert torch.equal(a.classifier.weight, b.classifier.weight)
-    other = config("kd", num_layers=2)
+    other = config("kd", num_layers=2, head="fresh")
     other.hyperparameters.seed = 7
     c = build_student(teacher, other)
     assert not torch.equal(a.classifier.weight, c.classifier.weight)
