@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +125,7 @@ def build_cache(
         tokens = int(offsets[-1])
         hidden = int(teacher.config.hidden_size)
         layers = int(teacher.config.num_hidden_layers) + 1
-        classes = int(teacher.config.num_labels)
+        classes = int(teacher.config.num_labels or 0)
         out = {
             "logits": np.lib.format.open_memmap(tmp / "logits.npy", "w+", np.float32, (len(dataset), classes)),
             "unit_grads": np.lib.format.open_memmap(tmp / "unit_grads.npy", "w+", np.float16, (tokens, hidden)),
@@ -162,7 +162,7 @@ def build_cache(
     return TeacherCache.open(directory)
 
 
-def _write_batch(out: dict[str, np.ndarray], offsets: np.ndarray, teacher: PreTrainedModel, batch: Batch) -> None:
+def _write_batch(out: Mapping[str, np.ndarray], offsets: np.ndarray, teacher: PreTrainedModel, batch: Batch) -> None:
     targets = teacher_targets(teacher, batch)
     assert targets.unit_gradients is not None and targets.cls_states is not None
     assert targets.cls_unit_gradients is not None

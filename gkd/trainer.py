@@ -86,7 +86,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _optimizer(model: PreTrainedModel, config: DistillConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases and LayerNorm weights; frozen parameters are left out."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
@@ -325,7 +326,7 @@ class Trainer:
         student = build_student(teacher, self.config)
         student.config.id2label = dict(enumerate(labels))
         student.config.label2id = {name: i for i, name in enumerate(labels)}
-        return student.to(self.device)
+        return student.to(self.device)  # type: ignore[arg-type]  # transformers' to() stub is narrower
 
     def _vector_form(self, student: PreTrainedModel, teacher: Teacher) -> bool:
         form = self.config.hyperparameters.saliency_form
