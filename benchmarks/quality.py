@@ -28,9 +28,11 @@ from benchmarks import common
 
 common.set_module_name("benchmarks.quality")
 
-from gkd.config import METHODS, DistillConfig  # noqa: E402
+from gkd.config import METHODS, DistillConfig, Hyperparameters  # noqa: E402
 from gkd.models import Teacher, load_teacher  # noqa: E402
 from gkd.trainer import Trainer, resolve_device  # noqa: E402
+
+DEFAULTS = Hyperparameters()  # the library's defaults are the benchmark's: written once, in gkd/config.py
 
 METRICS = ("accuracy", "macro_f1", "teacher_agreement", "saliency_agreement", "saliency_top3_overlap")
 SETTING_KEYS = ("teacher", "data", "train_rows", "eval_rows", "epochs", "max_length", "batch_size",
@@ -47,9 +49,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=5e-5)
-    parser.add_argument("--beta", type=float, default=1.0, help="beta of the main runs (pkd, gradient_kd[_cls])")
-    parser.add_argument("--gamma", type=float, default=1.0, help="gamma of the main runs (gradient_kd_cls)")
+    parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
+    parser.add_argument("--beta", type=float, default=DEFAULTS.beta,
+                        help="beta of the main runs (pkd, gradient_kd[_cls])")
+    parser.add_argument("--gamma", type=float, default=DEFAULTS.gamma, help="gamma of the main runs (gradient_kd_cls)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--layers", default="2,3", help="student depths")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (depth, method): seed-base, seed-base+1, ...")
