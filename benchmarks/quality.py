@@ -57,6 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--layers", default="2,3", help="student depths")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (depth, method): seed-base, seed-base+1, ...")
     parser.add_argument("--seed-base", type=int, default=42)
+    parser.add_argument("--sweep-gamma", action="store_true", help="with --sweep, also sweep gamma (gradient_kd_cls)")
     parser.add_argument("--sweep", action="store_true",
                         help="also sweep beta (gradient_kd) and gamma (gradient_kd_cls) on one seed")
     parser.add_argument("--sweep-values", default="0.1,1,10,100")
@@ -96,7 +97,7 @@ def plan_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
             if "gradient_kd" in args.method_list:
                 runs.append({"group": "sweep", "layers": args.sweep_layers, "method": "gradient_kd", "seed": seed,
                              "beta": value, "gamma": args.gamma, "swept": "beta"})
-            if "gradient_kd_cls" in args.method_list:
+            if args.sweep_gamma and "gradient_kd_cls" in args.method_list:
                 runs.append({"group": "sweep", "layers": args.sweep_layers, "method": "gradient_kd_cls",
                              "seed": seed, "beta": args.beta, "gamma": value, "swept": "gamma"})
     for run in runs:
