@@ -45,11 +45,13 @@ lint: install
 
 example-teacher: install $(EXAMPLE_TEACHER)
 
+# The fast benchmarks; each prints a table and writes JSON + Markdown under benchmarks/results/.
 bench: install
-	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.train_step --steps 10 --warmup 2
 
-bench-quality: install
-	$(PY) -m benchmarks.quality
+# The long quality run (every method x depth x 3 seeds on the movie-review benchmark; hours on 2 cores).
+bench-quality: install $(EXAMPLE_TEACHER)
+	$(PY) -m benchmarks.quality --train-rows 1600 --epochs 3 --max-length 64 --learning-rate 1e-4 $(QUALITY_ARGS)
 
 # With `make run` up in another terminal: upload the movie-review data, distil, download, compare.
 demo: install
