@@ -116,7 +116,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             "max_length": args.max_length, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
             "beta": args.beta, "gamma": args.gamma, "layers": args.layer_list, "methods": args.method_list,
             "seeds": args.seed_list, "sweep_values": args.sweep_list if args.sweep else None,
-            "cache_dir": str(args.cache_dir)}
+            "cache_dir": str(args.cache_dir), "gradient_warmup_ratio": DEFAULTS.gradient_warmup_ratio}
 
 
 def load_previous(out: Path, settings: dict[str, Any], fresh: bool) -> dict[str, Any]:

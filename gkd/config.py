@@ -124,11 +124,12 @@ class Hyperparameters(_Strict):
         "'scalar' compares normalised per-token saliency (ours; any width), 'auto' picks by width.",
     )
     gradient_warmup_ratio: float = Field(
-        0.0,
+        0.5,
         ge=0.0,
         le=1.0,
         description="Ramp the weight of the gradient terms linearly from 0 over this fraction of the steps "
-        "(ours): the student first learns the teacher's outputs, then its saliency.",
+        "(ours): the student first learns the teacher's outputs, then its saliency. Without it (0.0) a "
+        "3-layer student collapsed to chance on 2 of 3 seeds in our benchmark; with 0.5 none did.",
     )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of initialisation, data order and dropout.")
     eval_every_steps: int | None = Field(

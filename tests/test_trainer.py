@@ -102,7 +102,9 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 @pytest.mark.parametrize("method", ["ce", "kd", "pkd", "gradient_kd", "gradient_kd_cls"])
 def test_each_method_trains_and_its_loss_goes_down(tmp_path: Path, trained_teacher: Path, data, method: str):
     recorder = Recorder()
-    config = make_config(tmp_path, trained_teacher, data, method, "run", epochs=3, beta=10.0, gamma=10.0)
+    # A fixed objective: with the (default) ramp the weight of the gradient term grows during training.
+    config = make_config(tmp_path, trained_teacher, data, method, "run", epochs=3, beta=10.0, gamma=10.0,
+                         gradient_warmup_ratio=0.0)
     result = Trainer(config, [recorder]).train()
     assert not result.stopped
     assert result.steps == len(recorder.losses) == 3 * 5
@@ -281,3 +283,19 @@ def test_bf16_autocast_runs_the_double_backward_on_cpu(tmp_path: Path, random_te
     assert result.steps == 5
     assert all(torch.isfinite(torch.tensor(recorder.losses)))
     assert all(t["grad"] > 0 for t in recorder.terms)
+
+
+def test_gradient_term_is_ramped_in(tmp_path: Path, trained_teacher: Path, data):
+    """gradient_warmup_ratio: the gradient term's weight grows linearly from 0 (the grad term is still logged)."""
+    from gkd.trainer import _ramp
+
+    assert _ramp(0, 100, 0.5) == 0.0 and _ramp(25, 100, 0.5) == 0.5 and _ramp(50, 100, 0.5) == 1.0
+    assert _ramp(0, 100, 0.0) == 1.0
+    recorder = Recorder()
+    config = make_config(tmp_path, trained_teacher, data, "gradient_kd", "ramp", epochs=1, beta=10.0,
+                         gradient_warmup_ratio=1.0)
+    Trainer(config, [recorder]).train()
+    first = recorder.terms[0]
+    # step 0 has weight 0: the total is exactly the KD loss
+    assert first["grad"] > 0
+    assert abs(recorder.losses[0] - (0.5 * first["kd"] + 0.5 * first["ce"])) < 1e-5
