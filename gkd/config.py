@@ -128,8 +128,8 @@ class Hyperparameters(_Strict):
         ge=0.0,
         le=1.0,
         description="Ramp the weight of the gradient terms linearly from 0 over this fraction of the steps "
-        "(ours): the student first learns the teacher's outputs, then its saliency. Without it (0.0) a "
-        "3-layer student collapsed to chance on 2 of 3 seeds in our benchmark; with 0.5 none did.",
+        "(ours): the student first learns the teacher's outputs, then its saliency. A mitigation, not a cure: "
+        "3-layer gradient_kd students still collapse to chance on some seeds (benchmarks/results/quality.md).",
     )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of initialisation, data order and dropout.")
     eval_every_steps: int | None = Field(
