@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint bench bench-quality example-teacher demo clean
+.PHONY: install run test lint bench bench-api bench-e2e bench-quality example-teacher demo clean
 
 # torch==2.13.0 is pinned exactly in pyproject.toml: the CPU wheel lies on disk; plain pip finds it.
 $(STAMP): pyproject.toml
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	test -x /usr/bin/chromium || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
 	  || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) \
 	  || echo "warning: could not install chromium; the browser tests will be skipped" >&2
+	# wrk drives the API load benchmark (benchmarks.api falls back to httpx without it).
+	command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk \
+	  || echo "warning: no wrk; benchmarks.api falls back to httpx" >&2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -48,6 +51,13 @@ example-teacher: install $(EXAMPLE_TEACHER)
 # The fast benchmarks; each prints a table and writes JSON + Markdown under benchmarks/results/.
 bench: install
 	$(PY) -m benchmarks.train_step --steps 10 --warmup 2
+
+# The service under load (PostgreSQL + Redis, 4 uvicorn workers, 100 SSE streams) and its overhead.
+bench-api: install
+	$(PY) -m benchmarks.api
+
+bench-e2e: install
+	$(PY) -m benchmarks.end_to_end
 
 # The long quality run (every method x depth x 3 seeds on the movie-review benchmark; hours on 2 cores).
 bench-quality: install $(EXAMPLE_TEACHER)

@@ -57,10 +57,15 @@ def tenant_for_key(session: Session, plain: str) -> Tenant | None:
     if not plain.startswith(KEY_PREFIX) or len(plain) > 200:
         return None
     digest = hash_key(plain)
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
-    if key is None or not hmac.compare_digest(key.key_hash, digest):
+    # One round trip: the active key's hash and its tenant (this runs on every authenticated request).
+    row = session.execute(
+        select(ApiKey.key_hash, Tenant)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
+    ).first()
+    if row is None or not hmac.compare_digest(row[0], digest):
         return None
-    return session.get(Tenant, key.tenant_id)
+    return row[1]
 
 
 def revoke_key(session: Session, key_or_prefix: str) -> list[ApiKey]:

@@ -1,0 +1,71 @@
+"""Smoke tests of the service benchmarks (`benchmarks.api`, `benchmarks.end_to_end`) on tiny settings.
+
+They measure nothing; they keep the scripts from rotting: a real uvicorn (and Celery worker) starts, the load
+and the jobs run, and the JSON + Markdown they promise are written. The API benchmark needs PostgreSQL and
+Redis on loopback and is skipped without them; the end-to-end one runs on SQLite + the embedded broker.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from benchmarks import api, end_to_end
+
+pytestmark = pytest.mark.slow  # each starts uvicorn (and a Celery worker)
+
+
+def _reachable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("driver", ["httpx", "wrk"])
+def test_api_benchmark_tiny(driver: str, tmp_path: Path) -> None:
+    if not (_reachable(5432) and _reachable(6379)):
+        pytest.skip("PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are needed")
+    if driver == "wrk" and shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+    out = tmp_path / "api.json"
+    report = api.main(["--tiny", "--driver", driver, "--out", str(out)])
+
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert saved == json.loads(json.dumps(report))
+    assert {"environment", "settings", "runs", "summary", "streams", "targets"} <= set(saved)
+    assert saved["settings"]["driver"] == driver and saved["settings"]["workers"] == 1
+    assert {row["endpoint"] for row in saved["summary"]} == {"job_status", "list"}
+    for row in saved["summary"]:
+        assert row["requests"] > 0 and row["rps"] > 0 and row["errors"] == 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert row["streams_min_open"] == saved["settings"]["streams"]
+    assert saved["streams"]["opened"] == saved["settings"]["streams"] and saved["streams"]["failure_count"] == 0
+    assert saved["answers"]["list_items"] == 20
+    assert [t["pass"] for t in saved["targets"][2:]] == [True, True]  # zero errors; streams stayed open
+    markdown = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "python -m benchmarks.api" in markdown and "GET /v1/jobs/{id}" in markdown
+
+
+def test_end_to_end_benchmark_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "e2e.json"
+    report = end_to_end.main(["--tiny", "--train-rows", "24", "--repeats", "1", "--stack", "sqlite", "--threads", "1",
+                              "--out", str(out)])
+
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert saved == json.loads(json.dumps(report))
+    assert [(r["repeat"], r["kind"]) for r in saved["runs"]] == [(1, "library"), (1, "service")]
+    assert all(r["seconds"] > 0 and r["cache_warm"] for r in saved["runs"])
+    service = saved["runs"][1]
+    assert service["checkpoint_bytes"] > 0 and service["events"] >= 4
+    assert service["phases"]["queue_s"] is not None and service["phases"]["download_s"] >= 0
+    summary = saved["summary"]
+    assert summary["ratio"] > 0 and summary["ratio"] == pytest.approx(
+        summary["service_median_s"] / summary["library_median_s"], rel=1e-2)
+    assert {t["name"].split(" (")[0] for t in saved["targets"]} >= {"service overhead < 10 %"}
+    markdown = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "python -m benchmarks.end_to_end" in markdown and "overhead" in markdown
