@@ -329,6 +329,7 @@ def finish(report: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    common.set_module_name("benchmarks.quality")  # the module-level name is the last imported script's
     args = parse_args(argv)
     common.set_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="gkd-bench-quality-"))

@@ -599,6 +599,7 @@ def render(report: dict[str, Any], markdown: bool) -> str:
 
 # ---------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    common.set_module_name("benchmarks.train_step")  # the module-level name is the last imported script's
     args = parse_args(argv)
     threads = common.set_threads(args.threads)
     if args.rss_child:

@@ -78,7 +78,7 @@ def test_train_step_measures_peak_rss_in_subprocesses(teacher_dir: Path, tmp_pat
 def quality_args(teacher_dir: Path, data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
     return ["--teacher", str(teacher_dir), "--data-dir", str(data_dir), "--epochs", "1", "--max-length", "16",
             "--batch-size", "8", "--learning-rate", "1e-3", "--methods", "ce,gradient_kd", "--layers", "1",
-            "--seeds", "1", "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
+            "--seeds", "1", "--threads", "1", "--beta", "1", "--gamma", "1", "--cache-dir", str(tmp_path / "cache"),
             "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "quality.json"), *extra]
 
 
