@@ -103,26 +103,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextlib.contextmanager
-def fresh_database(server: str):  # type: ignore[no-untyped-def]
+def fresh_database(server: str) -> contextlib.AbstractContextManager[str]:
     """A new, migrated PostgreSQL database; dropped (WITH FORCE) on exit."""
-    from sqlalchemy import create_engine, text
+    from app.db import temporary_postgres_database
 
-    from app.db import engine_for, upgrade
-
-    name = f"gkd_bench_{secrets.token_hex(4)}"
-    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"{server}/{name}"
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return temporary_postgres_database(server, prefix="gkd_bench")
 
 
 @dataclass

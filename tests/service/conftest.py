@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
-from app.db import engine_for, session_scope, upgrade
+from app.db import session_scope, temporary_postgres_database, upgrade
 from app.main import create_app
 from app.settings import Settings
 from app.store import create_key
@@ -43,19 +42,8 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 def postgresql_url() -> Iterator[str]:
     if not _reachable(5432):
         pytest.skip("PostgreSQL is not listening on 127.0.0.1:5432")
-    name = f"gkd_test_{secrets.token_hex(4)}"
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"{PG_SERVER}/{name}"
-    try:
-        upgrade(url)
+    with temporary_postgres_database(PG_SERVER, prefix="gkd_test") as url:
         yield url
-    finally:
-        engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
