@@ -28,6 +28,7 @@ from benchmarks import common
 
 common.set_module_name("benchmarks.quality")
 
+from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress  # noqa: E402
 from gkd.config import METHODS, DistillConfig, Hyperparameters  # noqa: E402
 from gkd.models import Teacher, load_teacher  # noqa: E402
 from gkd.trainer import Trainer, resolve_device  # noqa: E402
@@ -36,7 +37,11 @@ DEFAULTS = Hyperparameters()  # the library's defaults are the benchmark's: writ
 
 METRICS = ("accuracy", "macro_f1", "teacher_agreement", "saliency_agreement", "saliency_top3_overlap")
 SETTING_KEYS = ("teacher", "data", "train_rows", "eval_rows", "epochs", "max_length", "batch_size",
-                "learning_rate", "beta", "gamma")
+                "learning_rate", "beta", "gamma", "gradient_term_cap", "gradient_warmup_ratio")
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "null", "off") else float(text)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,6 +58,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--beta", type=float, default=DEFAULTS.beta,
                         help="beta of the main runs (pkd, gradient_kd[_cls])")
     parser.add_argument("--gamma", type=float, default=DEFAULTS.gamma, help="gamma of the main runs (gradient_kd_cls)")
+    parser.add_argument("--gradient-term-cap", type=_optional_float, default=DEFAULTS.gradient_term_cap,
+                        help="hyperparameters.gradient_term_cap ('none': the paper's uncapped sum)")
+    parser.add_argument("--gradient-warmup-ratio", type=float, default=DEFAULTS.gradient_warmup_ratio)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--layers", default="2,3", help="student depths")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (depth, method): seed-base, seed-base+1, ...")
@@ -116,7 +124,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             "max_length": args.max_length, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
             "beta": args.beta, "gamma": args.gamma, "layers": args.layer_list, "methods": args.method_list,
             "seeds": args.seed_list, "sweep_values": args.sweep_list if args.sweep else None,
-            "cache_dir": str(args.cache_dir), "gradient_warmup_ratio": DEFAULTS.gradient_warmup_ratio}
+            "cache_dir": str(args.cache_dir), "gradient_warmup_ratio": args.gradient_warmup_ratio,
+            "gradient_term_cap": args.gradient_term_cap}
 
 
 def load_previous(out: Path, settings: dict[str, Any], fresh: bool) -> dict[str, Any]:
@@ -154,7 +163,8 @@ def make_config(args: argparse.Namespace, run: dict[str, Any], files: dict[str, 
         "data": {name: str(path) for name, path in files.items()},
         "hyperparameters": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
                             "max_length": args.max_length, "seed": run["seed"], "beta": run["beta"],
-                            "gamma": run["gamma"]},
+                            "gamma": run["gamma"], "gradient_term_cap": args.gradient_term_cap,
+                            "gradient_warmup_ratio": args.gradient_warmup_ratio},
         "output_dir": str(output_dir),
         "device": args.device,
         "cache": "auto",
@@ -163,14 +173,36 @@ def make_config(args: argparse.Namespace, run: dict[str, Any], files: dict[str, 
     })
 
 
+class TermsPerEpoch(TrainerCallback):
+    """Mean of every logged loss term per epoch (e.g. `grad` and `grad_cap_scale`), kept in the run's JSON."""
+
+    def __init__(self) -> None:
+        self.sums: list[dict[str, float]] = []
+        self.counts: list[int] = []
+
+    def on_step(self, progress: TrainingProgress, metrics: StepMetrics) -> None:
+        epoch = progress.epoch
+        while len(self.sums) <= epoch:
+            self.sums.append({})
+            self.counts.append(0)
+        for name, value in {"loss": metrics.loss, **metrics.terms}.items():
+            self.sums[epoch][name] = self.sums[epoch].get(name, 0.0) + value
+        self.counts[epoch] += 1
+
+    def means(self) -> list[dict[str, float]]:
+        return [{name: value / count for name, value in sums.items()}
+                for sums, count in zip(self.sums, self.counts, strict=True) if count]
+
+
 def execute(args: argparse.Namespace, run: dict[str, Any], files: dict[str, Path], splits: dict[str, list[Any]],
             teacher: Teacher, teacher_dir: Path) -> dict[str, Any]:
     output_dir = Path(args.work_dir) / run["key"].replace("|", "_")
     shutil.rmtree(output_dir, ignore_errors=True)
     config = make_config(args, run, files, teacher_dir, output_dir)
+    terms = TermsPerEpoch()
     start = time.perf_counter()
     try:
-        result = Trainer(config, examples=splits, teacher=teacher).train(resume=False)
+        result = Trainer(config, [terms], examples=splits, teacher=teacher).train(resume=False)
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
     return {
@@ -180,6 +212,8 @@ def execute(args: argparse.Namespace, run: dict[str, Any], files: dict[str, Path
         "test": result.test_metrics or {},
         "best_dev": result.best_metrics,
         "teacher_dev": result.teacher_metrics,
+        "terms_per_epoch": terms.means(),
+        "dev_history": [{"step": h["step"], "accuracy": h["metrics"].get("accuracy")} for h in result.history],
     }
 
 

@@ -131,6 +131,15 @@ class Hyperparameters(_Strict):
         "(ours): the student first learns the teacher's outputs, then its saliency. A mitigation, not a cure: "
         "3-layer gradient_kd students still collapse to chance on some seeds (benchmarks/results/quality.md).",
     )
+    gradient_term_cap: float | None = Field(
+        1.0,
+        gt=0.0,
+        le=1e6,
+        description="Cap the gradient terms' parameter gradient at this multiple of the logit loss's, per "
+        "micro-batch (ours). The unit-normalised gradient loss grows like 1/||student input gradient||, which "
+        "is tiny, so uncapped it can drown the logit loss and collapse the student; null gives the paper's "
+        "plain sum.",
+    )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of initialisation, data order and dropout.")
     eval_every_steps: int | None = Field(
         None, ge=1, description="Evaluate every K optimiser steps as well as after each epoch."

@@ -114,6 +114,22 @@ def teacher_targets(model: PreTrainedModel, batch: Batch, *, with_gradients: boo
     )
 
 
+@dataclass
+class LossParts:
+    """One batch's loss, split where the trainer may rebalance it (`hyperparameters.gradient_term_cap`).
+
+    `base` is everything but the gradient term(s) (CE, or logit KD plus PKD), `gradient` the weighted
+    gradient term (`beta * L_grad` or `gamma * L_grads`; None for methods without one)."""
+
+    base: Tensor
+    gradient: Tensor | None
+    terms: dict[str, float]
+
+    @property
+    def total(self) -> Tensor:
+        return self.base if self.gradient is None else self.base + self.gradient
+
+
 def student_loss(
     method: str,
     hp: Hyperparameters,
@@ -124,7 +140,22 @@ def student_loss(
     vector_form: bool = True,
     gradient_scale: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """The training loss of one batch for `method`, with its terms (floats, for logging).
+    """The training loss of one batch for `method`, with its terms (floats, for logging)."""
+    parts = student_loss_parts(method, hp, student, batch, targets, layer_pairs, vector_form, gradient_scale)
+    return parts.total, parts.terms
+
+
+def student_loss_parts(
+    method: str,
+    hp: Hyperparameters,
+    student: PreTrainedModel,
+    batch: Batch,
+    targets: TeacherTargets | None,
+    layer_pairs: Sequence[tuple[int, int]] = (),
+    vector_form: bool = True,
+    gradient_scale: float = 1.0,
+) -> LossParts:
+    """The loss of one batch for `method`, kept in its two parts (see `LossParts`).
 
     `gradient_scale` multiplies beta (gradient_kd) or gamma (gradient_kd_cls); the trainer uses it to ramp
     the gradient terms in (`hyperparameters.gradient_warmup_ratio`)."""
@@ -133,7 +164,7 @@ def student_loss(
     logits = result.logits
     if method == "ce":
         loss = losses.ce_loss(logits, batch.labels)
-        return loss, {"ce": float(loss.detach())}
+        return LossParts(loss, None, {"ce": float(loss.detach())})
     if targets is None:
         raise ValueError(f"method {method!r} needs teacher targets")
     loss, parts = losses.kd_loss(
@@ -141,7 +172,6 @@ def student_loss(
         reduction=hp.kl_reduction,
     )
     terms = {name: float(value.detach()) for name, value in parts.items()}
-    student_cls = None
     if needs_hidden:
         assert result.hidden_states is not None and targets.cls_states is not None
         pkd = logits.new_zeros(())
@@ -151,12 +181,13 @@ def student_loss(
             pkd = losses.pkd_loss(teacher_cls, student_cls)
         loss = loss + hp.beta * pkd
         terms["pkd"] = float(pkd.detach())
+    weighted_gradient = None
     if method in GRADIENT_METHODS:
         grad_term = _gradient_term(method, result, batch, targets, layer_pairs, vector_form)
         weight = (hp.beta if method == "gradient_kd" else hp.gamma) * gradient_scale
-        loss = loss + weight * grad_term
+        weighted_gradient = weight * grad_term
         terms["grad"] = float(grad_term.detach())
-    return loss, terms
+    return LossParts(loss, weighted_gradient, terms)
 
 
 def _gradient_term(

@@ -31,9 +31,10 @@ from gkd.batching import EncodedDataset, collate, encode, epoch_batches, eval_ba
 from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress
 from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, ConfigError, DistillConfig, layer_map
 from gkd.export import export_student
+from gkd.gradient_cap import capped_backward
 from gkd.metrics import EvalAccumulator, accuracy_f1
 from gkd.models import Teacher, build_student, load_teacher
-from gkd.objective import Batch, TeacherTargets, student_loss, student_saliency_gradients, teacher_targets
+from gkd.objective import Batch, TeacherTargets, student_loss_parts, student_saliency_gradients, teacher_targets
 from gkd.teacher_cache import TeacherCache, open_or_build, teacher_fingerprint
 
 STATE_FILE = "training_state.pt"
@@ -370,19 +371,25 @@ class Trainer:
         total_examples = sum(len(indices) for indices in group)
         sums: dict[str, float] = {}
         optimizer.zero_grad(set_to_none=True)
+        trainable = [p for p in student.parameters() if p.requires_grad]
         for indices in self._micro_batches(group):
             batch = collate(dataset, indices, pad_id).to(self.device)
             targets = self._targets(cache, teacher, batch, needs_grads) if needs_teacher else None
             with autocast:
-                loss, terms = student_loss(method, hp, student, batch, targets, pairs, vector_form,
+                parts = student_loss_parts(method, hp, student, batch, targets, pairs, vector_form,
                                            gradient_scale=gradient_scale)
             share = len(indices) / total_examples
-            (loss * share).backward()
+            loss, terms = parts.total, dict(parts.terms)
+            if parts.gradient is not None and hp.gradient_term_cap is not None and gradient_scale > 0:
+                terms["grad_cap_scale"] = capped_backward(parts.base, parts.gradient, trainable,
+                                                          hp.gradient_term_cap, weight=share)
+            else:
+                (loss * share).backward()
             for name, value in {"loss": float(loss.detach()), **terms}.items():
                 sums[name] = sums.get(name, 0.0) + value * share
         sums = self._synchronise(student, sums)
         if hp.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], hp.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trainable, hp.max_grad_norm)
         optimizer.step()
         learning_rate = float(optimizer.param_groups[0]["lr"])
         scheduler.step()

@@ -112,7 +112,8 @@ def test_each_method_trains_and_its_loss_goes_down(tmp_path: Path, trained_teach
     first, last = sum(recorder.losses[:3]) / 3, sum(recorder.losses[-3:]) / 3
     assert last < 0.9 * first, recorder.losses
     expected_terms = {"ce": {"ce"}, "kd": {"kd", "ce"}, "pkd": {"kd", "ce", "pkd"},
-                      "gradient_kd": {"kd", "ce", "grad"}, "gradient_kd_cls": {"kd", "ce", "pkd", "grad"}}[method]
+                      "gradient_kd": {"kd", "ce", "grad", "grad_cap_scale"},
+                      "gradient_kd_cls": {"kd", "ce", "pkd", "grad", "grad_cap_scale"}}[method]
     assert set(recorder.terms[0]) == expected_terms
     if method in ("gradient_kd", "gradient_kd_cls"):
         # the gradient term itself is optimised

@@ -1,0 +1,53 @@
+"""gkd.gradient_cap: the gradient term's parameter gradient is capped against the logit loss's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gkd.gradient_cap import capped_backward, capped_scale
+
+
+def test_scale_is_one_within_the_cap_and_shrinks_the_excess_exactly():
+    assert capped_scale(base_norm=2.0, extra_norm=1.0, cap=1.0) == 1.0
+    assert capped_scale(base_norm=2.0, extra_norm=2.0, cap=1.0) == 1.0
+    assert capped_scale(base_norm=1.0, extra_norm=8.0, cap=0.5) == pytest.approx(1 / 16)
+    assert capped_scale(base_norm=1.0, extra_norm=0.0, cap=1.0) == 1.0  # nothing to cap
+
+
+def _two_parameters() -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+    return torch.nn.Parameter(torch.tensor([1.0, 2.0])), torch.nn.Parameter(torch.tensor([3.0]))
+
+
+def test_capped_backward_adds_base_plus_scaled_extra_to_grad():
+    a, b = _two_parameters()
+    # d base / d(a, b) = (1, 1, 0): norm sqrt(2). d extra / d(a, b) = (0, 0, 2 * 3 * 10) = (0, 0, 60).
+    base = a.sum()
+    extra = 10.0 * b.pow(2).sum()
+    scale = capped_backward(base, extra, [a, b], cap=0.5, weight=0.25)
+    expected_scale = 0.5 * 2**0.5 / 60.0
+    assert scale == pytest.approx(expected_scale)
+    assert a.grad is not None and b.grad is not None
+    torch.testing.assert_close(a.grad, torch.tensor([0.25, 0.25]))
+    torch.testing.assert_close(b.grad, torch.tensor([0.25 * 60.0 * expected_scale]))
+    # the capped extra gradient is exactly `cap` times the base gradient's norm (before the share)
+    assert float(b.grad.norm()) / 0.25 == pytest.approx(0.5 * 2**0.5)
+
+
+def test_capped_backward_accumulates_and_matches_plain_backward_under_the_cap():
+    a, b = _two_parameters()
+    a.grad = torch.tensor([1.0, 1.0])  # an earlier micro-batch
+    base, extra = (a * a).sum(), 0.1 * (a * b).sum()
+    assert capped_backward(base, extra, [a, b], cap=1.0) == 1.0
+    a2, b2 = _two_parameters()
+    ((a2 * a2).sum() + 0.1 * (a2 * b2).sum()).backward()
+    assert a.grad is not None and a2.grad is not None
+    torch.testing.assert_close(a.grad, a2.grad + 1.0)
+    torch.testing.assert_close(b.grad, b2.grad)
+
+
+def test_capped_backward_leaves_parameters_outside_both_terms_untouched():
+    a, b = _two_parameters()
+    unused = torch.nn.Parameter(torch.zeros(2))
+    capped_backward(a.sum(), b.sum(), [a, b, unused], cap=1.0)
+    assert unused.grad is None
