@@ -37,11 +37,24 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(4 * 1024 * 1024 * 1024, ge=1)
     max_extracted_bytes: int = Field(8 * 1024 * 1024 * 1024, ge=1)
     max_archive_members: int = Field(10_000, ge=1)
+    checkpoint_compresslevel: int = Field(
+        0, ge=0, le=9, description="gzip level of checkpoint archives; 0 stores (weights barely compress)."
+    )
     page_limit_default: int = Field(20, ge=1)
     page_limit_max: int = Field(100, ge=1)
     sse_poll_seconds: float = Field(0.5, gt=0)
+    sse_fallback_poll_seconds: float = Field(
+        5.0, gt=0,
+        description="Event streams subscribed to Redis wake-ups still read the database this often, as a safety "
+        "net for a lost notification (worst-case extra delay of an event whose publish was lost).",
+    )
     sse_keepalive_seconds: float = Field(15.0, gt=0)
     enqueue_timeout_seconds: float = Field(3.0, gt=0)
+    api_key_cache_seconds: float = Field(
+        2.0, ge=0,
+        description="Each API process remembers a valid key's tenant this long, saving a database query per "
+        "request; a revoked key is therefore refused within this many seconds, not at once. 0 disables the cache.",
+    )
 
     # Worker
     task_queue: str = "training"

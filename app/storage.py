@@ -15,6 +15,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -45,10 +46,29 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pack_directory(directory: Path, target: Path) -> tuple[str, int]:
+class _HashingWriter:
+    """A write-only file object that hashes what passes through it, so an archive is read only once."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def pack_directory(directory: Path, target: Path, compresslevel: int = 0) -> tuple[str, int]:
     """Write `directory`'s regular files as a .tar.gz at `target` (files at the archive root).
 
     Written to a temporary name in the same directory, fsynced, then renamed: readers never see half a file.
+    The default gzip level 0 stores without compressing: float weights shrink by under 10 % at level 6,
+    which costs seconds per checkpoint (benchmarks/results/end_to_end.md); any gzip reader still reads it.
     Returns (sha256, size).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +76,8 @@ def pack_directory(directory: Path, target: Path) -> tuple[str, int]:
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6) as archive:
+            hashing = _HashingWriter(raw)
+            with tarfile.open(fileobj=hashing, mode="w:gz", compresslevel=compresslevel) as archive:  # type: ignore[call-overload]
                 for path in sorted(directory.rglob("*")):
                     if path.is_file() and not path.is_symlink():
                         archive.add(path, arcname=path.relative_to(directory).as_posix(), recursive=False)
@@ -66,7 +87,7 @@ def pack_directory(directory: Path, target: Path) -> tuple[str, int]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return sha256_file(target), target.stat().st_size
+    return hashing.digest.hexdigest(), hashing.size
 
 
 def _check_member_name(name: str) -> PurePosixPath:

@@ -301,7 +301,7 @@ def make_callback(ctx: JobContext) -> Any:
                     storage.publish(Path(path).relative_to(ctx.settings.storage).as_posix())
                 return
             target = ctx.settings.storage / "jobs" / ctx.job_id / "checkpoints" / f"{kind}.tar.gz"
-            sha, size = pack_directory(Path(path), target)
+            sha, size = pack_directory(Path(path), target, ctx.settings.checkpoint_compresslevel)
             relative = target.relative_to(ctx.settings.storage).as_posix()
             get_storage(ctx.settings).publish(relative)
             card = Path(path) / "gkd_card.json"
