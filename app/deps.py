@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 import anyio
 from fastapi import Depends, Header, Query, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
-from app.db import sessionmaker_for
+from app.db import autocommit_sessionmaker_for, sessionmaker_for
 from app.errors import ApiError
 from app.orm import Tenant
 from app.settings import Settings
-from app.store import tenant_for_key
+from app.store import hash_key, tenant_for_key
+from app.tenant_cache import TenantCache
 
 
 async def get_settings(request: Request) -> Settings:
@@ -24,40 +27,72 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
-    # Creating a Session does no I/O, so it happens on the event loop (no thread hop). Closing it does I/O (the
-    # rollback, returning the connection), so it runs in a worker thread, shielded from cancellation and outside
-    # the thread pool's capacity limit, as FastAPI does for the exit of a sync generator dependency.
-    session = sessionmaker_for(settings.database_url)()
+@asynccontextmanager
+async def _closing(session: Session) -> AsyncIterator[Session]:
+    # Creating a Session does no I/O, so it happens on the event loop (no thread hop). Closing one that holds a
+    # transaction does I/O (the rollback, returning the connection), so it runs in a worker thread, shielded from
+    # cancellation and outside the thread pool's capacity limit, as FastAPI does for the exit of a sync generator
+    # dependency. A session that holds none (never used, or already closed by the route) closes in place.
     try:
         yield session
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
+        if session.in_transaction():
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
+        else:
+            session.close()
+
+
+async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
+    async with _closing(sessionmaker_for(settings.database_url)()) as session:
+        yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_current_tenant(
-    session: SessionDep, authorization: Annotated[str | None, Header()] = None
+async def get_read_session(settings: SettingsDep) -> AsyncIterator[Session]:
+    """A session for read-only routes: each statement commits on its own (see `autocommit_sessionmaker_for`)."""
+    async with _closing(autocommit_sessionmaker_for(settings.database_url)()) as session:
+        yield session
+
+
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+
+
+def _tenant_from_database(sessions: sessionmaker[Session], token: str) -> Tenant | None:
+    with sessions() as session:
+        tenant = tenant_for_key(session, token)
+        # Detach the tenant with its columns loaded; routes only read them.
+        if tenant is not None:
+            session.expunge(tenant)
+        return tenant
+
+
+async def get_current_tenant(
+    request: Request, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
 ) -> Tenant:
+    # async: a key seen in the last `api_key_cache_seconds` is answered from memory on the event loop, without a
+    # thread hop or a database round trip; only a cache miss reads the database, in the thread pool.
     challenge = {"WWW-Authenticate": "Bearer"}
     if not authorization:
         raise ApiError(401, "missing API key: send 'Authorization: Bearer gkd_...'", code="missing_api_key",
                        headers=challenge)
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "malformed Authorization header; expected 'Bearer gkd_...'", headers=challenge)
-    tenant = tenant_for_key(session, token.strip())
-    # Detach the tenant first: the rollback would expire it and the route's first `tenant.id` would read the row
-    # again. Routes only read its columns.
-    if tenant is not None:
-        session.expunge(tenant)
-    # The lookup reads rows; end that transaction so the route starts its own.
-    session.rollback()
+    cache: TenantCache = request.app.state.tenant_cache
+    digest = hash_key(token)
+    tenant = cache.get(digest) if cache.enabled else None
     if tenant is None:
-        raise ApiError(401, "invalid or revoked API key", code="invalid_api_key", headers=challenge)
+        # The sessionmaker is looked up here, on the event loop: `sessionmaker_for`'s lru_cache is not atomic, and
+        # a burst of first requests racing in threads would each build an engine with its own connection pool.
+        sessions = sessionmaker_for(settings.database_url)
+        tenant = await run_in_threadpool(_tenant_from_database, sessions, token)
+        if tenant is None:
+            raise ApiError(401, "invalid or revoked API key", code="invalid_api_key", headers=challenge)
+        cache.put(digest, tenant)
     return tenant
 
 

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app import dashboard, errors
 from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, saliency
 from app.settings import Settings
+from app.tenant_cache import TenantCache
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.tenant_cache = TenantCache(settings.api_key_cache_seconds)
 
     @functools.cache
     def celery_producer():  # type: ignore[no-untyped-def]

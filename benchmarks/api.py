@@ -601,9 +601,10 @@ def render(report: dict[str, Any], markdown: bool) -> str:
                   f"- load generator: {s['driver']}" + (f" ({s['wrk_version']})" if s.get("wrk_version") else ""),
                   f"- background load: {report.get('background') or 'none seen'}", ""]
     parts.append(
-        f"PostgreSQL + Redis on loopback, `uvicorn --workers {s['workers']} --no-access-log` (h11), {s['jobs']} jobs "
-        f"({s['events']} events) of one tenant, {s['streams']} SSE streams open during every run (each polls the "
-        f"database every {s.get('sse_poll_seconds', 0.5):g} s besides its Redis wake-ups); load: "
+        f"PostgreSQL + Redis on loopback, `uvicorn --workers {s['workers']} --no-access-log` "
+        f"({s.get('http', 'h11')}), {s['jobs']} jobs ({s['events']} events) of one tenant, {s['streams']} SSE streams "
+        f"open during every run (woken by Redis, each also reads the database every "
+        f"{s.get('sse_fallback_poll_seconds', s.get('sse_poll_seconds', 0.5)):g} s as a safety net); load: "
         f"{s['driver']}, {s['concurrency']} connections, {s['warmup']:g} s warm-up + {s['duration']:g} s measured "
         f"per endpoint, {s['rounds']} round(s) alternating the endpoints, medians over rounds."
     )
@@ -643,10 +644,17 @@ def background_load() -> str:
     return f"load average {load[0]:.2f}" + (f"; running: {'; '.join(busy)}" if busy else "")
 
 
-def default_sse_poll() -> float:
+def default_sse_poll(name: str = "sse_poll_seconds") -> float:
     from app.settings import Settings
 
-    return float(Settings.model_fields["sse_poll_seconds"].default)
+    return float(Settings.model_fields[name].default)
+
+
+def http_implementation() -> str:
+    """What uvicorn's `--http auto` picks: httptools when installed (uvicorn[standard]), else h11."""
+    import importlib.util
+
+    return "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
 def choose_driver(requested: str) -> str:
@@ -695,6 +703,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                              "duration": args.duration, "warmup": args.warmup, "rounds": args.rounds,
                              "list_limit": args.list_limit, "driver": driver, "wrk_version": wrk_version,
                              "sse_poll_seconds": args.sse_poll_seconds or default_sse_poll(),
+                             "sse_fallback_poll_seconds": default_sse_poll("sse_fallback_poll_seconds"),
+                             "http": http_implementation(),
                              "database": "postgresql", "broker": "redis", "tiny": args.tiny},
                 "background": background,
                 **result,

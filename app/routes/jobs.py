@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
+from app.deps import CurrentTenant, PageDep, ReadSessionDep, SessionDep, SettingsDep
 from app.enqueue import enqueue_committed_job
 from app.errors import ApiError, conflict, invalid
 from app.ids import new_id
@@ -157,7 +157,7 @@ def create_job(
 @router.get("", response_model=ListResponse[JobOut])
 def list_jobs(
     tenant: CurrentTenant,
-    session: SessionDep,
+    session: ReadSessionDep,
     page: PageDep,
     status: Annotated[JobStatus | None, Query()] = None,
 ) -> dict[str, object]:
@@ -168,7 +168,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job_route(job_id: str, tenant: CurrentTenant, session: SessionDep) -> JobOut:
+def get_job_route(job_id: str, tenant: CurrentTenant, session: ReadSessionDep) -> JobOut:
     return JobOut.of(get_job(session, tenant, job_id))
 
 

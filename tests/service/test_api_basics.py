@@ -45,15 +45,33 @@ def test_validation_error_names_the_query_field(client: TestClient, auth: dict) 
     assert "limit" in error["message"]
 
 
-def test_authentication(client: TestClient, settings: Settings, auth: dict) -> None:
-    assert_error(client.get("/v1/datasets"), 401, "authentication_error")
-    assert_error(client.get("/v1/datasets", headers={"Authorization": "Bearer gkd_wrong"}), 401,
-                 "authentication_error")
-    assert_error(client.get("/v1/datasets", headers={"Authorization": "Basic abc"}), 401, "authentication_error")
-    assert client.get("/v1/datasets", headers=auth).status_code == 200
-    with session_scope(settings.database_url) as session:
-        assert revoke_key(session, auth["Authorization"].removeprefix("Bearer "))
-    assert_error(client.get("/v1/datasets", headers=auth), 401, "authentication_error")
+def test_authentication(settings: Settings, auth: dict) -> None:
+    settings.api_key_cache_seconds = 0  # no key cache: a revoked key is refused on the very next request
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert_error(client.get("/v1/datasets"), 401, "authentication_error")
+        assert_error(client.get("/v1/datasets", headers={"Authorization": "Bearer gkd_wrong"}), 401,
+                     "authentication_error")
+        assert_error(client.get("/v1/datasets", headers={"Authorization": "Basic abc"}), 401,
+                     "authentication_error")
+        assert client.get("/v1/datasets", headers=auth).status_code == 200
+        with session_scope(settings.database_url) as session:
+            assert revoke_key(session, auth["Authorization"].removeprefix("Bearer "))
+        assert_error(client.get("/v1/datasets", headers=auth), 401, "authentication_error")
+
+
+def test_revoked_key_is_refused_once_the_key_cache_expires(settings: Settings, auth: dict) -> None:
+    import time
+
+    settings.api_key_cache_seconds = 0.5
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert client.get("/v1/datasets", headers=auth).status_code == 200  # now remembered
+        with session_scope(settings.database_url) as session:
+            assert revoke_key(session, auth["Authorization"].removeprefix("Bearer "))
+        time.sleep(settings.api_key_cache_seconds)
+        assert_error(client.get("/v1/datasets", headers=auth), 401, "authentication_error")
+        # A wrong key is never remembered, valid or not before.
+        assert_error(client.get("/v1/datasets", headers={"Authorization": "Bearer gkd_wrong"}), 401,
+                     "authentication_error")
 
 
 def test_unexpected_errors_use_the_envelope(settings: Settings) -> None:

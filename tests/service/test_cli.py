@@ -48,7 +48,8 @@ def test_keys_and_models(env: dict, tiny_teacher: Path) -> None:
     from app.main import create_app
     from app.settings import Settings
 
-    with TestClient(create_app(Settings()), raise_server_exceptions=False) as client:
+    # No key cache, so the revocation below is refused on the very next request (the cache: test_api_basics).
+    with TestClient(create_app(Settings(api_key_cache_seconds=0)), raise_server_exceptions=False) as client:
         headers = {"Authorization": f"Bearer {key}"}
         models = client.get("/v1/models", headers=headers).json()["data"]
         assert [m["name"] for m in models] == ["tiny"]
