@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.orm import Checkpoint, Dataset, Job, JobEvent, TeacherModel
 from gkd.config import DistillConfig, Hyperparameters, Method, StudentSpec
+from gkd.data import ValidationReport
 
 T = TypeVar("T")
 
@@ -23,16 +24,6 @@ class ListResponse(BaseModel, Generic[T]):
     next_cursor: str | None = None
 
 
-class ValidationOut(BaseModel):
-    errors: list[str] = Field(default_factory=list)
-    warnings: list[str] = Field(default_factory=list)
-    label_counts: dict[str, int] = Field(default_factory=dict)
-    empty_rows: int = 0
-    duplicate_rows: int = 0
-    over_max_length: int = 0
-    unknown_columns: list[str] = Field(default_factory=list)
-
-
 class DatasetOut(BaseModel):
     id: str
     object: Literal["dataset"] = "dataset"
@@ -42,7 +33,7 @@ class DatasetOut(BaseModel):
     labels: list[str]
     sha256: str
     size_bytes: int
-    validation: ValidationOut
+    validation: ValidationReport  # the library's report, defined once in gkd.data
     created_at: datetime
 
     @classmethod
@@ -55,7 +46,8 @@ class DatasetOut(BaseModel):
             labels=row.labels,
             sha256=row.sha256,
             size_bytes=row.size_bytes,
-            validation=ValidationOut.model_validate(row.validation),
+            # rows and labels are the dataset's own (rows written before they were stored in the report lack them)
+            validation=ValidationReport.model_validate({**row.validation, "rows": row.rows, "labels": row.labels}),
             created_at=row.created_at,
         )
 

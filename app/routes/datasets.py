@@ -66,7 +66,7 @@ async def create_dataset(
         os.replace(upload.path, final)
         upload.path = None
         await run_in_threadpool(get_storage(settings).publish, relative)  # GKD_STORAGE=s3: to the bucket
-        validation = report.model_dump(exclude={"rows", "labels"})  # type: ignore[attr-defined]
+        validation = report.model_dump()  # type: ignore[attr-defined]
         row = Dataset(
             id=dataset_id,
             tenant_id=tenant.id,

@@ -21,6 +21,8 @@ class _Resource(BaseModel):
 
 
 class DatasetValidation(_Resource):
+    rows: int = 0
+    labels: list[str] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     label_counts: dict[str, int] = Field(default_factory=dict)
