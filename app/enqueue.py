@@ -84,6 +84,14 @@ def sweep(celery: Celery, settings: Settings, session: Session) -> dict[str, int
                 .execution_options(synchronize_session=False)
             ).rowcount
             session.commit()
-            if claimed and send_run_job(celery, settings, job_id, device):
+            if not claimed:
+                continue
+            if send_run_job(celery, settings, job_id, device):
                 counts[kind] += 1
+            else:  # give the claim back, so the next sweep tries again instead of waiting out the cutoff
+                session.execute(
+                    update(Job).where(Job.id == job_id, Job.enqueued_at == now).values(enqueued_at=None)
+                    .execution_options(synchronize_session=False)
+                )
+                session.commit()
     return counts

@@ -180,8 +180,15 @@ def test_broker_down_leaves_job_queued_and_sweeper_enqueues(settings: Settings, 
 
     from worker.celery_app import make_celery
 
-    settings.broker_url = "memory://"
+    # A sweep while the broker is still down sends nothing and leaves the job for the next sweep.
     settings.requeue_after_seconds = 0.001
+    with session_scope(settings.database_url) as session:
+        assert sweep(make_celery(settings), settings, session)["queued"] == 0
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.enqueued_at is None
+
+    settings.broker_url = "memory://"
     celery = make_celery(settings)
     with session_scope(settings.database_url) as session:
         counts = sweep(celery, settings, session)
