@@ -37,7 +37,8 @@ DEFAULTS = Hyperparameters()  # the library's defaults are the benchmark's: writ
 
 METRICS = ("accuracy", "macro_f1", "teacher_agreement", "saliency_agreement", "saliency_top3_overlap")
 SETTING_KEYS = ("teacher", "data", "train_rows", "eval_rows", "epochs", "max_length", "batch_size",
-                "learning_rate", "beta", "gamma", "gradient_term_cap", "gradient_warmup_ratio")
+                "learning_rate", "beta", "gamma", "gradient_term_cap", "gradient_warmup_ratio",
+                "gradient_term_cap_per_tensor")
 
 
 def _optional_float(text: str) -> float | None:
@@ -61,6 +62,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--gradient-term-cap", type=_optional_float, default=DEFAULTS.gradient_term_cap,
                         help="hyperparameters.gradient_term_cap ('none': the paper's uncapped sum)")
     parser.add_argument("--gradient-warmup-ratio", type=float, default=DEFAULTS.gradient_warmup_ratio)
+    parser.add_argument("--cap-per-tensor", action=argparse.BooleanOptionalAction,
+                        default=DEFAULTS.gradient_term_cap_per_tensor,
+                        help="hyperparameters.gradient_term_cap_per_tensor")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--layers", default="2,3", help="student depths")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (depth, method): seed-base, seed-base+1, ...")
@@ -125,7 +129,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             "beta": args.beta, "gamma": args.gamma, "layers": args.layer_list, "methods": args.method_list,
             "seeds": args.seed_list, "sweep_values": args.sweep_list if args.sweep else None,
             "cache_dir": str(args.cache_dir), "gradient_warmup_ratio": args.gradient_warmup_ratio,
-            "gradient_term_cap": args.gradient_term_cap}
+            "gradient_term_cap": args.gradient_term_cap, "gradient_term_cap_per_tensor": args.cap_per_tensor}
 
 
 def load_previous(out: Path, settings: dict[str, Any], fresh: bool) -> dict[str, Any]:
@@ -164,7 +168,8 @@ def make_config(args: argparse.Namespace, run: dict[str, Any], files: dict[str, 
         "hyperparameters": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
                             "max_length": args.max_length, "seed": run["seed"], "beta": run["beta"],
                             "gamma": run["gamma"], "gradient_term_cap": args.gradient_term_cap,
-                            "gradient_warmup_ratio": args.gradient_warmup_ratio},
+                            "gradient_warmup_ratio": args.gradient_warmup_ratio,
+                            "gradient_term_cap_per_tensor": args.cap_per_tensor},
         "output_dir": str(output_dir),
         "device": args.device,
         "cache": "auto",

@@ -139,6 +139,11 @@ class Hyperparameters(_Strict):
         "is tiny, so uncapped it can drown the logit loss and collapse the student; null gives the paper's "
         "plain sum.",
     )
+    gradient_term_cap_per_tensor: bool = Field(
+        False,
+        description="Apply gradient_term_cap to each parameter tensor on its own instead of to the whole model "
+        "(ours; see docs/methods.md).",
+    )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of initialisation, data order and dropout.")
     eval_every_steps: int | None = Field(
         None, ge=1, description="Evaluate every K optimiser steps as well as after each epoch."

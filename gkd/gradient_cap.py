@@ -11,6 +11,11 @@ the KD term's. Adam then follows the gradient term alone and the student can col
 `c = min(1, cap * ||d base / d theta|| / ||d extra / d theta||)`: the gradient term may steer the
 update, but its parameter gradient is never longer than `cap` times that of the logit loss. With the
 cap off (None) it is the plain sum of the paper.
+
+`per_tensor` applies the same rule to each parameter tensor on its own. Adam normalises every parameter
+by its own gradient history, so a tensor that gets almost nothing from the logit loss but something from
+the gradient term takes full-size steps in the gradient term's direction, however small beta is; the
+per-tensor cap bounds that too.
 """
 
 from __future__ import annotations
@@ -34,18 +39,29 @@ def capped_scale(base_norm: float, extra_norm: float, cap: float) -> float:
 
 
 def capped_backward(
-    base: Tensor, extra: Tensor, parameters: Sequence[torch.nn.Parameter], cap: float, weight: float = 1.0
+    base: Tensor,
+    extra: Tensor,
+    parameters: Sequence[torch.nn.Parameter],
+    cap: float,
+    weight: float = 1.0,
+    per_tensor: bool = False,
 ) -> float:
     """Add `weight * (d base + c * d extra)` to each parameter's `.grad`; return `c` (see module doc).
 
-    `weight` is the micro-batch's share of the optimisation step (gradient accumulation)."""
+    `weight` is the micro-batch's share of the optimisation step (gradient accumulation). With `per_tensor`,
+    `c` is computed for each tensor and the return value is their mean, weighted by tensor size."""
     base_grads = torch.autograd.grad(base, parameters, retain_graph=True, allow_unused=True)
     extra_grads = torch.autograd.grad(extra, parameters, allow_unused=True)
     scale = capped_scale(float(_norm(base_grads)), float(_norm(extra_grads)), cap)
+    weighted_scales, sizes = 0.0, 0
     with torch.no_grad():
         for parameter, from_base, from_extra in zip(parameters, base_grads, extra_grads, strict=True):
             if from_base is None and from_extra is None:
                 continue
+            if per_tensor:
+                scale = capped_scale(float(_norm([from_base])), float(_norm([from_extra])), cap)
+                weighted_scales += scale * parameter.numel()
+                sizes += parameter.numel()
             total = torch.zeros_like(parameter) if from_base is None else from_base.to(parameter.dtype) * weight
             if from_extra is not None:
                 total.add_(from_extra.to(parameter.dtype), alpha=weight * scale)
@@ -53,4 +69,4 @@ def capped_backward(
                 parameter.grad = total
             else:
                 parameter.grad.add_(total)
-    return scale
+    return weighted_scales / sizes if per_tensor and sizes else scale

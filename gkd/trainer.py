@@ -382,7 +382,8 @@ class Trainer:
             loss, terms = parts.total, dict(parts.terms)
             if parts.gradient is not None and hp.gradient_term_cap is not None and gradient_scale > 0:
                 terms["grad_cap_scale"] = capped_backward(parts.base, parts.gradient, trainable,
-                                                          hp.gradient_term_cap, weight=share)
+                                                          hp.gradient_term_cap, weight=share,
+                                                          per_tensor=hp.gradient_term_cap_per_tensor)
             else:
                 (loss * share).backward()
             for name, value in {"loss": float(loss.detach()), **terms}.items():

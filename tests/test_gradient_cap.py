@@ -51,3 +51,19 @@ def test_capped_backward_leaves_parameters_outside_both_terms_untouched():
     unused = torch.nn.Parameter(torch.zeros(2))
     capped_backward(a.sum(), b.sum(), [a, b, unused], cap=1.0)
     assert unused.grad is None
+
+
+def test_per_tensor_cap_bounds_each_tensor_against_its_own_base_gradient():
+    a, b = _two_parameters()
+    # base reaches only a: d base / d a = (1, 1). extra reaches a with (0.1, 0.1) and b with (6,).
+    base = a.sum()
+    extra = 0.1 * a.sum() + 2.0 * b.sum() * 3.0
+    scale = capped_backward(base, extra, [a, b], cap=1.0, per_tensor=True)
+    assert a.grad is not None and b.grad is not None
+    torch.testing.assert_close(a.grad, torch.tensor([1.1, 1.1]))  # within a's cap: kept whole
+    torch.testing.assert_close(b.grad, torch.tensor([0.0]))  # b gets nothing from the base: capped to zero
+    assert scale == pytest.approx((1.0 * 2 + 0.0 * 1) / 3)  # size-weighted mean of the per-tensor factors
+    # the global cap would have let b through: ||d extra|| = 6.0017 > sqrt(2) * 1, so c = 0.2356 for every tensor
+    a2, b2 = _two_parameters()
+    capped_backward(a2.sum(), 0.1 * a2.sum() + 6.0 * b2.sum(), [a2, b2], cap=1.0)
+    assert b2.grad is not None and float(b2.grad) > 1.0
