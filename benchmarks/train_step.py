@@ -4,7 +4,7 @@
     python -m benchmarks.train_step --tiny --steps 3      # tiny random teacher (seconds)
 
 What runs is the library's own step: `gkd.trainer.Trainer._optimisation_step` (collate, teacher targets
-from `TeacherCache.targets` or live `teacher_targets`, `student_loss`, backward, gradient clipping,
+from `TeacherCache.targets` or live `teacher_targets`, `student_loss_parts`, backward (capped), gradient clipping,
 AdamW step, scheduler step, zero_grad) on a student built by `Trainer._prepare_student`, with the
 optimiser of `gkd.trainer._optimizer`. Caches are built with `gkd.teacher_cache.build_cache`.
 

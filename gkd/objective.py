@@ -130,21 +130,6 @@ class LossParts:
         return self.base if self.gradient is None else self.base + self.gradient
 
 
-def student_loss(
-    method: str,
-    hp: Hyperparameters,
-    student: PreTrainedModel,
-    batch: Batch,
-    targets: TeacherTargets | None,
-    layer_pairs: Sequence[tuple[int, int]] = (),
-    vector_form: bool = True,
-    gradient_scale: float = 1.0,
-) -> tuple[Tensor, dict[str, float]]:
-    """The training loss of one batch for `method`, with its terms (floats, for logging)."""
-    parts = student_loss_parts(method, hp, student, batch, targets, layer_pairs, vector_form, gradient_scale)
-    return parts.total, parts.terms
-
-
 def student_loss_parts(
     method: str,
     hp: Hyperparameters,

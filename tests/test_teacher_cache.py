@@ -12,7 +12,7 @@ import torch
 from gkd.batching import collate, encode
 from gkd.config import DistillConfig, Hyperparameters, layer_map
 from gkd.models import Teacher, build_student, load_teacher
-from gkd.objective import TeacherTargets, student_loss, teacher_targets
+from gkd.objective import TeacherTargets, student_loss_parts, teacher_targets
 from gkd.teacher_cache import build_cache, open_or_build
 from tests.factories import LABELS, make_tiny_teacher, sentiment_rows
 
@@ -80,9 +80,9 @@ def test_student_loss_is_the_same_with_cached_and_live_targets(
     hp = Hyperparameters(beta=1.0, gamma=1.0)
     pairs = layer_map(4, 2)
     batch = collate(dataset, [5, 17, 2, 30])
-    live_loss, live_terms = student_loss(method, hp, student, batch, teacher_targets(teacher.model, batch), pairs,
-                                         vector_form)
-    cached_loss, cached_terms = student_loss(method, hp, student, batch, cache.targets(batch), pairs, vector_form)
+    live = student_loss_parts(method, hp, student, batch, teacher_targets(teacher.model, batch), pairs, vector_form)
+    cached = student_loss_parts(method, hp, student, batch, cache.targets(batch), pairs, vector_form)
+    live_loss, live_terms, cached_loss, cached_terms = live.total, live.terms, cached.total, cached.terms
     assert float(cached_loss.detach()) == pytest.approx(float(live_loss.detach()), rel=2e-3, abs=1e-4)
     assert cached_terms.keys() == live_terms.keys()
     for name in live_terms:
