@@ -98,13 +98,32 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert not different, different[:5]
 
 
+# ------------------------------------------------------------------ the gradient cap
+@pytest.mark.parametrize("per_tensor", [True, False])
+def test_gradient_cap_is_applied_and_changes_the_update(tmp_path: Path, trained_teacher: Path, data, per_tensor: bool):
+    """At beta 10 the gradient term outweighs the logit loss, so the default cap must scale it down (factor < 1)
+    and the weights must differ from the plain sum's."""
+    recorder = Recorder()
+    capped = make_config(tmp_path, trained_teacher, data, "gradient_kd", "capped", epochs=1, beta=10.0,
+                         gradient_warmup_ratio=0.0, gradient_term_cap_per_tensor=per_tensor)
+    Trainer(capped, [recorder]).train()
+    scales = [terms["grad_cap_scale"] for terms in recorder.terms]
+    assert all(0.0 <= s <= 1.0 for s in scales) and min(scales) < 0.5, scales
+    plain = make_config(tmp_path, trained_teacher, data, "gradient_kd", "plain", epochs=1, beta=10.0,
+                        gradient_warmup_ratio=0.0, gradient_term_cap=None)
+    Trainer(plain).train()
+    capped_weights, plain_weights = weights(tmp_path / "capped"), weights(tmp_path / "plain")
+    assert any(not torch.equal(capped_weights[k], plain_weights[k]) for k in capped_weights)
+
+
 # ------------------------------------------------------------------ every method learns
 @pytest.mark.parametrize("method", ["ce", "kd", "pkd", "gradient_kd", "gradient_kd_cls"])
 def test_each_method_trains_and_its_loss_goes_down(tmp_path: Path, trained_teacher: Path, data, method: str):
     recorder = Recorder()
-    # A fixed objective: with the (default) ramp the weight of the gradient term grows during training.
+    # A fixed objective, followed exactly: with the (default) ramp the weight of the gradient term grows during
+    # training, and the (default) cap follows a rescaled gradient; both are tested on their own.
     config = make_config(tmp_path, trained_teacher, data, method, "run", epochs=3, beta=10.0, gamma=10.0,
-                         gradient_warmup_ratio=0.0)
+                         gradient_warmup_ratio=0.0, gradient_term_cap=None)
     result = Trainer(config, [recorder]).train()
     assert not result.stopped
     assert result.steps == len(recorder.losses) == 3 * 5
@@ -112,8 +131,7 @@ def test_each_method_trains_and_its_loss_goes_down(tmp_path: Path, trained_teach
     first, last = sum(recorder.losses[:3]) / 3, sum(recorder.losses[-3:]) / 3
     assert last < 0.9 * first, recorder.losses
     expected_terms = {"ce": {"ce"}, "kd": {"kd", "ce"}, "pkd": {"kd", "ce", "pkd"},
-                      "gradient_kd": {"kd", "ce", "grad", "grad_cap_scale"},
-                      "gradient_kd_cls": {"kd", "ce", "pkd", "grad", "grad_cap_scale"}}[method]
+                      "gradient_kd": {"kd", "ce", "grad"}, "gradient_kd_cls": {"kd", "ce", "pkd", "grad"}}[method]
     assert set(recorder.terms[0]) == expected_terms
     if method in ("gradient_kd", "gradient_kd_cls"):
         # the gradient term itself is optimised
