@@ -51,7 +51,7 @@ import torch  # noqa: E402
 import gkd.trainer as gtrainer  # noqa: E402
 from gkd import losses  # noqa: E402
 from gkd.batching import EncodedDataset, collate, encode, epoch_batches  # noqa: E402
-from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, DistillConfig, layer_map  # noqa: E402
+from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, DistillConfig, Hyperparameters, layer_map  # noqa: E402
 from gkd.models import Teacher, load_teacher  # noqa: E402
 from gkd.objective import Batch, forward  # noqa: E402
 from gkd.teacher_cache import TeacherCache, build_cache  # noqa: E402
@@ -87,6 +87,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="time the phases of a gradient_kd step (padded shape)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler top ops of gradient_kd steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gradient-term-cap", type=lambda text: None if text.lower() == "none" else float(text),
+                        default=Hyperparameters().gradient_term_cap,
+                        help="hyperparameters.gradient_term_cap ('none': the uncapped sum)")
     parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     parser.add_argument("--out", default=str(common.RESULTS_DIR / "train_step.json"))
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
@@ -258,7 +261,8 @@ def make_variant(method: str, cached: bool, args: argparse.Namespace, teacher: T
         "student": {"num_layers": args.student_layers},
         "data": {"train": "unused.csv"},
         "hyperparameters": {"batch_size": args.batch_size, "max_length": args.length, "epochs": 1,
-                            "beta": 1.0, "gamma": 1.0, "seed": args.seed},
+                            "beta": 1.0, "gamma": 1.0, "seed": args.seed,
+                            "gradient_term_cap": args.gradient_term_cap},
         "output_dir": str(scratch / f"run-{method}-{int(cached)}"),
         "device": args.device,
         "cache": "auto" if cached else "off",
