@@ -38,7 +38,7 @@ DEFAULTS = Hyperparameters()  # the library's defaults are the benchmark's: writ
 METRICS = ("accuracy", "macro_f1", "teacher_agreement", "saliency_agreement", "saliency_top3_overlap")
 SETTING_KEYS = ("teacher", "data", "train_rows", "eval_rows", "epochs", "max_length", "batch_size",
                 "learning_rate", "beta", "gamma", "gradient_term_cap", "gradient_warmup_ratio",
-                "gradient_term_cap_per_tensor")
+                "gradient_term_cap_per_tensor", "student_dropout")
 
 
 def _optional_float(text: str) -> float | None:
@@ -65,6 +65,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cap-per-tensor", action=argparse.BooleanOptionalAction,
                         default=DEFAULTS.gradient_term_cap_per_tensor,
                         help="hyperparameters.gradient_term_cap_per_tensor")
+    parser.add_argument("--student-dropout", type=float, default=None,
+                        help="student.dropout (default: 0 for the gradient methods, the teacher's otherwise)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--layers", default="2,3", help="student depths")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (depth, method): seed-base, seed-base+1, ...")
@@ -129,7 +131,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             "beta": args.beta, "gamma": args.gamma, "layers": args.layer_list, "methods": args.method_list,
             "seeds": args.seed_list, "sweep_values": args.sweep_list if args.sweep else None,
             "cache_dir": str(args.cache_dir), "gradient_warmup_ratio": args.gradient_warmup_ratio,
-            "gradient_term_cap": args.gradient_term_cap, "gradient_term_cap_per_tensor": args.cap_per_tensor}
+            "gradient_term_cap": args.gradient_term_cap, "gradient_term_cap_per_tensor": args.cap_per_tensor,
+            "student_dropout": args.student_dropout}
 
 
 def load_previous(out: Path, settings: dict[str, Any], fresh: bool) -> dict[str, Any]:
@@ -163,7 +166,7 @@ def make_config(args: argparse.Namespace, run: dict[str, Any], files: dict[str, 
     return DistillConfig.parse({
         "method": run["method"],
         "teacher": str(teacher_dir),
-        "student": {"num_layers": run["layers"]},
+        "student": {"num_layers": run["layers"], "dropout": args.student_dropout},
         "data": {name: str(path) for name, path in files.items()},
         "hyperparameters": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
                             "max_length": args.max_length, "seed": run["seed"], "beta": run["beta"],
