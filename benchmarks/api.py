@@ -619,29 +619,13 @@ def render(report: dict[str, Any], markdown: bool) -> str:
               f"end, {st['failure_count']} failures; with them open and no load the server used "
               f"{100 * st['idle_server_cpu_cores']:.0f} % of one core. Server CPU ms/req: the uvicorn processes' CPU "
               "time during the run (streams included) per request."]
-    parts += ["", "## targets" if markdown else "targets:", ""]
-    for target in report["targets"]:
-        parts.append(f"- {'PASS' if target['pass'] else 'FAIL'}: {target['name']} (measured {target['value']})")
+    parts += common.targets_section(report["targets"], markdown)
     if markdown:
         parts += ["", "## runs", "", common.markdown_table(
             ["round", "endpoint", "req/s", "p50 ms", "p99 ms", "errors", "SSE before/after"],
             [[r["round"], r["endpoint"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"],
               f"{r['streams_open_before']}/{r['streams_open_after']}"] for r in report["runs"]])]
     return "\n".join(parts) + "\n"
-
-
-def background_load() -> str:
-    """Other busy processes on the machine (the figures are only comparable without them)."""
-    try:
-        load = os.getloadavg()
-    except OSError:
-        return ""
-    busy = []
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        out = subprocess.run(["pgrep", "-af", "benchmarks.quality|benchmarks.train_step"], capture_output=True,
-                             text=True, timeout=5).stdout
-        busy = [line.split(None, 1)[1][:60] for line in out.splitlines() if str(os.getpid()) not in line.split()[0]]
-    return f"load average {load[0]:.2f}" + (f"; running: {'; '.join(busy)}" if busy else "")
 
 
 def default_sse_poll(name: str = "sse_poll_seconds") -> float:
@@ -688,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             server = Server(env, args.workers, scratch / "api.log")
             server.start()
             print(f"uvicorn on {server.url}: {args.workers} worker(s); driver {driver}", flush=True)
-            background = background_load()
+            background = common.background_load()
             result = asyncio.run(measure(args, server, seeded, scratch, driver))
             wrk_version = None
             if driver == "wrk":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -10,6 +11,7 @@ import random
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -218,3 +220,27 @@ def environment_markdown(env: dict[str, Any]) -> str:
         f"- machine: {env['processor']}, {env['cpu_count']} cores ({env['cpu_affinity']} usable), "
         f"torch threads {env['torch_threads']}" + (f", GPU {env['cuda']}" if env.get("cuda") else ""),
     ])
+
+
+BENCHMARK_PROCESSES = "benchmarks.quality|benchmarks.train_step|benchmarks.api|benchmarks.end_to_end"
+
+
+def background_load() -> str:
+    """The load average and any other benchmark running beside this one (figures are only comparable without)."""
+    try:
+        load = os.getloadavg()
+    except OSError:
+        return ""
+    busy: list[str] = []
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        out = subprocess.run(["pgrep", "-af", BENCHMARK_PROCESSES], capture_output=True, text=True, timeout=5).stdout
+        busy = [line.split(None, 1)[1][:60] for line in out.splitlines() if line.split()[0] != str(os.getpid())]
+    return f"load average {load[0]:.2f}" + (f"; running: {'; '.join(busy)}" if busy else "")
+
+
+def targets_section(targets: Sequence[dict[str, Any]], markdown: bool, value: Any = str) -> list[str]:
+    """The PASS/FAIL lines every benchmark report ends with; `value` formats the measured figure."""
+    lines = ["", "## targets" if markdown else "targets:", ""]
+    for target in targets:
+        lines.append(f"- {'PASS' if target['pass'] else 'FAIL'}: {target['name']} (measured {value(target['value'])})")
+    return lines

@@ -51,6 +51,7 @@ from benchmarks import common
 common.set_module_name("benchmarks.end_to_end")
 
 from benchmarks.api import PG_SERVER, REDIS_URL, Server, fresh_database, reachable  # noqa: E402
+from worker.celery_app import forget_redis_queue  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_OVERHEAD = 0.10
@@ -346,19 +347,6 @@ def register(database_url: str, teacher: Path) -> tuple[str, str]:
         return plain, model.id
 
 
-def forget_queue(broker_url: str, queue: str) -> None:
-    if not broker_url.startswith("redis"):
-        return
-    try:
-        import redis
-
-        client = redis.Redis.from_url(broker_url, socket_timeout=2)
-        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-        client.close()
-    except Exception:  # noqa: BLE001 - housekeeping only
-        pass
-
-
 # ---------------------------------------------------------------- report
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     library = [r["seconds"] for r in runs if r["kind"] == "library"]
@@ -415,23 +403,8 @@ def render(report: dict[str, Any], markdown: bool) -> str:
                      "evaluation and packing of that checkpoint); checkpoints: -> `succeeded` (remaining "
                      "checkpoint packing and finishing); notify: `succeeded` committed -> seen on the SSE stream; "
                      "download: list + download + sha256 of the checkpoint.")
-    parts += ["", "## targets" if markdown else "targets:", ""]
-    for target in report["targets"]:
-        parts.append(f"- {'PASS' if target['pass'] else 'FAIL'}: {target['name']} (measured {target['value']})")
+    parts += common.targets_section(report["targets"], markdown)
     return "\n".join(parts) + "\n"
-
-
-def background_load() -> str:
-    try:
-        load = os.getloadavg()
-    except OSError:
-        return ""
-    busy: list[str] = []
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        out = subprocess.run(["pgrep", "-af", "benchmarks.quality|benchmarks.train_step|benchmarks.api"],
-                             capture_output=True, text=True, timeout=5).stdout
-        busy = [line.split(None, 1)[1][:60] for line in out.splitlines() if line.split()[0] != str(os.getpid())]
-    return f"load average {load[0]:.2f}" + (f"; running: {'; '.join(busy)}" if busy else "")
 
 
 # ---------------------------------------------------------------- main
@@ -470,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 warm_service = run_service(args, client, teacher_id, train_csv, worker, downloads)
                 print(f"[warm-up] service {warm_service['seconds']:.2f} s (worker ready after {ready_s:.1f} s); "
                       f"cache entries {len(before)} -> {len(cache_entries(cache_dir))}", flush=True)
-                background = background_load()
+                background = common.background_load()
                 runs: list[dict[str, Any]] = []
                 for repeat in range(1, args.repeats + 1):
                     order = ("library", "service") if repeat % 2 else ("service", "library")
@@ -492,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             server.stop()
             server = None
             worker.stop()
-            forget_queue(broker_url, queue)
+            forget_redis_queue(broker_url, queue)
         summary = summarise(runs)
         report: dict[str, Any] = {
             "benchmark": "end_to_end",
@@ -532,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             server.stop()
         if worker is not None:
             worker.stop()
-        forget_queue(broker_url, queue)
+        forget_redis_queue(broker_url, queue)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

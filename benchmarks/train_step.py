@@ -594,10 +594,7 @@ def render(report: dict[str, Any], markdown: bool) -> str:
     memory_errors = [m for m in report.get("memory", []) if "error" in m]
     if memory_errors:
         parts += ["", f"peak RSS failed for {[m['method'] for m in memory_errors]}"]
-    parts += ["", "## targets" if markdown else "targets:", ""]
-    for target in report["targets"]:
-        mark = "PASS" if target["pass"] else "FAIL"
-        parts.append(f"- {mark}: {target['name']} (measured {_fmt(target['value'], 2)})")
+    parts += common.targets_section(report["targets"], markdown, lambda value: _fmt(value, 2))
     return "\n".join(parts) + "\n"
 
 

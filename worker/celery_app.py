@@ -53,6 +53,22 @@ def worker_queues(settings: Settings) -> list[str]:
     return [queue_for(settings, kind) for kind in worker_kinds(settings)]
 
 
+def forget_redis_queue(broker_url: str, queue: str) -> None:
+    """Delete a queue and kombu's bindings for it from a Redis broker (a no-op for other brokers).
+
+    Housekeeping for throwaway per-run queues (tests, benchmarks) on a shared Redis; never raises."""
+    if not broker_url.startswith("redis"):
+        return
+    try:
+        import redis
+
+        client = redis.Redis.from_url(broker_url, socket_timeout=2)
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        client.close()
+    except Exception:  # noqa: BLE001 - housekeeping only
+        pass
+
+
 def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
     _tune_embedded_transport(settings)
     celery = Celery("gkd", broker=settings.broker_url, include=["worker.tasks"] if include_tasks else [])

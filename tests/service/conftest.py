@@ -126,15 +126,3 @@ def upload_dataset(client: TestClient, headers: dict[str, str], rows: list[dict[
     response = client.post("/v1/datasets", headers=headers, files={"file": (name, body, "text/csv")})
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def forget_redis_queue(queue: str) -> None:
-    """Remove what kombu left in Redis for a per-test queue (Redis is shared with other test runs)."""
-    try:
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
-        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-        client.close()
-    except Exception:  # noqa: BLE001 - only housekeeping
-        pass

@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 from app.db import upgrade
 from app.main import create_app
 from app.settings import Settings
-from tests.service.conftest import REDIS_URL, _reachable, forget_redis_queue, new_key, register_teacher
+from tests.service.conftest import REDIS_URL, _reachable, new_key, register_teacher
 from tests.service.test_end_to_end import follow, start_worker, submit, upload
+from worker.celery_app import forget_redis_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -73,4 +74,4 @@ def test_killed_worker_job_resumes(tmp_path: Path, tiny_teacher: Path, backend: 
                 process.terminate()
                 process.wait(timeout=20)
         if settings.broker_url.startswith("redis"):
-            forget_redis_queue(settings.task_queue)
+            forget_redis_queue(REDIS_URL, settings.task_queue)

@@ -24,10 +24,10 @@ from tests.service.conftest import (
     REDIS_URL,
     _reachable,
     csv_bytes,
-    forget_redis_queue,
     new_key,
     register_teacher,
 )
+from worker.celery_app import forget_redis_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -94,7 +94,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     except subprocess.TimeoutExpired:
         process.kill()
     if settings.broker_url.startswith("redis"):
-        forget_redis_queue(settings.task_queue)
+        forget_redis_queue(REDIS_URL, settings.task_queue)
 
 
 @pytest.fixture(scope="module")
