@@ -182,24 +182,26 @@ def make_config(args: argparse.Namespace, run: dict[str, Any], files: dict[str, 
 
 
 class TermsPerEpoch(TrainerCallback):
-    """Mean of every logged loss term per epoch (e.g. `grad` and `grad_cap_scale`), kept in the run's JSON."""
+    """Mean of every logged loss term per epoch (e.g. `grad` and `grad_cap_scale`), kept in the run's JSON.
+
+    Each term is averaged over the steps that logged it (`grad_cap_scale` is absent while the ramp is at 0)."""
 
     def __init__(self) -> None:
         self.sums: list[dict[str, float]] = []
-        self.counts: list[int] = []
+        self.counts: list[dict[str, int]] = []
 
     def on_step(self, progress: TrainingProgress, metrics: StepMetrics) -> None:
         epoch = progress.epoch
         while len(self.sums) <= epoch:
             self.sums.append({})
-            self.counts.append(0)
+            self.counts.append({})
         for name, value in {"loss": metrics.loss, **metrics.terms}.items():
             self.sums[epoch][name] = self.sums[epoch].get(name, 0.0) + value
-        self.counts[epoch] += 1
+            self.counts[epoch][name] = self.counts[epoch].get(name, 0) + 1
 
     def means(self) -> list[dict[str, float]]:
-        return [{name: value / count for name, value in sums.items()}
-                for sums, count in zip(self.sums, self.counts, strict=True) if count]
+        return [{name: value / counts[name] for name, value in sums.items()}
+                for sums, counts in zip(self.sums, self.counts, strict=True) if counts]
 
 
 def execute(args: argparse.Namespace, run: dict[str, Any], files: dict[str, Path], splits: dict[str, list[Any]],

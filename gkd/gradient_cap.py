@@ -2,7 +2,7 @@
 
 The gradient loss compares *unit* input-gradient vectors, so its parameter gradient grows like
 `1 / ||g_student||`. A student's input gradients are small (at initialisation about 1e-5 per token on
-the MiniLM example teacher, against 0.04 for the teacher) and shrink further as the student grows
+the MiniLM example teacher, against 0.03 for the teacher) and shrink further as the student grows
 confident, so with any fixed beta the gradient term's parameter gradient can be hundreds of times
 the KD term's. Adam then follows the gradient term alone and the student can collapse to chance
 (benchmarks/results/quality.md).
@@ -52,7 +52,8 @@ def capped_backward(
     `c` is computed for each tensor and the return value is their mean, weighted by tensor size."""
     base_grads = torch.autograd.grad(base, parameters, retain_graph=True, allow_unused=True)
     extra_grads = torch.autograd.grad(extra, parameters, allow_unused=True)
-    scale = capped_scale(float(_norm(base_grads)), float(_norm(extra_grads)), cap)
+    # The whole-model factor; per tensor, each tensor gets its own below.
+    scale = 1.0 if per_tensor else capped_scale(float(_norm(base_grads)), float(_norm(extra_grads)), cap)
     weighted_scales, sizes = 0.0, 0
     with torch.no_grad():
         for parameter, from_base, from_extra in zip(parameters, base_grads, extra_grads, strict=True):
