@@ -33,9 +33,14 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    return create_engine(postgres_driver_url(url), pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def postgres_driver_url(url: str) -> str:
+    """A bare `postgresql://` URL names psycopg 3 explicitly (SQLAlchemy's default would be psycopg2)."""
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
 
 
 @functools.lru_cache(maxsize=16)
@@ -46,15 +51,6 @@ def engine_for(url: str) -> Engine:
 @functools.lru_cache(maxsize=16)
 def sessionmaker_for(url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=engine_for(url), expire_on_commit=False)
-
-
-@functools.lru_cache(maxsize=16)
-def autocommit_sessionmaker_for(url: str) -> sessionmaker[Session]:
-    """Sessions on the same pool whose statements each commit on their own: no BEGIN and no ROLLBACK round trip.
-
-    For read-only requests only. Their reads share no snapshot, which under PostgreSQL's READ COMMITTED they
-    would not inside a transaction either (every statement sees its own)."""
-    return sessionmaker(bind=engine_for(url).execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
 
 
 @contextmanager

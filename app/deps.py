@@ -11,9 +11,10 @@ from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from app.db import autocommit_sessionmaker_for, sessionmaker_for
+from app.db import sessionmaker_for
 from app.errors import ApiError
 from app.orm import Tenant
+from app.reads import Reads
 from app.settings import Settings
 from app.store import hash_key, tenant_for_key
 from app.tenant_cache import TenantCache
@@ -51,13 +52,11 @@ async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-async def get_read_session(settings: SettingsDep) -> AsyncIterator[Session]:
-    """A session for read-only routes: each statement commits on its own (see `autocommit_sessionmaker_for`)."""
-    async with _closing(autocommit_sessionmaker_for(settings.database_url)()) as session:
-        yield session
+async def get_reads(request: Request) -> Reads:
+    return request.app.state.reads
 
 
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+ReadsDep = Annotated[Reads, Depends(get_reads)]
 
 
 def _tenant_from_database(sessions: sessionmaker[Session], token: str) -> Tenant | None:

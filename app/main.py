@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app import dashboard, errors
+from app.reads import Reads
 from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, saliency
 from app.settings import Settings
 from app.tenant_cache import TenantCache
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.tenant_cache = TenantCache(settings.api_key_cache_seconds)
+    app.state.reads = Reads(settings.database_url, settings.read_threads)
 
     @functools.cache
     def celery_producer():  # type: ignore[no-untyped-def]

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     checkpoint_compresslevel: int = Field(
         0, ge=0, le=9, description="gzip level of checkpoint archives; 0 stores (weights barely compress)."
     )
+    read_threads: int = Field(
+        2, ge=1,
+        description="Worker threads per API process for the polled reads (job status and list); a few threads "
+        "keep the slowest requests fast under load, where many would contend for the GIL.",
+    )
     page_limit_default: int = Field(20, ge=1)
     page_limit_max: int = Field(100, ge=1)
     sse_poll_seconds: float = Field(0.5, gt=0)

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.deps import CurrentTenant, PageDep, ReadSessionDep, SessionDep, SettingsDep
+from app.deps import CurrentTenant, PageDep, ReadsDep, SessionDep, SettingsDep
 from app.enqueue import enqueue_committed_job
 from app.errors import ApiError, conflict, invalid
 from app.ids import new_id
@@ -155,21 +155,23 @@ def create_job(
 
 
 @router.get("", response_model=ListResponse[JobOut])
-def list_jobs(
+async def list_jobs(
     tenant: CurrentTenant,
-    session: ReadSessionDep,
+    reads: ReadsDep,
     page: PageDep,
     status: Annotated[JobStatus | None, Query()] = None,
-) -> dict[str, object]:
+) -> Response:
     stmt = select(Job).where(Job.tenant_id == tenant.id)
     if status is not None:
         stmt = stmt.where(Job.status == status)
-    return paginate(session, stmt, Job.id, page, "job", JobOut.of)
+    return await reads.json(
+        lambda session: ListResponse[JobOut].model_validate(paginate(session, stmt, Job.id, page, "job", JobOut.of))
+    )
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job_route(job_id: str, tenant: CurrentTenant, session: ReadSessionDep) -> JobOut:
-    return JobOut.of(get_job(session, tenant, job_id))
+async def get_job_route(job_id: str, tenant: CurrentTenant, reads: ReadsDep) -> Response:
+    return await reads.json(lambda session: JobOut.of(get_job(session, tenant, job_id)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.reliability.conftest import METRICS_EVERY, Stack, all_events, job_of, report, wait_for
+from app.main import create_app
+from tests.reliability.conftest import (
+    METRICS_EVERY,
+    PG_HOST,
+    PG_PORT,
+    Stack,
+    TcpProxy,
+    all_events,
+    job_of,
+    report,
+    wait_for,
+)
 from tests.service.conftest import new_key, register_teacher
 from tests.service.test_end_to_end import submit, upload
 
@@ -47,3 +58,28 @@ def test_job_survives_database_connections_cut(stack: Stack, api: TestClient, ti
     report(f"promise 3: {dropped} proxied connections reset, {refused} reconnects refused during "
            f"{OUTAGE_SECONDS}s; job succeeded on attempt 1, {len(events)} events seq 1..{len(events)}, "
            f"{len(steps)} metrics steps exactly once ({retries} retried writes logged)")
+
+
+def test_polled_reads_reconnect_after_the_database_drops_their_connections(stack: Stack) -> None:
+    """The polled reads (job status, job list) use a pool without pre-ping and run again once on a dropped
+    connection, so the first poll after a database restart still answers 200, not 500."""
+    proxy = TcpProxy()
+    try:
+        url = stack.settings.database_url.replace(f"{PG_HOST}:{PG_PORT}", f"127.0.0.1:{proxy.port}")
+        settings = stack.settings.model_copy(update={"database_url": url, "api_key_cache_seconds": 3600.0})
+        headers = {"Authorization": f"Bearer {new_key(stack.settings)}"}
+        with TestClient(create_app(settings), raise_server_exceptions=False) as api:
+            assert api.get("/v1/jobs", headers=headers).status_code == 200
+            assert api.get("/v1/jobs/job_0000000000000000", headers=headers).status_code == 404
+            connected = proxy.accepted
+            assert proxy.cut() >= 2  # the pooled read connection (both directions)
+            proxy.restore()
+            listed = api.get("/v1/jobs", headers=headers)
+            assert listed.status_code == 200, listed.text
+            assert listed.json()["data"] == []
+            missing = api.get("/v1/jobs/job_0000000000000000", headers=headers)
+            assert missing.status_code == 404, missing.text
+            assert missing.json()["error"]["code"] == "resource_missing"
+            assert proxy.accepted > connected, "the retry should have opened a fresh connection"
+    finally:
+        proxy.close()
