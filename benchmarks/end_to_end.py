@@ -129,9 +129,24 @@ def cache_entries(cache_dir: Path) -> set[str]:
 
 
 # ---------------------------------------------------------------- library
-def run_library(args: argparse.Namespace, teacher: Path, train_csv: Path, cache_dir: Path, out: Path) -> float:
+def run_library(args: argparse.Namespace, teacher: Path, train_csv: Path, cache_dir: Path,
+                out: Path) -> dict[str, Any]:
+    """One library run: its wall time and the same phases the service run reports (from trainer callbacks)."""
+    from gkd.callbacks import TrainerCallback
     from gkd.config import DistillConfig
     from gkd.trainer import Trainer
+
+    class PhaseClock(TrainerCallback):
+        """When training started and when the first checkpoint was exported, as the service's events say."""
+
+        def __init__(self) -> None:
+            self.marks: dict[str, float] = {}
+
+        def on_train_begin(self, progress: Any) -> None:
+            self.marks.setdefault("started", time.perf_counter())
+
+        def on_checkpoint(self, progress: Any, kind: Any, path: Path) -> None:
+            self.marks.setdefault("checkpoint", time.perf_counter())
 
     config = DistillConfig.parse({
         "method": args.method,
@@ -144,12 +159,15 @@ def run_library(args: argparse.Namespace, teacher: Path, train_csv: Path, cache_
         "device": "cpu",
         "num_threads": args.threads,
     })
+    clock = PhaseClock()
     start = time.perf_counter()
-    result = Trainer(config).train(resume=False)
-    elapsed = time.perf_counter() - start
+    result = Trainer(config, [clock]).train(resume=False)
+    end = time.perf_counter()
     if result.stopped or not (out / "final").is_dir():
         raise RuntimeError(f"library run did not finish: {result}")
-    return elapsed
+    started, checkpoint = clock.marks.get("started", start), clock.marks.get("checkpoint", end)
+    phases = {"prepare_s": started - start, "train_s": checkpoint - started, "checkpoints_s": end - checkpoint}
+    return {"seconds": end - start, "phases": {k: round(v, 3) for k, v in phases.items()}}
 
 
 # ---------------------------------------------------------------- service
@@ -357,9 +375,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     pair_ratios = [p["service"] / p["library"] for p in pairs.values() if {"service", "library"} <= set(p)]
     lib_median, svc_median = common.median(library), common.median(service)
     ratio = svc_median / lib_median if lib_median else float("nan")
-    phase_names = sorted({k for r in runs if r["kind"] == "service" for k in r["phases"]})
-    phases = {name: common.median([r["phases"][name] for r in runs if r["kind"] == "service"
-                                   and r["phases"].get(name) is not None]) for name in phase_names}
+    def phase_medians(kind: str) -> dict[str, float]:
+        names = sorted({k for r in runs if r["kind"] == kind for k in r.get("phases", {})})
+        return {name: round(common.median([r["phases"][name] for r in runs if r["kind"] == kind
+                                           and r["phases"].get(name) is not None]), 3) for name in names}
+
     return {
         "library_s": library, "service_s": service,
         "library_median_s": round(lib_median, 3), "service_median_s": round(svc_median, 3),
@@ -367,7 +387,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "overhead_s": round(svc_median - lib_median, 3),
         "pair_ratios": [round(r, 4) for r in pair_ratios],
         "median_pair_ratio": round(common.median(pair_ratios), 4) if pair_ratios else None,
-        "service_phases_median_s": {k: round(v, 3) for k, v in phases.items()},
+        "service_phases_median_s": phase_medians("service"),
+        "library_phases_median_s": phase_medians("library"),
     }
 
 
@@ -392,17 +413,24 @@ def render(report: dict[str, Any], markdown: bool) -> str:
                           f"{m['ratio']:.3f}", f"{100 * m['overhead']:+.1f} % ({m['overhead_s']:+.2f} s)"]])]
     if m.get("pair_ratios"):
         parts.append(f"\nper-repeat ratios: {', '.join(f'{r:.3f}' for r in m['pair_ratios'])}")
-    ph = m["service_phases_median_s"]
+    ph, lib = m["service_phases_median_s"], m.get("library_phases_median_s") or {}
     if ph:
         order = ["post_s", "queue_s", "prepare_s", "train_s", "checkpoints_s", "notify_s", "download_s"]
         names = [n for n in order if n in ph]
-        parts += ["", "## service phases (median s, from event timestamps)" if markdown else "service phases (s):",
-                  "", table([n.removesuffix("_s") for n in names], [[f"{ph[n]:.3f}" for n in names]])]
-        parts.append("\npost: POST /v1/jobs round trip; queue: POST -> `running` event (broker + claim); prepare: "
-                     "-> `training started` (teacher, data, cache); train: -> first checkpoint event (includes "
-                     "evaluation and packing of that checkpoint); checkpoints: -> `succeeded` (remaining "
-                     "checkpoint packing and finishing); notify: `succeeded` committed -> seen on the SSE stream; "
-                     "download: list + download + sha256 of the checkpoint.")
+        rows = [["service", *(f"{ph[n]:.3f}" for n in names)]]
+        if lib:
+            rows.append(["library", *(f"{lib[n]:.3f}" if n in lib else "-" for n in names)])
+            rows.append(["service - library", *(f"{ph[n] - lib.get(n, 0.0):+.3f}" for n in names)])
+        parts += ["", "## phases (median s)" if markdown else "phases (s):",
+                  "", table(["", *(n.removesuffix("_s") for n in names)], rows)]
+        parts.append("\nService phases from event timestamps, library phases from trainer callbacks at the same "
+                     "points. post: POST /v1/jobs round trip; queue: POST -> `running` event (broker + claim); "
+                     "prepare: -> `training started` (teacher, data, cache); train: -> first checkpoint (the "
+                     "service's event comes after that checkpoint is packed); checkpoints: -> `succeeded` "
+                     "(the library: -> train() returned; both export the final checkpoint and save the training "
+                     "state, the service also packs and records the checkpoints and finishes the job); notify: "
+                     "`succeeded` committed -> seen on the SSE stream; download: list + download + sha256 of the "
+                     "checkpoint.")
     parts += common.targets_section(report["targets"], markdown)
     return "\n".join(parts) + "\n"
 
@@ -429,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             worker = Worker(env, scratch / "worker.log")
             worker.start()  # starts while the library warms up; both are ready before any timing
             print(f"[warm-up] library run (builds the teacher cache in {cache_dir})", flush=True)
-            warm_library = run_library(args, teacher, train_csv, cache_dir, scratch / "lib-warmup")
+            warm_library = run_library(args, teacher, train_csv, cache_dir, scratch / "lib-warmup")["seconds"]
             print(f"[warm-up] library {warm_library:.2f} s; cache entries {len(cache_entries(cache_dir))}", flush=True)
             ready_s = worker.wait_ready(args.worker_start_timeout)
             server = Server(env, 1, scratch / "api.log")
@@ -451,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         before = cache_entries(cache_dir)
                         if kind == "library":
                             out = scratch / f"lib-{repeat}"
-                            run = {"seconds": run_library(args, teacher, train_csv, cache_dir, out)}
+                            run = run_library(args, teacher, train_csv, cache_dir, out)
                             shutil.rmtree(out, ignore_errors=True)
                         else:
                             run = run_service(args, client, teacher_id, train_csv, worker, downloads)
