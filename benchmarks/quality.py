@@ -38,7 +38,7 @@ DEFAULTS = Hyperparameters()  # the library's defaults are the benchmark's: writ
 METRICS = ("accuracy", "macro_f1", "teacher_agreement", "saliency_agreement", "saliency_top3_overlap")
 SETTING_KEYS = ("teacher", "data", "train_rows", "eval_rows", "epochs", "max_length", "batch_size",
                 "learning_rate", "beta", "gamma", "gradient_term_cap", "gradient_warmup_ratio",
-                "gradient_term_cap_per_tensor", "student_dropout")
+                "gradient_term_cap_per_tensor", "student_dropout", "student_embeddings")
 
 
 def _optional_float(text: str) -> float | None:
@@ -67,6 +67,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="hyperparameters.gradient_term_cap_per_tensor")
     parser.add_argument("--student-dropout", type=float, default=None,
                         help="student.dropout (default: 0 for the gradient methods, the teacher's otherwise)")
+    parser.add_argument("--student-embeddings", choices=("frozen", "trainable"), default=None,
+                        help="student.embeddings (default: frozen for the gradient methods, trainable otherwise)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--layers", default="2,3", help="student depths")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (depth, method): seed-base, seed-base+1, ...")
@@ -132,7 +134,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": args.seed_list, "sweep_values": args.sweep_list if args.sweep else None,
             "cache_dir": str(args.cache_dir), "gradient_warmup_ratio": args.gradient_warmup_ratio,
             "gradient_term_cap": args.gradient_term_cap, "gradient_term_cap_per_tensor": args.cap_per_tensor,
-            "student_dropout": args.student_dropout}
+            "student_dropout": args.student_dropout, "student_embeddings": args.student_embeddings}
 
 
 def load_previous(out: Path, settings: dict[str, Any], fresh: bool) -> dict[str, Any]:
@@ -166,7 +168,8 @@ def make_config(args: argparse.Namespace, run: dict[str, Any], files: dict[str, 
     return DistillConfig.parse({
         "method": run["method"],
         "teacher": str(teacher_dir),
-        "student": {"num_layers": run["layers"], "dropout": args.student_dropout},
+        "student": {"num_layers": run["layers"], "dropout": args.student_dropout,
+                    "embeddings": args.student_embeddings},
         "data": {name: str(path) for name, path in files.items()},
         "hyperparameters": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
                             "max_length": args.max_length, "seed": run["seed"], "beta": run["beta"],

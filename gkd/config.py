@@ -70,6 +70,12 @@ class StudentSpec(_Strict):
         description="Hidden and attention dropout of the student; null means 0 for the gradient methods "
         "(dropout makes the student's input gradients noisy) and the teacher's value otherwise.",
     )
+    embeddings: Literal["frozen", "trainable"] | None = Field(
+        None,
+        description="Whether the embeddings copied from the teacher are trained; null means frozen for the "
+        "gradient methods (the authors: teacher and student gradients are then taken in the same embedding "
+        "space) and trainable otherwise. A student of another width always trains its fresh embeddings.",
+    )
 
     @field_validator("init")
     @classmethod
@@ -248,6 +254,13 @@ def config_error_from(exc: ValidationError) -> ConfigError:
 
 
 _FIELD_PREFIX = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): ")
+
+
+def embeddings_frozen(config: DistillConfig) -> bool:
+    """Whether a student cut from the teacher keeps the teacher's embeddings fixed."""
+    if config.student.embeddings is not None:
+        return config.student.embeddings == "frozen"
+    return config.method in GRADIENT_METHODS
 
 
 def effective_dropout(config: DistillConfig, teacher_dropout: float) -> float:

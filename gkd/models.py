@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from gkd.config import GRADIENT_METHODS, ConfigError, DistillConfig, StudentSpec, effective_dropout
+from gkd.config import ConfigError, DistillConfig, StudentSpec, effective_dropout, embeddings_frozen
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 LAYER_KEY = re.compile(r"^(?P<prefix>.*\.layer\.)(?P<index>\d+)(?P<rest>\..*)$")
@@ -251,9 +251,10 @@ def _student_config(teacher: PreTrainedModel, spec: StudentSpec, dropout: float)
 def build_student(teacher: Teacher, config: DistillConfig) -> PreTrainedModel:
     """A student of `config.student.num_layers` layers cut from the teacher (GKD.md, 'Student initialisation').
 
-    Embeddings are copied from the teacher (frozen for the gradient methods, whose loss compares
-    gradients w.r.t. the embedding output); the chosen encoder layers are copied; pooler and classifier
-    start fresh. A different width starts everything fresh.
+    Embeddings are copied from the teacher (by default frozen for the gradient methods, whose loss compares
+    gradients w.r.t. the embedding output; `student.embeddings` overrides it); the chosen encoder layers are
+    copied; pooler and classifier come from the teacher or start fresh (`student.head`). A different width
+    starts everything fresh.
     """
     spec = config.student
     teacher_model = teacher.model
@@ -267,7 +268,7 @@ def build_student(teacher: Teacher, config: DistillConfig) -> PreTrainedModel:
     same_width = student_config.hidden_size == teacher_model.config.hidden_size
     if same_width:
         copy_teacher_weights(teacher_model, student, layers, head=spec.head == "teacher")
-        if config.method in GRADIENT_METHODS:
+        if embeddings_frozen(config):
             freeze(embedding_module(student))
     return student
 

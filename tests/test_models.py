@@ -108,6 +108,18 @@ def test_other_methods_copy_embeddings_but_train_them(teacher: Teacher, method: 
     assert student.config.hidden_dropout_prob == teacher.model.config.hidden_dropout_prob == 0.1
 
 
+@pytest.mark.parametrize(("method", "embeddings", "trained"), [
+    ("gradient_kd", "trainable", True), ("gradient_kd_cls", "trainable", True), ("kd", "frozen", False),
+])
+def test_embeddings_setting_overrides_the_method_default(teacher: Teacher, method: str, embeddings: str,
+                                                         trained: bool):
+    student = build_student(teacher, config(method, num_layers=2, embeddings=embeddings))
+    assert torch.equal(embedding_module(student).word_embeddings.weight,
+                       embedding_module(teacher.model).word_embeddings.weight)
+    assert all(p.requires_grad is trained for p in embedding_module(student).parameters())
+    assert all(p.requires_grad for p in student.bert.encoder.parameters())
+
+
 def test_explicit_dropout_is_used(teacher: Teacher):
     student = build_student(teacher, config("gradient_kd", num_layers=2, dropout=0.2))
     assert student.config.hidden_dropout_prob == 0.2 and student.config.attention_probs_dropout_prob == 0.2

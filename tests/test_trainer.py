@@ -116,6 +116,28 @@ def test_gradient_cap_is_applied_and_changes_the_update(tmp_path: Path, trained_
     assert any(not torch.equal(capped_weights[k], plain_weights[k]) for k in capped_weights)
 
 
+# ------------------------------------------------------------------ trainable embeddings
+def test_gradient_kd_trains_the_embeddings_when_asked(tmp_path: Path, trained_teacher: Path, data):
+    """With `student.embeddings: trainable` both the logit loss and the gradient term (through the double
+    backward) reach the embeddings; by default they stay the teacher's."""
+    recorder = Recorder()
+    for name, embeddings in (("trainable", "trainable"), ("default", None)):
+        config = make_config(tmp_path, trained_teacher, data, "gradient_kd", name, epochs=1,
+                             student={"num_layers": 2, "embeddings": embeddings}, gradient_warmup_ratio=0.0)
+        Trainer(config, [recorder] if embeddings else []).train()
+    key = "bert.embeddings.word_embeddings.weight"
+    teacher_words = weights_of_teacher(trained_teacher)[key]
+    assert torch.equal(weights(tmp_path / "default")[key], teacher_words)
+    assert not torch.equal(weights(tmp_path / "trainable")[key], teacher_words)
+    assert all("grad" in terms for terms in recorder.terms)
+
+
+def weights_of_teacher(teacher: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(teacher / "model.safetensors"))
+
+
 # ------------------------------------------------------------------ every method learns
 @pytest.mark.parametrize("method", ["ce", "kd", "pkd", "gradient_kd", "gradient_kd_cls"])
 def test_each_method_trains_and_its_loss_goes_down(tmp_path: Path, trained_teacher: Path, data, method: str):
