@@ -86,6 +86,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(common.RESULTS_DIR / "quality.json"))
     parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                        help="only merge the runs of these result files (same settings; e.g. one process per "
+                        "core, each with its own --out) into --out, and render it; nothing is trained")
     args = parser.parse_args(argv)
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = sorted(set(args.method_list) - set(METHODS))
@@ -374,10 +377,37 @@ def finish(report: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
     out.with_suffix(".md").write_text(render(report, markdown=True), encoding="utf-8")
 
 
+def merge(paths: Sequence[str], out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One report from several result files made with the same settings; a run key seen twice is kept once."""
+    reports = [json.loads(Path(path).read_text(encoding="utf-8")) for path in paths]
+    first = reports[0]
+    for path, report in zip(paths[1:], reports[1:], strict=True):
+        changed = [k for k in SETTING_KEYS if report["settings"].get(k) != first["settings"].get(k)]
+        if changed:
+            raise SystemExit(f"{path} was made with other settings than {paths[0]}: {', '.join(changed)}")
+    merged = {**first, "runs": []}
+    seen: set[str] = set()
+    for report in reports:
+        for run in report["runs"]:
+            if run["key"] not in seen:
+                seen.add(run["key"])
+                merged["runs"].append(run)
+    for key in ("layers", "methods", "seeds"):
+        values = {v for report in reports for v in report["settings"].get(key) or []}
+        merged["settings"][key] = sorted(values, key=str)
+    finish(merged, out, args)
+    return merged
+
+
 # ---------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     common.set_module_name("benchmarks.quality")  # the module-level name is the last imported script's
     args = parse_args(argv)
+    if args.merge:
+        report = merge(args.merge, Path(args.out), args)
+        print(render(report, markdown=False))
+        print(f"merged {len(report['runs'])} runs into {args.out}")
+        return report
     common.set_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="gkd-bench-quality-"))
     try:

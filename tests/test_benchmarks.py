@@ -108,6 +108,26 @@ def test_quality_runs_methods_and_sweep_and_resumes(teacher_dir: Path, data_dir:
         quality.main(quality_args(teacher_dir, data_dir, tmp_path, "--epochs", "2"))
 
 
+def test_quality_merges_runs_made_in_separate_processes(teacher_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    def one(seed_base: str, name: str, *extra: str) -> Path:
+        args = quality_args(teacher_dir, data_dir, tmp_path, "--methods", "ce", "--seed-base", seed_base,
+                            "--no-plot", *extra)
+        args[args.index("--out") + 1] = str(tmp_path / name)
+        quality.main(args)
+        return tmp_path / name
+
+    a, b = one("42", "a.json"), one("43", "b.json")
+    merged = quality.main(["--merge", str(a), str(b), str(a), "--out", str(tmp_path / "m.json"), "--no-plot"])
+    assert sorted(r["key"] for r in merged["runs"]) == ["main|L1|ce|seed42|beta1|gamma1",
+                                                       "main|L1|ce|seed43|beta1|gamma1"]
+    assert len(merged["summary"][0]["accuracy"]["values"]) == 2
+    assert merged["settings"]["seeds"] == [42, 43]
+    assert "methods x student depth" in (tmp_path / "m.md").read_text(encoding="utf-8")
+    c = one("44", "c.json", "--epochs", "2")
+    with pytest.raises(SystemExit, match="other settings"):
+        quality.main(["--merge", str(a), str(c), "--out", str(tmp_path / "m2.json"), "--no-plot"])
+
+
 def test_quality_tiny_mode_needs_no_files(tmp_path: Path) -> None:
     report = quality.main(["--tiny", "--train-rows", "16", "--eval-rows", "8", "--epochs", "1", "--max-length", "16",
                            "--batch-size", "8", "--methods", "kd", "--layers", "1", "--seeds", "1", "--no-plot",
