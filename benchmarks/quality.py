@@ -66,9 +66,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         default=DEFAULTS.gradient_term_cap_per_tensor,
                         help="hyperparameters.gradient_term_cap_per_tensor")
     parser.add_argument("--student-dropout", type=float, default=None,
-                        help="student.dropout (default: 0 for the gradient methods, the teacher's otherwise)")
+                        help="student.dropout (default: the library's, 0)")
     parser.add_argument("--student-embeddings", choices=("frozen", "trainable"), default=None,
-                        help="student.embeddings (default: frozen for the gradient methods, trainable otherwise)")
+                        help="student.embeddings (default: the library's, trainable)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--layers", default="2,3", help="student depths")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (depth, method): seed-base, seed-base+1, ...")
@@ -137,7 +137,9 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": args.seed_list, "sweep_values": args.sweep_list if args.sweep else None,
             "cache_dir": str(args.cache_dir), "gradient_warmup_ratio": args.gradient_warmup_ratio,
             "gradient_term_cap": args.gradient_term_cap, "gradient_term_cap_per_tensor": args.cap_per_tensor,
-            "student_dropout": args.student_dropout, "student_embeddings": args.student_embeddings}
+            # the students' effective settings (the library's defaults are the same for every method)
+            "student_dropout": args.student_dropout if args.student_dropout is not None else 0.0,
+            "student_embeddings": args.student_embeddings or "trainable"}
 
 
 def load_previous(out: Path, settings: dict[str, Any], fresh: bool) -> dict[str, Any]:
@@ -392,9 +394,9 @@ def merge(paths: Sequence[str], out: Path, args: argparse.Namespace) -> dict[str
             if run["key"] not in seen:
                 seen.add(run["key"])
                 merged["runs"].append(run)
-    for key in ("layers", "methods", "seeds"):
+    for key in ("layers", "methods", "seeds", "sweep_values"):
         values = {v for report in reports for v in report["settings"].get(key) or []}
-        merged["settings"][key] = sorted(values, key=str)
+        merged["settings"][key] = sorted(values) if values else None
     finish(merged, out, args)
     return merged
 

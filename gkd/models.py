@@ -251,16 +251,15 @@ def _student_config(teacher: PreTrainedModel, spec: StudentSpec, dropout: float)
 def build_student(teacher: Teacher, config: DistillConfig) -> PreTrainedModel:
     """A student of `config.student.num_layers` layers cut from the teacher (GKD.md, 'Student initialisation').
 
-    Embeddings are copied from the teacher (by default frozen for the gradient methods, whose loss compares
-    gradients w.r.t. the embedding output; `student.embeddings` overrides it); the chosen encoder layers are
-    copied; pooler and classifier come from the teacher or start fresh (`student.head`). A different width
-    starts everything fresh.
+    Embeddings are copied from the teacher (and trained, unless `student.embeddings` is 'frozen'); the chosen
+    encoder layers are copied; pooler and classifier come from the teacher or start fresh (`student.head`).
+    A different width starts everything fresh.
     """
     spec = config.student
     teacher_model = teacher.model
     teacher_layers = int(teacher_model.config.num_hidden_layers)
     layers = select_teacher_layers(spec, teacher_layers)
-    dropout = effective_dropout(config, float(getattr(teacher_model.config, "hidden_dropout_prob", 0.1)))
+    dropout = effective_dropout(config)
     student_config = _student_config(teacher_model, spec, dropout)
     torch.manual_seed(config.hyperparameters.seed)
     random.seed(config.hyperparameters.seed)

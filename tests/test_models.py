@@ -86,37 +86,25 @@ def test_select_teacher_layers_every_other_general_case():
     assert select_teacher_layers(config(num_layers=2, init="random").student, 12) is None
 
 
-@pytest.mark.parametrize("method", ["gradient_kd", "gradient_kd_cls"])
-def test_gradient_methods_copy_and_freeze_embeddings(teacher: Teacher, method: str):
+@pytest.mark.parametrize("method", ["ce", "kd", "pkd", "gradient_kd", "gradient_kd_cls"])
+def test_every_method_copies_and_trains_embeddings_without_dropout_by_default(teacher: Teacher, method: str):
     student = build_student(teacher, config(method, num_layers=2))
     student_emb, teacher_emb = embedding_module(student).state_dict(), embedding_module(teacher.model).state_dict()
     assert student_emb.keys() == teacher_emb.keys()
     assert all(torch.equal(student_emb[k], teacher_emb[k]) for k in student_emb)
-    assert all(not p.requires_grad for p in embedding_module(student).parameters())
-    # the rest trains
+    assert all(p.requires_grad for p in embedding_module(student).parameters())
     assert all(p.requires_grad for p in student.bert.encoder.parameters())
     assert all(p.requires_grad for p in student.classifier.parameters())
+    assert teacher.model.config.hidden_dropout_prob == 0.1
     assert student.config.hidden_dropout_prob == 0.0 and student.config.attention_probs_dropout_prob == 0.0
 
 
-@pytest.mark.parametrize("method", ["ce", "kd", "pkd"])
-def test_other_methods_copy_embeddings_but_train_them(teacher: Teacher, method: str):
-    student = build_student(teacher, config(method, num_layers=2))
-    word = embedding_module(student).word_embeddings.weight
-    assert torch.equal(word, embedding_module(teacher.model).word_embeddings.weight)
-    assert all(p.requires_grad for p in embedding_module(student).parameters())
-    assert student.config.hidden_dropout_prob == teacher.model.config.hidden_dropout_prob == 0.1
-
-
-@pytest.mark.parametrize(("method", "embeddings", "trained"), [
-    ("gradient_kd", "trainable", True), ("gradient_kd_cls", "trainable", True), ("kd", "frozen", False),
-])
-def test_embeddings_setting_overrides_the_method_default(teacher: Teacher, method: str, embeddings: str,
-                                                         trained: bool):
-    student = build_student(teacher, config(method, num_layers=2, embeddings=embeddings))
+@pytest.mark.parametrize("method", ["kd", "gradient_kd", "gradient_kd_cls"])
+def test_embeddings_are_frozen_on_request(teacher: Teacher, method: str):
+    student = build_student(teacher, config(method, num_layers=2, embeddings="frozen"))
     assert torch.equal(embedding_module(student).word_embeddings.weight,
                        embedding_module(teacher.model).word_embeddings.weight)
-    assert all(p.requires_grad is trained for p in embedding_module(student).parameters())
+    assert all(not p.requires_grad for p in embedding_module(student).parameters())
     assert all(p.requires_grad for p in student.bert.encoder.parameters())
 
 

@@ -117,18 +117,18 @@ def test_gradient_cap_is_applied_and_changes_the_update(tmp_path: Path, trained_
 
 
 # ------------------------------------------------------------------ trainable embeddings
-def test_gradient_kd_trains_the_embeddings_when_asked(tmp_path: Path, trained_teacher: Path, data):
-    """With `student.embeddings: trainable` both the logit loss and the gradient term (through the double
-    backward) reach the embeddings; by default they stay the teacher's."""
+def test_gradient_kd_trains_the_embeddings_unless_frozen(tmp_path: Path, trained_teacher: Path, data):
+    """By default both the logit loss and the gradient term (through the double backward) reach the
+    embeddings; with `student.embeddings: frozen` they stay the teacher's."""
     recorder = Recorder()
-    for name, embeddings in (("trainable", "trainable"), ("default", None)):
+    for name, embeddings in (("default", None), ("frozen", "frozen")):
         config = make_config(tmp_path, trained_teacher, data, "gradient_kd", name, epochs=1,
                              student={"num_layers": 2, "embeddings": embeddings}, gradient_warmup_ratio=0.0)
-        Trainer(config, [recorder] if embeddings else []).train()
+        Trainer(config, [] if embeddings else [recorder]).train()
     key = "bert.embeddings.word_embeddings.weight"
     teacher_words = weights_of_teacher(trained_teacher)[key]
-    assert torch.equal(weights(tmp_path / "default")[key], teacher_words)
-    assert not torch.equal(weights(tmp_path / "trainable")[key], teacher_words)
+    assert torch.equal(weights(tmp_path / "frozen")[key], teacher_words)
+    assert not torch.equal(weights(tmp_path / "default")[key], teacher_words)
     assert all("grad" in terms for terms in recorder.terms)
 
 
