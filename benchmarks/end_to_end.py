@@ -66,6 +66,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-rows", type=int, default=400, help="rows of the training file (10%% become dev)")
     parser.add_argument("--method", default="gradient_kd")
     parser.add_argument("--layers", type=int, default=2, help="student layers")
+    parser.add_argument("--student-embeddings", choices=("frozen", "trainable"), default=None,
+                        help="student.embeddings of both runs (default: the library's, trainable)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
@@ -124,6 +126,10 @@ def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
     return {"epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length}
 
 
+def student(args: argparse.Namespace) -> dict[str, Any]:
+    return {"num_layers": args.layers, "embeddings": args.student_embeddings}
+
+
 def cache_entries(cache_dir: Path) -> set[str]:
     return {p.name for p in cache_dir.iterdir()} if cache_dir.is_dir() else set()
 
@@ -151,7 +157,7 @@ def run_library(args: argparse.Namespace, teacher: Path, train_csv: Path, cache_
     config = DistillConfig.parse({
         "method": args.method,
         "teacher": str(teacher),
-        "student": {"num_layers": args.layers},
+        "student": student(args),
         "data": {"train": str(train_csv)},
         "hyperparameters": hyperparameters(args),
         "output_dir": str(out),
@@ -293,7 +299,7 @@ def run_service(args: argparse.Namespace, client: Any, teacher_id: str, train_cs
                 download_dir: Path) -> dict[str, Any]:
     """One job through the API; the wall time runs from POST /v1/jobs to the downloaded, checked checkpoint."""
     dataset_id, upload_s = upload_dataset(client, train_csv)
-    body = {"teacher": teacher_id, "method": args.method, "student": {"num_layers": args.layers},
+    body = {"teacher": teacher_id, "method": args.method, "student": student(args),
             "training_dataset": dataset_id, "hyperparameters": hyperparameters(args), "device": "cpu",
             "name": "bench end_to_end"}
     posted_at = time.time()
@@ -401,7 +407,8 @@ def render(report: dict[str, Any], markdown: bool) -> str:
                   f"- background load: {report.get('background') or 'none seen'}", ""]
     parts.append(
         f"teacher {s['teacher']}, {s['train_rows']} training rows (10 % held out as dev), method {s['method']}, "
-        f"{s['layers']}-layer student, {s['epochs']} epoch(s), batch {s['batch_size']}, max_length "
+        f"{s['layers']}-layer student ({s.get('student_embeddings') or 'trainable'} embeddings), {s['epochs']} "
+        f"epoch(s), batch {s['batch_size']}, max_length "
         f"{s['max_length']}, CPU, {s['threads']} torch threads; service on {s['stack']} with one uvicorn process "
         f"and one Celery worker (solo pool); teacher cache warm for both; {s['repeats']} interleaved repeats, medians."
     )
@@ -500,7 +507,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "environment": common.environment(argv),
             "settings": {
                 "teacher": "tiny" if args.tiny else str(args.teacher), "train_rows": args.train_rows,
-                "method": args.method, "layers": args.layers, "epochs": args.epochs, "batch_size": args.batch_size,
+                "method": args.method, "layers": args.layers, "student_embeddings": args.student_embeddings,
+                "epochs": args.epochs, "batch_size": args.batch_size,
                 "max_length": args.max_length, "repeats": args.repeats, "threads": args.threads,
                 "stack": "PostgreSQL + Redis" if args.stack == "postgresql" else "SQLite + embedded broker",
                 "tiny": args.tiny,

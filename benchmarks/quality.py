@@ -379,7 +379,8 @@ def finish(report: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
     out.with_suffix(".md").write_text(render(report, markdown=True), encoding="utf-8")
 
 
-def merge(paths: Sequence[str], out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def merge(paths: Sequence[str], out: Path, args: argparse.Namespace,
+          argv: Sequence[str] | None = None) -> dict[str, Any]:
     """One report from several result files made with the same settings; a run key seen twice is kept once."""
     reports = [json.loads(Path(path).read_text(encoding="utf-8")) for path in paths]
     first = reports[0]
@@ -388,6 +389,10 @@ def merge(paths: Sequence[str], out: Path, args: argparse.Namespace) -> dict[str
         if changed:
             raise SystemExit(f"{path} was made with other settings than {paths[0]}: {', '.join(changed)}")
     merged = {**first, "runs": []}
+    merged["teacher_reference"] = next((r["teacher_reference"] for r in reports if r.get("teacher_reference")), None)
+    merged["environment"] = common.environment(argv)
+    merged["merged_from"] = [{"file": str(path), "command": report.get("environment", {}).get("command")}
+                             for path, report in zip(paths, reports, strict=True)]
     seen: set[str] = set()
     for report in reports:
         for run in report["runs"]:
@@ -406,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     common.set_module_name("benchmarks.quality")  # the module-level name is the last imported script's
     args = parse_args(argv)
     if args.merge:
-        report = merge(args.merge, Path(args.out), args)
+        report = merge(args.merge, Path(args.out), args, argv)
         print(render(report, markdown=False))
         print(f"merged {len(report['runs'])} runs into {args.out}")
         return report
