@@ -28,12 +28,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pre_ping: bool = True, autocommit: bool = False) -> Engine:
+    """SQLite with its pragmas, or PostgreSQL (psycopg 3) on a pool that pings a connection before lending it.
+
+    `pre_ping=False` and `autocommit=True` make the read pool of `app.reads`, whose callers retry on a dropped
+    connection themselves and need no transaction (PostgreSQL only)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(postgres_driver_url(url), pool_pre_ping=True, pool_size=10, max_overflow=10)
+    isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    return create_engine(postgres_driver_url(url), pool_pre_ping=pre_ping, pool_size=10, max_overflow=10, **isolation)
 
 
 def postgres_driver_url(url: str) -> str:

@@ -22,11 +22,11 @@ from typing import TypeVar
 import anyio
 from fastapi import Response
 from pydantic import BaseModel
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import engine_for, postgres_driver_url
+from app.db import engine_for, make_engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,7 +37,7 @@ def read_engine_for(url: str) -> Engine:
     """An autocommit pool without pre-ping (no BEGIN, ROLLBACK or ping round trips). SQLite: the main engine."""
     if url.startswith("sqlite"):
         return engine_for(url)
-    return create_engine(postgres_driver_url(url), pool_size=10, max_overflow=10, isolation_level="AUTOCOMMIT")
+    return make_engine(url, pre_ping=False, autocommit=True)
 
 
 @functools.lru_cache(maxsize=16)

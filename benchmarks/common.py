@@ -107,6 +107,11 @@ def current_rss_mb() -> float | None:
         return None
 
 
+def optional_float(text: str) -> float | None:
+    """An argparse type: a number, or 'none' / 'null' / 'off' for None (e.g. the uncapped gradient sum)."""
+    return None if text.lower() in ("none", "null", "off") else float(text)
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

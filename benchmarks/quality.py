@@ -41,10 +41,6 @@ SETTING_KEYS = ("teacher", "data", "train_rows", "eval_rows", "epochs", "max_len
                 "gradient_term_cap_per_tensor", "student_dropout", "student_embeddings")
 
 
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("none", "null", "off") else float(text)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", default=common.DEFAULT_TEACHER)
@@ -59,7 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--beta", type=float, default=DEFAULTS.beta,
                         help="beta of the main runs (pkd, gradient_kd[_cls])")
     parser.add_argument("--gamma", type=float, default=DEFAULTS.gamma, help="gamma of the main runs (gradient_kd_cls)")
-    parser.add_argument("--gradient-term-cap", type=_optional_float, default=DEFAULTS.gradient_term_cap,
+    parser.add_argument("--gradient-term-cap", type=common.optional_float, default=DEFAULTS.gradient_term_cap,
                         help="hyperparameters.gradient_term_cap ('none': the paper's uncapped sum)")
     parser.add_argument("--gradient-warmup-ratio", type=float, default=DEFAULTS.gradient_warmup_ratio)
     parser.add_argument("--cap-per-tensor", action=argparse.BooleanOptionalAction,

@@ -87,7 +87,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="time the phases of a gradient_kd step (padded shape)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler top ops of gradient_kd steps")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--gradient-term-cap", type=lambda text: None if text.lower() == "none" else float(text),
+    parser.add_argument("--gradient-term-cap", type=common.optional_float,
                         default=Hyperparameters().gradient_term_cap,
                         help="hyperparameters.gradient_term_cap ('none': the uncapped sum)")
     parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
