@@ -64,8 +64,10 @@ def test_end_to_end_benchmark_tiny(tmp_path: Path) -> None:
     assert service["checkpoint_bytes"] > 0 and service["events"] >= 4
     assert service["phases"]["queue_s"] is not None and service["phases"]["download_s"] >= 0
     summary = saved["summary"]
+    # From the unrounded run times: the stored medians are rounded to 1 ms, which on a 0.05 s tiny run moves
+    # the ratio by more than 1 %.
     assert summary["ratio"] > 0 and summary["ratio"] == pytest.approx(
-        summary["service_median_s"] / summary["library_median_s"], rel=1e-2)
+        service["seconds"] / saved["runs"][0]["seconds"], rel=1e-3)
     assert {t["name"].split(" (")[0] for t in saved["targets"]} >= {"service overhead < 10 %"}
     markdown = out.with_suffix(".md").read_text(encoding="utf-8")
     assert "python -m benchmarks.end_to_end" in markdown and "overhead" in markdown
