@@ -153,6 +153,14 @@ class Hyperparameters(_Strict):
         description="Apply gradient_term_cap to each parameter tensor on its own instead of to the whole model "
         "(ours; see docs/methods.md).",
     )
+    gradient_term_cap_every: int = Field(
+        8,
+        ge=1,
+        le=1_000_000,
+        description="Measure the whole-model cap's scale every K optimiser steps and reuse it in between (ours): "
+        "measuring needs a second backward pass through the student, a quarter of a cached gradient_kd step; 1 "
+        "measures every step. The per-tensor cap always measures.",
+    )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of initialisation, data order and dropout.")
     eval_every_steps: int | None = Field(
         None, ge=1, description="Evaluate every K optimiser steps as well as after each epoch."

@@ -16,11 +16,21 @@ cap off (None) it is the plain sum of the paper.
 by its own gradient history, so a tensor that gets almost nothing from the logit loss but something from
 the gradient term takes full-size steps in the gradient term's direction, however small beta is; the
 per-tensor cap bounds that too.
+
+Measuring `c` needs the two parameter gradients apart: two passes back through the student's forward
+graph instead of one, about a quarter of a cached `gradient_kd` step (benchmarks/results/train_step.md).
+`GradientCap` measures it every `every` optimisation steps and in between back-propagates
+`base + c * extra` once, with `c` from the last measured norm ratio (corrected for the term's current
+weight, which the warm-up ramp changes). The per-tensor rule cannot be applied to a summed gradient, so
+it measures every time.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,10 +60,23 @@ def capped_backward(
 
     `weight` is the micro-batch's share of the optimisation step (gradient accumulation). With `per_tensor`,
     `c` is computed for each tensor and the return value is their mean, weighted by tensor size."""
+    return _measured_backward(base, extra, parameters, cap, weight, per_tensor)[0]
+
+
+def _measured_backward(
+    base: Tensor,
+    extra: Tensor,
+    parameters: Sequence[torch.nn.Parameter],
+    cap: float,
+    weight: float,
+    per_tensor: bool,
+) -> tuple[float, float, float]:
+    """`capped_backward`, also returning the whole-model norms of the two parameter gradients."""
     base_grads = torch.autograd.grad(base, parameters, retain_graph=True, allow_unused=True)
     extra_grads = torch.autograd.grad(extra, parameters, allow_unused=True)
+    base_norm, extra_norm = float(_norm(base_grads)), float(_norm(extra_grads))
     # The whole-model factor; per tensor, each tensor gets its own below.
-    scale = 1.0 if per_tensor else capped_scale(float(_norm(base_grads)), float(_norm(extra_grads)), cap)
+    scale = 1.0 if per_tensor else capped_scale(base_norm, extra_norm, cap)
     weighted_scales, sizes = 0.0, 0
     with torch.no_grad():
         for parameter, from_base, from_extra in zip(parameters, base_grads, extra_grads, strict=True):
@@ -70,4 +93,60 @@ def capped_backward(
                 parameter.grad = total
             else:
                 parameter.grad.add_(total)
-    return weighted_scales / sizes if per_tensor and sizes else scale
+    return (weighted_scales / sizes if per_tensor and sizes else scale), base_norm, extra_norm
+
+
+@dataclass
+class GradientCap:
+    """`capped_backward` for one training run, measuring the scale only every `every` optimisation steps.
+
+    Call `next_step()` once per optimisation step and `backward()` for each micro-batch. `extra_weight` is
+    the factor the trainer put on the gradient term this step (the warm-up ramp): the term's parameter
+    gradient is proportional to it, so the last measured ratio stays valid as the ramp moves."""
+
+    cap: float
+    every: int = 1
+    per_tensor: bool = False
+    _step: int = 0
+    _measured_step: int | None = None
+    # ||d base|| / ||d extra|| at unit extra_weight, from the last measurement
+    _base_per_unit_extra: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue the same measurement schedule."""
+        return {"step": self._step, "measured_step": self._measured_step,
+                "base_per_unit_extra": self._base_per_unit_extra}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._step = int(state["step"])
+        self._measured_step = state["measured_step"]
+        self._base_per_unit_extra = state["base_per_unit_extra"]
+
+    def next_step(self) -> None:
+        self._step += 1
+
+    @property
+    def measured_this_step(self) -> bool:
+        return self._measured_step is not None and self._measured_step == self._step
+
+    def due(self) -> bool:
+        """Whether this step measures the scale (always per tensor, and on the first capped step)."""
+        if self.per_tensor or self.every <= 1 or self._measured_step is None:
+            return True
+        return self._measured_step == self._step or self._step - self._measured_step >= self.every
+
+    def backward(
+        self, base: Tensor, extra: Tensor, parameters: Sequence[torch.nn.Parameter], *, extra_weight: float = 1.0,
+        weight: float = 1.0,
+    ) -> float:
+        """Add `weight * (d base + c * d extra)` to the parameters' `.grad`; return the `c` used."""
+        if self.due():
+            scale, base_norm, extra_norm = _measured_backward(base, extra, parameters, self.cap, weight,
+                                                              self.per_tensor)
+            self._measured_step = self._step
+            self._base_per_unit_extra = math.inf if extra_norm <= 0.0 else base_norm * extra_weight / extra_norm
+            return scale
+        assert self._base_per_unit_extra is not None
+        scale = capped_scale(self._base_per_unit_extra, extra_weight, self.cap)
+        (weight * (base + scale * extra)).backward()
+        return scale

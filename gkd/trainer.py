@@ -29,9 +29,9 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from gkd import data as gdata
 from gkd.batching import EncodedDataset, collate, encode, epoch_batches, eval_batches
 from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress
-from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, ConfigError, DistillConfig, layer_map
+from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, ConfigError, DistillConfig, Hyperparameters, layer_map
 from gkd.export import export_student
-from gkd.gradient_cap import capped_backward
+from gkd.gradient_cap import GradientCap
 from gkd.metrics import EvalAccumulator, accuracy_f1
 from gkd.models import Teacher, build_student, load_teacher
 from gkd.objective import Batch, TeacherTargets, student_loss_parts, student_saliency_gradients, teacher_targets
@@ -111,6 +111,14 @@ def _ramp(step: int, total_steps: int, warmup_ratio: float) -> float:
     """Linear ramp from 0 to 1 over the first `warmup_ratio` of training (1 when the ratio is 0)."""
     ramp_steps = warmup_ratio * total_steps
     return 1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps)
+
+
+def gradient_cap(hp: Hyperparameters, every: int | None = None) -> GradientCap | None:
+    """The run's gradient-term cap (None when `gradient_term_cap` is off); `every` overrides its schedule."""
+    if hp.gradient_term_cap is None:
+        return None
+    return GradientCap(hp.gradient_term_cap, every=every or hp.gradient_term_cap_every,
+                       per_tensor=hp.gradient_term_cap_per_tensor)
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -235,6 +243,9 @@ class Trainer:
         stopped = False
         lengths = encoded["train"].lengths()
         autocast = self._autocast()
+        cap = gradient_cap(hp)
+        if cap is not None and loop.gradient_cap:
+            cap.load_state_dict(loop.gradient_cap)
         while loop.epoch < hp.epochs and not stopped:
             batches = epoch_batches(lengths, hp.batch_size, hp.seed, loop.epoch, bucketing=hp.length_bucketing)
             groups = [batches[i : i + hp.gradient_accumulation_steps]
@@ -244,10 +255,11 @@ class Trainer:
                 metrics = self._optimisation_step(
                     student, optimizer, scheduler, group, encoded["train"], caches.get("train"), teacher,
                     pad_id, pairs, vector_form, autocast,
-                    gradient_scale=_ramp(loop.step, total_steps, hp.gradient_warmup_ratio),
+                    gradient_scale=_ramp(loop.step, total_steps, hp.gradient_warmup_ratio), cap=cap,
                 )
                 loop.step += 1
                 loop.step_in_epoch += 1
+                loop.gradient_cap = cap.state_dict() if cap is not None else None
                 snapshot = progress()
                 for callback in self.callbacks:
                     callback.on_step(snapshot, metrics)
@@ -363,8 +375,15 @@ class Trainer:
         vector_form: bool,
         autocast: contextlib.AbstractContextManager[Any],
         gradient_scale: float = 1.0,
+        cap: GradientCap | None = None,
     ) -> StepMetrics:
+        """One optimiser step over the micro-batches of `group`. `cap` (see `gradient_cap`) keeps its
+        measurement schedule across steps; without it the cap, if configured, measures every step."""
         hp = self.config.hyperparameters
+        if cap is None:
+            cap = gradient_cap(hp, every=1)
+        if cap is not None:
+            cap.next_step()
         method = self.config.method
         needs_teacher = method in TEACHER_METHODS
         needs_grads = method in GRADIENT_METHODS
@@ -380,10 +399,9 @@ class Trainer:
                                            gradient_scale=gradient_scale)
             share = len(indices) / total_examples
             loss, terms = parts.total, dict(parts.terms)
-            if parts.gradient is not None and hp.gradient_term_cap is not None and gradient_scale > 0:
-                terms["grad_cap_scale"] = capped_backward(parts.base, parts.gradient, trainable,
-                                                          hp.gradient_term_cap, weight=share,
-                                                          per_tensor=hp.gradient_term_cap_per_tensor)
+            if parts.gradient is not None and cap is not None and gradient_scale > 0:
+                terms["grad_cap_scale"] = cap.backward(parts.base, parts.gradient, trainable,
+                                                       extra_weight=gradient_scale, weight=share)
             else:
                 (loss * share).backward()
             for name, value in {"loss": float(loss.detach()), **terms}.items():
@@ -554,10 +572,11 @@ class _LoopState:
     step_in_epoch: int = 0
     best: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    gradient_cap: dict[str, Any] | None = None  # GradientCap.state_dict(): its measurement schedule
 
     def as_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
-                "best": self.best, "history": self.history}
+                "best": self.best, "history": self.history, "gradient_cap": self.gradient_cap}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> _LoopState:

@@ -48,6 +48,8 @@ def test_train_step_writes_every_variant_epoch_phases_and_targets(teacher_dir: P
         assert {row["variant"] for row in shape["results"]} == variants
         for row in shape["results"]:
             assert len(row["times_ms"]) == 1 and row["median_ms"] > 0 and row["ratio_to_kd_uncached"] > 0
+            # one measured step after one warm-up: the capped variants measured the cap's scale on neither
+            assert row["ms_per_step"] == row["median_ms"] and row["cap_measuring_steps"] == 0
         assert shape["cache_build_s"] > 0
     assert saved["shapes"]["padded"]["stats"]["mean_width"] == 16
     epoch = saved["epoch"]
@@ -58,6 +60,15 @@ def test_train_step_writes_every_variant_epoch_phases_and_targets(teacher_dir: P
     assert all(isinstance(t["pass"], bool) for t in saved["targets"])
     markdown = out.with_suffix(".md").read_text(encoding="utf-8")
     assert "python -m benchmarks.train_step" in markdown and "| gradient_kd | yes |" in markdown
+
+
+def test_step_cost_weights_the_cap_measuring_steps_by_how_often_they_come() -> None:
+    times = [100.0, 10.0, 12.0, 11.0, 104.0, 9.0]
+    measured = [True, False, False, False, True, False]
+    # medians: 102 for measuring steps, 10.5 for the rest; one step in four measures
+    assert train_step.step_cost(times, measured, every=4) == pytest.approx((102.0 + 3 * 10.5) / 4)
+    assert train_step.step_cost(times, [False] * 6, every=4) == pytest.approx(11.5)  # plain median
+    assert train_step.step_cost(times, measured, every=1) == pytest.approx(11.5)
 
 
 @pytest.mark.slow  # two subprocesses, each importing torch and transformers

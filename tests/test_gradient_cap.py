@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gkd.gradient_cap import capped_backward, capped_scale
+from gkd.gradient_cap import GradientCap, capped_backward, capped_scale
 
 
 def test_scale_is_one_within_the_cap_and_shrinks_the_excess_exactly():
@@ -67,3 +67,68 @@ def test_per_tensor_cap_bounds_each_tensor_against_its_own_base_gradient():
     a2, b2 = _two_parameters()
     capped_backward(a2.sum(), 0.1 * a2.sum() + 6.0 * b2.sum(), [a2, b2], cap=1.0)
     assert b2.grad is not None and float(b2.grad) > 1.0
+
+
+def _quadratic_terms(a: torch.nn.Parameter, b: torch.nn.Parameter, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """base reaches a with (1, 1); extra = weight * 30 * b^2 reaches b with weight * 180 at b = 3."""
+    return a.sum(), weight * 30.0 * b.pow(2).sum()
+
+
+def test_gradient_cap_measures_on_its_schedule_and_reuses_the_ratio_in_between():
+    cap = GradientCap(cap=0.5, every=3)
+    a, b = _two_parameters()
+    scales, measured = [], []
+    for _ in range(4):
+        cap.next_step()
+        a.grad = b.grad = None
+        base, extra = _quadratic_terms(a, b, 1.0)
+        scales.append(cap.backward(base, extra, [a, b]))
+        measured.append(cap.measured_this_step)
+        assert b.grad is not None
+        # the update is always base + c * extra, whichever way c was found
+        torch.testing.assert_close(b.grad, torch.tensor([180.0 * scales[-1]]))
+    assert measured == [True, False, False, True]
+    expected = 0.5 * 2**0.5 / 180.0
+    assert scales == pytest.approx([expected] * 4)
+
+
+def test_gradient_cap_corrects_the_reused_ratio_for_the_term_weight():
+    cap = GradientCap(cap=0.5, every=10)
+    a, b = _two_parameters()
+    cap.next_step()
+    first = cap.backward(*_quadratic_terms(a, b, 0.25), [a, b], extra_weight=0.25)
+    cap.next_step()
+    a.grad = b.grad = None
+    second = cap.backward(*_quadratic_terms(a, b, 1.0), [a, b], extra_weight=1.0)
+    assert not cap.measured_this_step
+    # the term is 4x heavier now, so the reused scale is 4x smaller: exactly what measuring would give
+    assert second == pytest.approx(first / 4)
+    a2, b2 = _two_parameters()
+    assert capped_backward(*_quadratic_terms(a2, b2, 1.0), [a2, b2], cap=0.5) == pytest.approx(second)
+    assert b.grad is not None and b2.grad is not None
+    torch.testing.assert_close(b.grad, b2.grad)
+
+
+def test_gradient_cap_within_the_cap_reuses_one_and_per_tensor_always_measures():
+    cap = GradientCap(cap=1.0, every=5)
+    a, b = _two_parameters()
+    for _ in range(2):
+        cap.next_step()
+        assert cap.backward(a.sum(), 0.01 * b.sum(), [a, b]) == 1.0
+    per_tensor = GradientCap(cap=1.0, every=5, per_tensor=True)
+    for _ in range(3):
+        per_tensor.next_step()
+        per_tensor.backward(a.sum(), 0.01 * b.sum(), [a, b])
+        assert per_tensor.measured_this_step
+
+
+def test_gradient_cap_measures_every_micro_batch_of_a_measuring_step():
+    cap = GradientCap(cap=1.0, every=4)
+    a, b = _two_parameters()
+    cap.next_step()
+    for _ in range(3):  # gradient accumulation: three micro-batches in one optimisation step
+        cap.backward(a.sum(), b.sum(), [a, b], weight=1 / 3)
+        assert cap.measured_this_step
+    cap.next_step()
+    cap.backward(a.sum(), b.sum(), [a, b])
+    assert not cap.measured_this_step
