@@ -340,3 +340,34 @@ def test_gradient_term_is_ramped_in(tmp_path: Path, trained_teacher: Path, data)
     # step 0 has weight 0: the total is exactly the KD loss
     assert first["grad"] > 0
     assert abs(recorder.losses[0] - (0.5 * first["kd"] + 0.5 * first["ce"])) < 1e-5
+
+
+def test_optimizer_uses_the_fused_adamw_kernel_with_the_same_update_as_the_default():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from gkd.trainer import _optimizer
+
+    config = DistillConfig.parse({"method": "kd", "teacher": "unused", "data": {"train": "unused.csv"},
+                                  "hyperparameters": {"learning_rate": 1e-3}})
+    bert = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    fused_model = BertForSequenceClassification(bert)
+    plain_model = BertForSequenceClassification(bert)
+    plain_model.load_state_dict(fused_model.state_dict())
+    fused = _optimizer(fused_model, config)
+    assert all(group["fused"] for group in fused.param_groups)
+    plain = torch.optim.AdamW([
+        {"params": [p for n, p in plain_model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n],
+         "weight_decay": 0.01},
+        {"params": [p for n, p in plain_model.named_parameters() if p.ndim < 2 or "LayerNorm" in n],
+         "weight_decay": 0.0},
+    ], lr=1e-3, foreach=True)
+    ids = torch.randint(0, 50, (4, 6))
+    for _ in range(3):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            optimizer.zero_grad()
+            model(input_ids=ids, labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+            optimizer.step()
+    for (name, a), b in zip(fused_model.named_parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
