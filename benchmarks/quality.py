@@ -38,7 +38,8 @@ DEFAULTS = Hyperparameters()  # the library's defaults are the benchmark's: writ
 METRICS = ("accuracy", "macro_f1", "teacher_agreement", "saliency_agreement", "saliency_top3_overlap")
 SETTING_KEYS = ("teacher", "data", "train_rows", "eval_rows", "epochs", "max_length", "batch_size",
                 "learning_rate", "beta", "gamma", "gradient_term_cap", "gradient_warmup_ratio",
-                "gradient_term_cap_per_tensor", "gradient_term_cap_every", "student_dropout", "student_embeddings")
+                "gradient_term_cap_per_tensor", "gradient_term_cap_every", "gradient_start_ratio", "student_dropout",
+                "student_embeddings")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -58,6 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--gradient-term-cap", type=common.optional_float, default=DEFAULTS.gradient_term_cap,
                         help="hyperparameters.gradient_term_cap ('none': the paper's uncapped sum)")
     parser.add_argument("--gradient-warmup-ratio", type=float, default=DEFAULTS.gradient_warmup_ratio)
+    parser.add_argument("--gradient-start-ratio", type=float, default=DEFAULTS.gradient_start_ratio)
     parser.add_argument("--gradient-term-cap-every", type=int, default=DEFAULTS.gradient_term_cap_every,
                         help="hyperparameters.gradient_term_cap_every (1: measure the cap's scale every step)")
     parser.add_argument("--cap-per-tensor", action=argparse.BooleanOptionalAction,
@@ -135,7 +137,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": args.seed_list, "sweep_values": args.sweep_list if args.sweep else None,
             "cache_dir": str(args.cache_dir), "gradient_warmup_ratio": args.gradient_warmup_ratio,
             "gradient_term_cap": args.gradient_term_cap, "gradient_term_cap_per_tensor": args.cap_per_tensor,
-            "gradient_term_cap_every": args.gradient_term_cap_every,
+            "gradient_term_cap_every": args.gradient_term_cap_every, "gradient_start_ratio": args.gradient_start_ratio,
             # the students' effective settings (the library's defaults are the same for every method)
             "student_dropout": args.student_dropout if args.student_dropout is not None else 0.0,
             "student_embeddings": args.student_embeddings or "trainable"}
@@ -180,7 +182,8 @@ def make_config(args: argparse.Namespace, run: dict[str, Any], files: dict[str, 
                             "gamma": run["gamma"], "gradient_term_cap": args.gradient_term_cap,
                             "gradient_warmup_ratio": args.gradient_warmup_ratio,
                             "gradient_term_cap_per_tensor": args.cap_per_tensor,
-                            "gradient_term_cap_every": args.gradient_term_cap_every},
+                            "gradient_term_cap_every": args.gradient_term_cap_every,
+                            "gradient_start_ratio": args.gradient_start_ratio},
         "output_dir": str(output_dir),
         "device": args.device,
         "cache": "auto",

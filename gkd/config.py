@@ -139,6 +139,14 @@ class Hyperparameters(_Strict):
         description="Ramp the weight of the gradient terms linearly from 0 over this fraction of the steps "
         "(ours): the student first learns the teacher's outputs, then its saliency.",
     )
+    gradient_start_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Leave the gradient terms out for this fraction of the steps, then start their ramp "
+        "(ours): a freshly cut student's input gradients are tiny, and the unit-normalised gradient loss is so "
+        "sharp there that Adam steps make it worse (docs/methods.md).",
+    )
     gradient_term_cap: float | None = Field(
         1.0,
         gt=0.0,

@@ -143,7 +143,8 @@ def student_loss_parts(
     """The loss of one batch for `method`, kept in its two parts (see `LossParts`).
 
     `gradient_scale` multiplies beta (gradient_kd) or gamma (gradient_kd_cls); the trainer uses it to ramp
-    the gradient terms in (`hyperparameters.gradient_warmup_ratio`)."""
+    the gradient terms in (`hyperparameters.gradient_warmup_ratio`). At 0 the gradient terms are not computed
+    at all (no double backprop), so steps before the ramp cost what a `kd` step costs."""
     needs_hidden = method in HIDDEN_STATE_METHODS
     result = forward(student, batch, hidden_states=needs_hidden)
     logits = result.logits
@@ -167,7 +168,7 @@ def student_loss_parts(
         loss = loss + hp.beta * pkd
         terms["pkd"] = float(pkd.detach())
     weighted_gradient = None
-    if method in GRADIENT_METHODS:
+    if method in GRADIENT_METHODS and gradient_scale > 0:
         grad_term = _gradient_term(method, result, batch, targets, layer_pairs, vector_form)
         weight = (hp.beta if method == "gradient_kd" else hp.gamma) * gradient_scale
         weighted_gradient = weight * grad_term

@@ -111,10 +111,14 @@ def _linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], flo
     return factor
 
 
-def _ramp(step: int, total_steps: int, warmup_ratio: float) -> float:
-    """Linear ramp from 0 to 1 over the first `warmup_ratio` of training (1 when the ratio is 0)."""
+def _ramp(step: int, total_steps: int, warmup_ratio: float, start_ratio: float = 0.0) -> float:
+    """0 for the first `start_ratio` of training, then a linear ramp to 1 over the next `warmup_ratio`
+    (a step to 1 when that ratio is 0)."""
+    start = start_ratio * total_steps
+    if step < start:
+        return 0.0
     ramp_steps = warmup_ratio * total_steps
-    return 1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps)
+    return 1.0 if ramp_steps <= 0 else min(1.0, (step - start) / ramp_steps)
 
 
 def gradient_cap(hp: Hyperparameters, every: int | None = None) -> GradientCap | None:
@@ -259,7 +263,9 @@ class Trainer:
                 metrics = self._optimisation_step(
                     student, optimizer, scheduler, group, encoded["train"], caches.get("train"), teacher,
                     pad_id, pairs, vector_form, autocast,
-                    gradient_scale=_ramp(loop.step, total_steps, hp.gradient_warmup_ratio), cap=cap,
+                    gradient_scale=_ramp(loop.step, total_steps, hp.gradient_warmup_ratio,
+                                         hp.gradient_start_ratio),
+                    cap=cap,
                 )
                 loop.step += 1
                 loop.step_in_epoch += 1

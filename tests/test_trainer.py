@@ -323,11 +323,11 @@ def test_bf16_autocast_runs_the_double_backward_on_cpu(tmp_path: Path, random_te
     result = Trainer(config, [recorder]).train()
     assert result.steps == 5
     assert all(torch.isfinite(torch.tensor(recorder.losses)))
-    assert all(t["grad"] > 0 for t in recorder.terms)
+    assert all(t["grad"] > 0 for t in recorder.terms[1:])  # step 0 is the start of the ramp: weight 0
 
 
 def test_gradient_term_is_ramped_in(tmp_path: Path, trained_teacher: Path, data):
-    """gradient_warmup_ratio: the gradient term's weight grows linearly from 0 (the grad term is still logged)."""
+    """gradient_warmup_ratio: the gradient term's weight grows linearly from 0; at weight 0 it is not computed."""
     from gkd.trainer import _ramp
 
     assert _ramp(0, 100, 0.5) == 0.0 and _ramp(25, 100, 0.5) == 0.5 and _ramp(50, 100, 0.5) == 1.0
@@ -336,10 +336,20 @@ def test_gradient_term_is_ramped_in(tmp_path: Path, trained_teacher: Path, data)
     config = make_config(tmp_path, trained_teacher, data, "gradient_kd", "ramp", epochs=1, beta=10.0,
                          gradient_warmup_ratio=1.0)
     Trainer(config, [recorder]).train()
-    first = recorder.terms[0]
-    # step 0 has weight 0: the total is exactly the KD loss
-    assert first["grad"] > 0
+    first, second = recorder.terms[0], recorder.terms[1]
+    # step 0 has weight 0: the total is exactly the KD loss, and no double backprop ran
+    assert "grad" not in first
     assert abs(recorder.losses[0] - (0.5 * first["kd"] + 0.5 * first["ce"])) < 1e-5
+    assert second["grad"] > 0 and recorder.losses[1] > 0.5 * second["kd"] + 0.5 * second["ce"]
+
+
+def test_gradient_term_starts_after_gradient_start_ratio():
+    from gkd.trainer import _ramp
+
+    # off for the first 20 of 100 steps, then a ramp over 30 steps
+    assert _ramp(0, 100, 0.3, 0.2) == 0.0 and _ramp(19, 100, 0.3, 0.2) == 0.0
+    assert _ramp(20, 100, 0.3, 0.2) == 0.0 and _ramp(35, 100, 0.3, 0.2) == 0.5 and _ramp(50, 100, 0.3, 0.2) == 1.0
+    assert _ramp(20, 100, 0.0, 0.2) == 1.0 and _ramp(99, 100, 0.3, 0.2) == 1.0
 
 
 def test_optimizer_uses_the_fused_adamw_kernel_with_the_same_update_as_the_default():
