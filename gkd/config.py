@@ -114,14 +114,14 @@ class Hyperparameters(_Strict):
     temperature: float = Field(5.0, gt=0.0, le=100.0, description="Softmax temperature T of logit KD.")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the KD term; 1 - alpha weights CE.")
     beta: float = Field(
-        0.01,
+        1.0,
         ge=0.0,
         le=1e6,
         description="Weight of the gradient loss (gradient_kd) or of the PKD term (pkd, gradient_kd_cls). "
-        "0.01 won our sweep (benchmarks/results/quality.md): with the whole-model cap, 0.03 stalled a 3-layer "
-        "student at chance for two epochs and 0.1 collapsed it.",
+        "1 came out of our sweep (benchmarks/results/quality.md): with the delayed start, 0.03 to 10 all match "
+        "or beat kd in accuracy and saliency agreement grows with beta up to 1, then levels off.",
     )
-    gamma: float = Field(0.01, ge=0.0, le=1e6, description="Weight of the gradient terms of gradient_kd_cls.")
+    gamma: float = Field(1.0, ge=0.0, le=1e6, description="Weight of the gradient terms of gradient_kd_cls.")
     kl_reduction: Literal["mean", "batchmean"] = Field(
         "mean",
         description="'mean' averages the KL over batch x classes (the authors' choice); 'batchmean' is the "
@@ -133,14 +133,14 @@ class Hyperparameters(_Strict):
         "'scalar' compares normalised per-token saliency (ours; any width), 'auto' picks by width.",
     )
     gradient_warmup_ratio: float = Field(
-        0.5,
+        0.3,
         ge=0.0,
         le=1.0,
-        description="Ramp the weight of the gradient terms linearly from 0 over this fraction of the steps "
-        "(ours): the student first learns the teacher's outputs, then its saliency.",
+        description="Ramp the weight of the gradient terms linearly from 0 over this fraction of the steps, "
+        "after gradient_start_ratio (ours): the student first learns the teacher's outputs, then its saliency.",
     )
     gradient_start_ratio: float = Field(
-        0.0,
+        0.2,
         ge=0.0,
         lt=1.0,
         description="Leave the gradient terms out for this fraction of the steps, then start their ramp "

@@ -109,7 +109,7 @@ def test_validate_assignment_rejects_bad_updates():
     hp = Hyperparameters()
     with pytest.raises(ValueError):
         hp.beta = -1.0
-    assert hp.beta == 0.01
+    assert hp.beta == Hyperparameters().beta  # unchanged by the refused update
 
 
 def test_load_yaml_and_json(tmp_path: Path):

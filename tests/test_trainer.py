@@ -57,7 +57,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def make_config(tmp: Path, teacher: Path, data: dict[str, Path], method: str, name: str,
                 student: dict[str, Any] | None = None, **hp: Any) -> DistillConfig:
     hyperparameters = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.0,
-                       "max_length": 32, "beta": 1.0, "gamma": 1.0, "seed": 3, **hp}
+                       "max_length": 32, "beta": 1.0, "gamma": 1.0, "seed": 3,
+                       # these short runs ramp the gradient term in from step 0 (the library starts it later)
+                       "gradient_start_ratio": 0.0, "gradient_warmup_ratio": 0.5, **hp}
     return DistillConfig.parse({
         "method": method,
         "teacher": str(teacher),
