@@ -50,7 +50,8 @@ example-teacher: install $(EXAMPLE_TEACHER)
 
 # The fast benchmarks; each prints a table and writes JSON + Markdown under benchmarks/results/.
 bench: install
-	$(PY) -m benchmarks.train_step --steps 10 --warmup 2
+	$(PY) -m benchmarks.train_step --steps 16 --warmup 1
+	$(PY) -m benchmarks.gradient_probe
 
 # The service under load (PostgreSQL + Redis, 4 uvicorn workers, 100 SSE streams) and its overhead.
 bench-api: install

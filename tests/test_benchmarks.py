@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import quality, train_step
+from benchmarks import gradient_probe, quality, train_step
 from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
 
 
@@ -146,3 +146,20 @@ def test_quality_tiny_mode_needs_no_files(tmp_path: Path) -> None:
                            str(tmp_path / "work"), "--out", str(tmp_path / "q.json")])
     assert [row["method"] for row in report["summary"]] == ["kd"]
     assert report["settings"]["teacher"] == "tiny"
+
+
+def test_gradient_probe_checks_the_double_backprop_gradient_and_writes_its_tables(tmp_path: Path) -> None:
+    out = tmp_path / "probe.json"
+    report = gradient_probe.main(["--tiny", "--student-layers", "2", "--kd-steps", "2", "--adam-steps", "3",
+                                  "--out", str(out)])
+
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert saved == json.loads(json.dumps(report))
+    # autograd's parameter gradient of L_grad (double backprop) matches central differences in float64
+    finest = saved["finite_difference"][-1]
+    assert finest["autograd"] > 0
+    assert finest["finite_difference"] == pytest.approx(finest["autograd"], rel=1e-4)
+    for part in ("fresh", "after_kd"):
+        assert saved[part]["mean_input_gradient_norm"] > 0
+        assert all(len(history) == 3 for history in saved[part]["adam"].values())
+    assert "python -m benchmarks.gradient_probe" in out.with_suffix(".md").read_text(encoding="utf-8")
