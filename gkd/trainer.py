@@ -403,7 +403,9 @@ class Trainer:
         trainable = [p for p in student.parameters() if p.requires_grad]
         for indices in self._micro_batches(group):
             batch = collate(dataset, indices, pad_id).to(self.device)
-            targets = self._targets(cache, teacher, batch, needs_grads) if needs_teacher else None
+            # before the gradient terms start (weight 0) a live teacher need not back-propagate either
+            targets = (self._targets(cache, teacher, batch, needs_grads and gradient_scale > 0)
+                       if needs_teacher else None)
             with autocast:
                 parts = student_loss_parts(method, hp, student, batch, targets, pairs, vector_form,
                                            gradient_scale=gradient_scale)
