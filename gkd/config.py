@@ -166,7 +166,7 @@ class Hyperparameters(_Strict):
         ge=1,
         le=1_000_000,
         description="Measure the whole-model cap's scale every K optimiser steps and reuse it in between (ours): "
-        "measuring needs a second backward pass through the student, a quarter of a cached gradient_kd step; 1 "
+        "measuring needs a second backward pass through the student, a third of a cached gradient_kd step; 1 "
         "measures every step. The per-tensor cap always measures.",
     )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of initialisation, data order and dropout.")
