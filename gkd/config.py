@@ -118,8 +118,9 @@ class Hyperparameters(_Strict):
         ge=0.0,
         le=1e6,
         description="Weight of the gradient loss (gradient_kd) or of the PKD term (pkd, gradient_kd_cls). "
-        "1 came out of our sweep (benchmarks/results/quality.md): with the delayed start, 0.03 to 10 all match "
-        "or beat kd in accuracy and saliency agreement grows with beta up to 1, then levels off.",
+        "1 came out of our sweep (benchmarks/results/quality.md): with the delayed start, 0.03 to 10 all land "
+        "within 0.2 points of kd's accuracy or above it, and saliency agreement grows with beta up to 1, then "
+        "levels off.",
     )
     gamma: float = Field(1.0, ge=0.0, le=1e6, description="Weight of the gradient terms of gradient_kd_cls.")
     kl_reduction: Literal["mean", "batchmean"] = Field(
