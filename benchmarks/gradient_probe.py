@@ -32,7 +32,13 @@ from gkd import losses  # noqa: E402
 from gkd.batching import collate, encode  # noqa: E402
 from gkd.config import DistillConfig  # noqa: E402
 from gkd.models import Teacher, load_teacher  # noqa: E402
-from gkd.objective import Batch, TeacherTargets, forward, teacher_targets  # noqa: E402
+from gkd.objective import (  # noqa: E402
+    Batch,
+    TeacherTargets,
+    forward,
+    student_saliency_gradients,
+    teacher_targets,
+)
 from gkd.trainer import Trainer  # noqa: E402
 
 
@@ -60,8 +66,12 @@ def gradient_loss(student: torch.nn.Module, batch: Batch, targets: TeacherTarget
                                   create_graph=True)
     assert targets.unit_gradients is not None
     loss = losses.gradient_alignment_loss(targets.unit_gradients.to(grad.dtype), grad, batch.attention_mask)
-    real = batch.attention_mask.bool()
-    return loss, float(grad.detach().norm(dim=-1)[real].mean())
+    return loss, mean_token_norm(grad, batch)
+
+
+def mean_token_norm(grad: torch.Tensor, batch: Batch) -> float:
+    """Mean L2 norm of the per-token input gradients over real tokens."""
+    return float(grad.detach().norm(dim=-1)[batch.attention_mask.bool()].mean())
 
 
 def finite_difference_check(student: torch.nn.Module, batch: Batch, targets: TeacherTargets) -> list[dict[str, float]]:
@@ -123,10 +133,7 @@ def kd_steps(student: torch.nn.Module, teacher: Teacher, texts: list[str], label
 
 def teacher_gradient_norm(teacher: Teacher, batch: Batch) -> float:
     """The teacher's mean per-token input-gradient norm on `batch` (the scale the student starts far below)."""
-    with torch.enable_grad():
-        result = forward(teacher.model, batch)
-        (grad,) = torch.autograd.grad(losses.confidence_signal(result.logits), [result.embedding_output])
-    return float(grad.norm(dim=-1)[batch.attention_mask.bool()].mean())
+    return mean_token_norm(student_saliency_gradients(teacher.model, batch)[1], batch)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -511,17 +511,13 @@ def step_cost(values: list[float], cap_measured: list[bool], every: int) -> floa
 def summarise(times: dict[str, list[float]], variants: list[Variant],
               cap_measured: dict[str, list[bool]] | None = None) -> list[dict[str, Any]]:
     measured = cap_measured or {}
-    costs = {}
-    for variant in variants:
-        values = times[variant.name]
-        flags = measured.get(variant.name) or [False] * len(values)
-        costs[variant.name] = step_cost(values, flags, variant.cap.every if variant.cap else 1)
+    flags = {v.name: measured.get(v.name) or [False] * len(times[v.name]) for v in variants}
+    costs = {v.name: step_cost(times[v.name], flags[v.name], v.cap.every if v.cap else 1) for v in variants}
     baseline = costs.get("kd", float("nan"))
     rows = []
     for variant in variants:
         values = times[variant.name]
         med = costs[variant.name]
-        flags = measured.get(variant.name) or [False] * len(values)
         rows.append({
             "method": variant.method,
             "cached": variant.cached if variant.method in TEACHER_METHODS else None,
@@ -531,7 +527,7 @@ def summarise(times: dict[str, list[float]], variants: list[Variant],
             "min_ms": min(values) if values else float("nan"),
             "max_ms": max(values) if values else float("nan"),
             "times_ms": values,
-            "cap_measuring_steps": sum(flags),
+            "cap_measuring_steps": sum(flags[variant.name]),
             "ratio_to_kd_uncached": med / baseline if baseline and not math.isnan(baseline) else None,
         })
     return rows

@@ -151,8 +151,9 @@ class Hyperparameters(_Strict):
         ge=0.0,
         lt=1.0,
         description="Leave the gradient terms out for this fraction of the steps, then start their ramp "
-        "(ours): a freshly cut student's input gradients are tiny, and the unit-normalised gradient loss is so "
-        "sharp there that Adam steps make it worse (docs/methods.md).",
+        "(ours): a freshly cut student's input gradients are about 2,000 times smaller than the teacher's, and "
+        "a gradient term active from step 0 made the student worse at both accuracy and saliency "
+        "(docs/methods.md).",
     )
     gradient_term_cap: float | None = Field(
         1.0,

@@ -134,7 +134,7 @@ class GradientCap:
         """Whether this step measures the scale (always per tensor, and on the first capped step)."""
         if self.per_tensor or self.every <= 1 or self._measured_step is None:
             return True
-        return self._measured_step == self._step or self._step - self._measured_step >= self.every
+        return self.measured_this_step or self._step - self._measured_step >= self.every
 
     def backward(
         self, base: Tensor, extra: Tensor, parameters: Sequence[torch.nn.Parameter], *, extra_weight: float = 1.0,

@@ -369,12 +369,9 @@ def test_optimizer_uses_the_fused_adamw_kernel_with_the_same_update_as_the_defau
     plain_model.load_state_dict(fused_model.state_dict())
     fused = _optimizer(fused_model, config)
     assert all(group["fused"] for group in fused.param_groups)
-    plain = torch.optim.AdamW([
-        {"params": [p for n, p in plain_model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n],
-         "weight_decay": 0.01},
-        {"params": [p for n, p in plain_model.named_parameters() if p.ndim < 2 or "LayerNorm" in n],
-         "weight_decay": 0.0},
-    ], lr=1e-3, foreach=True)
+    # the same parameter groups, stepped by the default for-each kernel
+    plain = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]}
+                               for g in _optimizer(plain_model, config).param_groups], lr=1e-3, foreach=True)
     ids = torch.randint(0, 50, (4, 6))
     for _ in range(3):
         for model, optimizer in ((fused_model, fused), (plain_model, plain)):
