@@ -419,7 +419,12 @@ def render(report: dict[str, Any], markdown: bool) -> str:
                         [["median wall s", f"{m['library_median_s']:.2f}", f"{m['service_median_s']:.2f}",
                           f"{m['ratio']:.3f}", f"{100 * m['overhead']:+.1f} % ({m['overhead_s']:+.2f} s)"]])]
     if m.get("pair_ratios"):
-        parts.append(f"\nper-repeat ratios: {', '.join(f'{r:.3f}' for r in m['pair_ratios'])}")
+        parts.append(f"\nper-repeat ratios: {', '.join(f'{r:.3f}' for r in m['pair_ratios'])} "
+                     f"(median {m['median_pair_ratio']:.3f})")
+    if len(m["library_s"]) > 1:  # the machine's own noise, against which the overhead is read
+        low, high = min(m["library_s"]), max(m["library_s"])
+        parts.append(f"library alone: {low:.2f} to {high:.2f} s over the repeats, a spread of "
+                     f"{100 * (high - low) / m['library_median_s']:.0f} % of its median")
     ph, lib = m["service_phases_median_s"], m.get("library_phases_median_s") or {}
     if ph:
         order = ["post_s", "queue_s", "prepare_s", "train_s", "checkpoints_s", "notify_s", "download_s"]

@@ -234,6 +234,7 @@ def make_callback(ctx: JobContext) -> Any:
             stored = ctx.read(lambda s: s.scalar(select(Job.metrics).where(Job.id == ctx.job_id))) or {}
             self.latest: dict[str, Any] = dict(stored.get("latest") or {})
             self.best: dict[str, Any] = dict(stored.get("best") or {})
+            self.best_archive: tuple[str, str, int, int] | None = None  # (path, sha256, size, step) packed here
 
         # Metrics and progress share one transaction with the event. The write comes first (it takes the
         # job's row lock, or SQLite's write lock), the status is read after it, inside the same transaction:
@@ -300,10 +301,17 @@ def make_callback(ctx: JobContext) -> Any:
                 if storage.kind != "local":
                     storage.publish(Path(path).relative_to(ctx.settings.storage).as_posix())
                 return
-            target = ctx.settings.storage / "jobs" / ctx.job_id / "checkpoints" / f"{kind}.tar.gz"
-            sha, size = pack_directory(Path(path), target, ctx.settings.checkpoint_compresslevel)
-            relative = target.relative_to(ctx.settings.storage).as_posix()
-            get_storage(ctx.settings).publish(relative)
+            if kind == "final" and self.best_archive is not None and self.best_archive[3] == progress.step:
+                # Training ended on its best evaluation: the weights are the same, so one archive serves both
+                # rows (same path and sha256) instead of packing and storing 60+ MB again.
+                relative, sha, size, _ = self.best_archive
+            else:
+                target = ctx.settings.storage / "jobs" / ctx.job_id / "checkpoints" / f"{kind}.tar.gz"
+                sha, size = pack_directory(Path(path), target, ctx.settings.checkpoint_compresslevel)
+                relative = target.relative_to(ctx.settings.storage).as_posix()
+                get_storage(ctx.settings).publish(relative)
+                if kind == "best":
+                    self.best_archive = (relative, sha, size, progress.step)
             card = Path(path) / "gkd_card.json"
             try:
                 metrics = _clean(json.loads(card.read_text(encoding="utf-8")).get("metrics") or {})
@@ -317,7 +325,8 @@ def make_callback(ctx: JobContext) -> Any:
                 if row is None:
                     row = Checkpoint(id=new_id("ckpt"), job_id=ctx.job_id, kind=kind, path=relative)
                     session.add(row)
-                row.sha256, row.size_bytes, row.step, row.metrics = sha, size, progress.step, metrics
+                row.path, row.sha256, row.size_bytes = relative, sha, size
+                row.step, row.metrics = progress.step, metrics
                 row.created_at = utcnow()
                 session.flush()
                 append_event(session, ctx.job_id, "checkpoint", f"{kind} checkpoint at step {progress.step}",

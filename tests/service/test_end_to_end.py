@@ -177,6 +177,13 @@ def test_job_succeeds_and_checkpoint_loads(stack: Stack, api: TestClient, tiny_t
     checkpoints = api.get(f"/v1/jobs/{job['id']}/checkpoints", headers=headers).json()["data"]
     kinds = {c["kind"]: c for c in checkpoints}
     assert "final" in kinds
+    # One epoch, one evaluation (at its end): training ended on its best, so both rows share one archive.
+    assert kinds["best"]["step"] == kinds["final"]["step"] == final["progress"]["total_steps"]
+    assert kinds["best"]["sha256"] == kinds["final"]["sha256"]
+    assert kinds["best"]["size_bytes"] == kinds["final"]["size_bytes"]
+    assert kinds["best"]["id"] != kinds["final"]["id"]
+    stored = sorted(p.name for p in (stack.settings.storage / "jobs" / job["id"] / "checkpoints").iterdir())
+    assert stored == ["best.tar.gz"], stored
     chosen = kinds.get("best") or kinds["final"]
     content = api.get(f"/v1/jobs/{job['id']}/checkpoints/{chosen['id']}/content", headers=headers)
     assert content.status_code == 200
