@@ -124,7 +124,7 @@ class Variant:
     pairs: list[tuple[int, int]]
     vector_form: bool
     autocast: Any
-    cap: Any = None  # the run's GradientCap: its measurement schedule carries across steps as in training
+    cap: Any  # the run's GradientCap or None: its measurement schedule carries across steps as in training
 
     @property
     def name(self) -> str:
@@ -137,7 +137,8 @@ class Variant:
         """The trainer's optimisation step (one micro-batch)."""
         return self.trainer._optimisation_step(
             self.student, self.optimizer, self.scheduler, [indices], dataset, cache if self.cached else None,
-            teacher, pad_id, self.pairs, self.vector_form, self.autocast, cap=self.cap,
+            teacher, pad_id, self.pairs, self.vector_form, self.autocast, gradient_scale=1.0,
+            cap=self.cap,
         )
 
 

@@ -384,14 +384,13 @@ class Trainer:
         pairs: list[tuple[int, int]],
         vector_form: bool,
         autocast: contextlib.AbstractContextManager[Any],
-        gradient_scale: float = 1.0,
-        cap: GradientCap | None = None,
+        *,
+        gradient_scale: float,
+        cap: GradientCap | None,
     ) -> StepMetrics:
-        """One optimiser step over the micro-batches of `group`. `cap` (see `gradient_cap`) keeps its
-        measurement schedule across steps; without it the cap, if configured, measures every step."""
+        """One optimiser step over the micro-batches of `group`. `cap` is the run's `gradient_cap(hp)` (None:
+        no cap): it keeps its measurement schedule across steps, so it is made once, not per step."""
         hp = self.config.hyperparameters
-        if cap is None:
-            cap = gradient_cap(hp, every=1)
         if cap is not None:
             cap.next_step()
         method = self.config.method
