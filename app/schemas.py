@@ -174,12 +174,15 @@ class EventOut(BaseModel):
 
 
 class CheckpointOut(BaseModel):
+    """A trained student as a `.tar.gz` of a Hugging Face model directory."""
+
     id: str
     object: Literal["checkpoint"] = "checkpoint"
     job: str
-    kind: str
-    step: int
-    sha256: str
+    kind: str = Field(description="`best` (best dev accuracy so far) or `final` (after the last epoch)")
+    step: int = Field(description="the optimiser step the weights are from")
+    sha256: str = Field(description="of the archive; `best` and `final` share one archive (and this value) "
+                                    "when training ended on its best evaluation")
     size_bytes: int
     metrics: dict[str, Any]
     created_at: datetime
