@@ -394,8 +394,10 @@ def merge(paths: Sequence[str], out: Path, args: argparse.Namespace,
     merged = {**first, "runs": []}
     merged["teacher_reference"] = next((r["teacher_reference"] for r in reports if r.get("teacher_reference")), None)
     merged["environment"] = common.environment(argv)
-    merged["merged_from"] = [{"file": str(path), "command": report.get("environment", {}).get("command")}
-                             for path, report in zip(paths, reports, strict=True)]
+    merged["merged_from"] = [  # a file that was itself merged keeps its own sources
+        {"file": str(path), "command": report.get("environment", {}).get("command"),
+         **({"merged_from": report["merged_from"]} if report.get("merged_from") else {})}
+        for path, report in zip(paths, reports, strict=True)]
     seen: set[str] = set()
     for report in reports:
         for run in report["runs"]:
