@@ -396,6 +396,24 @@ def run_job(settings: Settings, job_id: str) -> str:
     claim = ctx.claim(worker)
     if claim is None:
         return "skipped"
+    status = _run_claimed(ctx, worker)
+    if status in TERMINAL_STATUSES:
+        discard_work(settings, job_id)
+    return status
+
+
+def discard_work(settings: Settings, job_id: str) -> None:
+    """Remove a finished job's scratch: the exported `best`/`final` directories and the training state,
+    several times the checkpoint's size, locally and in a bucket. The packed checkpoints are kept."""
+    try:
+        get_storage(settings).delete(f"jobs/{job_id}/work")
+    except Exception:  # noqa: BLE001 - a leftover directory is no reason to touch a finished job
+        log.warning("could not remove the work directory of job %s", job_id, exc_info=True)
+
+
+def _run_claimed(ctx: JobContext, worker: str) -> str:
+    """Train a claimed job and move it to its next status (terminal, or back to the queue when draining)."""
+    settings, job_id = ctx.settings, ctx.job_id
     heartbeat = Heartbeat(ctx, worker)
     heartbeat.start()
     try:

@@ -182,8 +182,14 @@ def test_job_succeeds_and_checkpoint_loads(stack: Stack, api: TestClient, tiny_t
     assert kinds["best"]["sha256"] == kinds["final"]["sha256"]
     assert kinds["best"]["size_bytes"] == kinds["final"]["size_bytes"]
     assert kinds["best"]["id"] != kinds["final"]["id"]
-    stored = sorted(p.name for p in (stack.settings.storage / "jobs" / job["id"] / "checkpoints").iterdir())
+    job_dir = stack.settings.storage / "jobs" / job["id"]
+    stored = sorted(p.name for p in (job_dir / "checkpoints").iterdir())
     assert stored == ["best.tar.gz"], stored
+    # The exported directories and the training state go once the job has ended (just after `succeeded`).
+    deadline = time.monotonic() + 30
+    while (job_dir / "work").exists():
+        assert time.monotonic() < deadline, list((job_dir / "work").rglob("*"))
+        time.sleep(0.1)
     chosen = kinds.get("best") or kinds["final"]
     content = api.get(f"/v1/jobs/{job['id']}/checkpoints/{chosen['id']}/content", headers=headers)
     assert content.status_code == 200
