@@ -58,7 +58,7 @@ bench-api: install
 	$(PY) -m benchmarks.api
 
 bench-e2e: install
-	$(PY) -m benchmarks.end_to_end --repeats 7
+	$(PY) -m benchmarks.end_to_end --repeats 21
 
 # The long quality run (every method x depth x 3 seeds on the movie-review benchmark; hours on 2 cores).
 bench-quality: install $(EXAMPLE_TEACHER)
