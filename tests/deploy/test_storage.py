@@ -153,3 +153,28 @@ def dataset_tenant(settings: Settings, headers: dict[str, str]) -> str:
     from tests.service.conftest import tenant_id_of
 
     return tenant_id_of(settings, headers)
+
+
+def test_finished_job_scratch_is_removed_from_the_bucket_and_disk(
+    tmp_path: Path, s3_server: dict[str, Any], bucket: str, sqlite_url: str
+) -> None:
+    from worker.runner import discard_work
+
+    settings = s3_settings(tmp_path / "worker", s3_server, bucket, sqlite_url)
+    storage = get_storage(settings)
+    for relative in ("jobs/j/work/state/training_state.pt", "jobs/j/checkpoints/best.tar.gz",
+                     "jobs/other/work/state/training_state.pt"):
+        path = storage.local_path(relative)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 10)
+        storage.publish(relative)
+    (storage.local_path("jobs/j/work/best")).mkdir()
+    (storage.local_path("jobs/j/work/best/config.json")).write_text("{}")
+
+    discard_work(settings, "j")
+
+    assert not storage.local_path("jobs/j/work").exists()
+    assert not storage.exists("jobs/j/work/state/training_state.pt")
+    assert storage.exists("jobs/j/checkpoints/best.tar.gz")  # the packed checkpoints stay
+    assert storage.exists("jobs/other/work/state/training_state.pt")  # another job's scratch is untouched
+    discard_work(settings, "j")  # nothing left: no error
