@@ -395,6 +395,8 @@ def run_job(settings: Settings, job_id: str) -> str:
         return "requeued"
     claim = ctx.claim(worker)
     if claim is None:
+        if ctx.status() in TERMINAL_STATUSES:  # e.g. failed just now by the attempt limit: its scratch can go
+            discard_work(settings, job_id)
         return "skipped"
     status = _run_claimed(ctx, worker)
     if status in TERMINAL_STATUSES:

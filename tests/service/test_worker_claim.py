@@ -70,6 +70,30 @@ def test_attempt_limit_fails_the_job(settings: Settings, job_id: str) -> None:
     assert events[-1][2] == {"status": "failed"}
 
 
+def test_job_failed_by_the_attempt_limit_loses_its_scratch(settings: Settings, job_id: str) -> None:
+    from worker.runner import run_job
+
+    stale = utcnow() - timedelta(seconds=settings.stale_after_seconds + 5)
+    set_job(settings, job_id, status="running", attempts=settings.max_attempts, heartbeat_at=stale)
+    work = settings.storage / "jobs" / job_id / "work" / "state"
+    work.mkdir(parents=True)
+    (work / "training_state.pt").write_bytes(b"left by the lost workers")
+    assert run_job(settings, job_id) == "skipped"
+    job, _ = job_and_events(settings, job_id)
+    assert job.status == "failed" and "gave up" in job.error
+    assert not work.parent.exists()
+
+
+def test_duplicate_delivery_keeps_the_running_job_scratch(settings: Settings, job_id: str) -> None:
+    from worker.runner import run_job
+
+    assert JobContext(settings, job_id).claim("w1") is not None  # another worker holds it, heartbeat fresh
+    work = settings.storage / "jobs" / job_id / "work"
+    work.mkdir(parents=True)
+    assert run_job(settings, job_id) == "skipped"
+    assert work.is_dir()
+
+
 def test_cancel_requested_while_worker_was_lost(settings: Settings, job_id: str) -> None:
     stale = utcnow() - timedelta(seconds=settings.stale_after_seconds + 5)
     set_job(settings, job_id, status="cancelling", attempts=1, heartbeat_at=stale)
