@@ -40,6 +40,21 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def work_dir(job_id: str) -> str:
+    """A job's scratch, relative to the storage root: the trainer's output_dir (exported directories, state)."""
+    return f"jobs/{job_id}/work"
+
+
+@dataclass(frozen=True)
+class PackedArchive:
+    """A checkpoint archive this attempt packed: where it lies, its digest and size, and the step it holds."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+    step: int
+
+
 @dataclass
 class Claim:
     attempt: int
@@ -234,7 +249,7 @@ def make_callback(ctx: JobContext) -> Any:
             stored = ctx.read(lambda s: s.scalar(select(Job.metrics).where(Job.id == ctx.job_id))) or {}
             self.latest: dict[str, Any] = dict(stored.get("latest") or {})
             self.best: dict[str, Any] = dict(stored.get("best") or {})
-            self.best_archive: tuple[str, str, int, int] | None = None  # (path, sha256, size, step) packed here
+            self.best_archive: PackedArchive | None = None  # the `best` archive this attempt packed
 
         # Metrics and progress share one transaction with the event. The write comes first (it takes the
         # job's row lock, or SQLite's write lock), the status is read after it, inside the same transaction:
@@ -301,17 +316,18 @@ def make_callback(ctx: JobContext) -> Any:
                 if storage.kind != "local":
                     storage.publish(Path(path).relative_to(ctx.settings.storage).as_posix())
                 return
-            if kind == "final" and self.best_archive is not None and self.best_archive[3] == progress.step:
+            packed = self.best_archive
+            if kind == "final" and packed is not None and packed.step == progress.step:
                 # Training ended on its best evaluation: the weights are the same, so one archive serves both
                 # rows (same path and sha256) instead of packing and storing 60+ MB again.
-                relative, sha, size, _ = self.best_archive
+                relative, sha, size = packed.path, packed.sha256, packed.size_bytes
             else:
                 target = ctx.settings.storage / "jobs" / ctx.job_id / "checkpoints" / f"{kind}.tar.gz"
                 sha, size = pack_directory(Path(path), target, ctx.settings.checkpoint_compresslevel)
                 relative = target.relative_to(ctx.settings.storage).as_posix()
                 get_storage(ctx.settings).publish(relative)
                 if kind == "best":
-                    self.best_archive = (relative, sha, size, progress.step)
+                    self.best_archive = PackedArchive(relative, sha, size, progress.step)
             card = Path(path) / "gkd_card.json"
             try:
                 metrics = _clean(json.loads(card.read_text(encoding="utf-8")).get("metrics") or {})
@@ -364,7 +380,7 @@ def build_config(settings: Settings, job_id: str) -> Any:
         if teacher is None or train is None:
             raise RuntimeError("the job's teacher or training dataset no longer exists")
         storage = get_storage(settings)  # a bucket's objects are downloaded to this worker's storage directory
-        work = settings.storage / "jobs" / job_id / "work"
+        work = settings.storage / work_dir(job_id)
         state = (work / "state" / STATE_FILE).relative_to(settings.storage).as_posix()
         if storage.kind != "local" and storage.exists(state):
             storage.materialize(state, refresh=True)  # the latest state, whoever saved it
@@ -408,7 +424,7 @@ def discard_work(settings: Settings, job_id: str) -> None:
     """Remove a finished job's scratch: the exported `best`/`final` directories and the training state,
     several times the checkpoint's size, locally and in a bucket. The packed checkpoints are kept."""
     try:
-        get_storage(settings).delete(f"jobs/{job_id}/work")
+        get_storage(settings).delete(work_dir(job_id))
     except Exception:  # noqa: BLE001 - a leftover directory is no reason to touch a finished job
         log.warning("could not remove the work directory of job %s", job_id, exc_info=True)
 
