@@ -235,16 +235,8 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server's processes so far (Linux /proc)."""
-        total = 0.0
-        tick = os.sysconf("SC_CLK_TCK")
         pids = self.worker_pids() + ([self.process.pid] if self.process and self.workers > 1 else [])
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
-            except (OSError, IndexError, ValueError):
-                pass
-        return total
+        return sum(common.process_cpu_seconds(pid) or 0.0 for pid in pids)
 
     def stop(self) -> None:
         if self.process is None:

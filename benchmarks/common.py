@@ -98,6 +98,35 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def process_counters(pid: int | str = "self") -> dict[str, float] | None:
+    """CPU seconds (user, system) and minor page faults of a process so far, all threads (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return {"user": int(fields[11]) / tick, "system": int(fields[12]) / tick, "minor_faults": int(fields[7])}
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_cpu_seconds(pid: int | str = "self") -> float | None:
+    """User + system CPU time of process `pid` so far, all its threads (Linux /proc; None elsewhere)."""
+    counters = process_counters(pid)
+    return None if counters is None else counters["user"] + counters["system"]
+
+
+def named_processes_cpu_seconds(names: Sequence[str]) -> float:
+    """Summed CPU time of every process whose command name is one of `names` (e.g. the database servers)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
+        except (OSError, IndexError):
+            continue
+        if comm in names:
+            total += process_cpu_seconds(int(stat.parent.name)) or 0.0
+    return total
+
+
 def current_rss_mb() -> float | None:
     try:
         with open("/proc/self/statm", encoding="ascii") as handle:

@@ -166,14 +166,22 @@ def run_library(args: argparse.Namespace, teacher: Path, train_csv: Path, cache_
         "num_threads": args.threads,
     })
     clock = PhaseClock()
+    counters_start = common.process_counters() or {}
     start = time.perf_counter()
     result = Trainer(config, [clock]).train(resume=False)
     end = time.perf_counter()
+    counters_end = common.process_counters() or {}
     if result.stopped or not (out / "final").is_dir():
         raise RuntimeError(f"library run did not finish: {result}")
     started, checkpoint = clock.marks.get("started", start), clock.marks.get("checkpoint", end)
     phases = {"prepare_s": started - start, "train_s": checkpoint - started, "checkpoints_s": end - checkpoint}
-    return {"seconds": end - start, "phases": {k: round(v, 3) for k, v in phases.items()}}
+    return {"seconds": end - start, "phases": {k: round(v, 3) for k, v in phases.items()},
+            "cpu_s": trainer_counters(counters_start, counters_end)}
+
+
+def trainer_counters(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The training process's CPU (user, system) and minor page faults over one run."""
+    return {f"trainer_{name}": round(after[name] - before[name], 3) for name in before if name in after}
 
 
 # ---------------------------------------------------------------- service
@@ -295,13 +303,24 @@ def upload_dataset(client: Any, path: Path) -> tuple[str, float]:
     return response.json()["id"], time.perf_counter() - start
 
 
+def cpu_snapshot(worker: Worker, server: Server) -> dict[str, Any]:
+    """CPU seconds so far of each process a job runs through: where extra wall time is work, not waiting."""
+    return {
+        "trainer": (common.process_counters(worker.process.pid) if worker.process else None) or {},
+        "api": server.cpu_seconds(),
+        "client": time.process_time(),
+        "databases": common.named_processes_cpu_seconds(("postgres", "redis-server")),
+    }
+
+
 def run_service(args: argparse.Namespace, client: Any, teacher_id: str, train_csv: Path, worker: Worker,
-                download_dir: Path) -> dict[str, Any]:
+                server: Server, download_dir: Path) -> dict[str, Any]:
     """One job through the API; the wall time runs from POST /v1/jobs to the downloaded, checked checkpoint."""
     dataset_id, upload_s = upload_dataset(client, train_csv)
     body = {"teacher": teacher_id, "method": args.method, "student": student(args),
             "training_dataset": dataset_id, "hyperparameters": hyperparameters(args), "device": "cpu",
             "name": "bench end_to_end"}
+    cpu_before = cpu_snapshot(worker, server)
     posted_at = time.time()
     start = time.perf_counter()
     response = client.post("/v1/jobs", json=body)
@@ -311,6 +330,7 @@ def run_service(args: argparse.Namespace, client: Any, teacher_id: str, train_cs
     job_id = response.json()["id"]
     events = follow(client, job_id, args.job_timeout, worker)
     streamed_at = time.perf_counter()
+    cpu_after = cpu_snapshot(worker, server)
     final = events[-1]
     if final["data"].get("status") != "succeeded":
         raise RuntimeError(f"job {job_id} ended {final['data']}:\n{worker.log_tail()}")
@@ -356,6 +376,8 @@ def run_service(args: argparse.Namespace, client: Any, teacher_id: str, train_cs
     }
     return {"seconds": elapsed, "job": job_id, "upload_s": upload_s, "events": len(events),
             "checkpoint_kind": chosen["kind"], "checkpoint_bytes": chosen["size_bytes"],
+            "cpu_s": {**trainer_counters(cpu_before["trainer"], cpu_after["trainer"]),
+                      **{k: round(cpu_after[k] - cpu_before[k], 3) for k in ("api", "client", "databases")}},
             "phases": {k: round(v, 3) if v is not None else None for k, v in phases.items()}}
 
 
@@ -386,6 +408,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return {name: round(common.median([r["phases"][name] for r in runs if r["kind"] == kind
                                            and r["phases"].get(name) is not None]), 3) for name in names}
 
+    def cpu_medians(kind: str) -> dict[str, float]:
+        names = sorted({k for r in runs if r["kind"] == kind for k in r.get("cpu_s", {})})
+        return {name: round(common.median([r["cpu_s"][name] for r in runs if r["kind"] == kind
+                                           and name in r.get("cpu_s", {})]), 3) for name in names}
+
     return {
         "library_s": library, "service_s": service,
         "library_median_s": round(lib_median, 3), "service_median_s": round(svc_median, 3),
@@ -394,6 +421,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "pair_ratios": [round(r, 4) for r in pair_ratios],
         "median_pair_ratio": round(common.median(pair_ratios), 4) if pair_ratios else None,
         "service_phases_median_s": phase_medians("service"),
+        "service_cpu_median_s": cpu_medians("service"),
+        "library_cpu_median_s": cpu_medians("library"),
         "library_phases_median_s": phase_medians("library"),
     }
 
@@ -443,6 +472,23 @@ def render(report: dict[str, Any], markdown: bool) -> str:
                      "state, the service also packs and records the checkpoints and finishes the job); notify: "
                      "`succeeded` committed -> seen on the SSE stream; download: list + download + sha256 of the "
                      "checkpoint.")
+    svc_cpu, lib_cpu = m.get("service_cpu_median_s") or {}, m.get("library_cpu_median_s") or {}
+    if svc_cpu:
+        names = [n for n in ("trainer_user", "trainer_system", "trainer_minor_faults", "api", "client", "databases")
+                 if n in svc_cpu]
+        def cell(value: float | None, name: str) -> str:
+            return "-" if value is None else f"{value:.0f}" if name.endswith("faults") else f"{value:.2f}"
+        rows = [["service", *(cell(svc_cpu[n], n) for n in names)]]
+        if lib_cpu:
+            rows.append(["library", *(cell(lib_cpu.get(n), n) for n in names)])
+        parts += ["", "## CPU time per run (median s)" if markdown else "CPU s:", "",
+                  table(["", *(n.replace("_", " ") for n in names)], rows)]
+        parts.append("\nUser and system CPU of each process over a run, all threads (/proc), and the trainer's minor "
+                     "page faults (fresh memory the kernel zeroes): trainer is the Celery "
+                     "worker from POST to the `succeeded` event (the library: `train()`), api the uvicorn "
+                     "process, client this script (SSE stream, download), databases every postgres and "
+                     "redis-server process on the machine. Extra wall time with no extra CPU is waiting "
+                     "(contention for the cores), extra CPU is extra work.")
     parts += common.targets_section(report["targets"], markdown)
     return "\n".join(parts) + "\n"
 
@@ -480,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             downloads.mkdir()
             with httpx.Client(base_url=server.url, headers=headers, timeout=60.0) as client:
                 before = cache_entries(cache_dir)
-                warm_service = run_service(args, client, teacher_id, train_csv, worker, downloads)
+                warm_service = run_service(args, client, teacher_id, train_csv, worker, server, downloads)
                 print(f"[warm-up] service {warm_service['seconds']:.2f} s (worker ready after {ready_s:.1f} s); "
                       f"cache entries {len(before)} -> {len(cache_entries(cache_dir))}", flush=True)
                 background = common.background_load()
@@ -494,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                             run = run_library(args, teacher, train_csv, cache_dir, out)
                             shutil.rmtree(out, ignore_errors=True)
                         else:
-                            run = run_service(args, client, teacher_id, train_csv, worker, downloads)
+                            run = run_service(args, client, teacher_id, train_csv, worker, server, downloads)
                         run.update(kind=kind, repeat=repeat, cache_warm=cache_entries(cache_dir) == before)
                         runs.append(run)
                         print(f"  repeat {repeat} {kind:<8} {run['seconds']:7.2f} s"

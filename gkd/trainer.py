@@ -27,6 +27,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from gkd import data as gdata
+from gkd.allocator import reuse_freed_memory
 from gkd.batching import EncodedDataset, collate, encode, epoch_batches, eval_batches
 from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress
 from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, ConfigError, DistillConfig, Hyperparameters, layer_map
@@ -208,6 +209,8 @@ class Trainer:
         config, hp = self.config, self.config.hyperparameters
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
+        if config.reuse_freed_memory:
+            reuse_freed_memory()
         seed_everything(hp.seed)
         splits = self._load_splits()
         if not splits.get("train"):
