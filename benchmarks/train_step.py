@@ -50,6 +50,7 @@ import torch  # noqa: E402
 
 import gkd.trainer as gtrainer  # noqa: E402
 from gkd import losses  # noqa: E402
+from gkd.allocator import reuse_freed_memory  # noqa: E402
 from gkd.batching import EncodedDataset, collate, encode, epoch_batches  # noqa: E402
 from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, DistillConfig, Hyperparameters, layer_map  # noqa: E402
 from gkd.models import Teacher, load_teacher  # noqa: E402
@@ -272,6 +273,8 @@ def make_variant(method: str, cached: bool, args: argparse.Namespace, teacher: T
         "device": args.device,
         "cache": "auto" if cached else "off",
     })
+    if config.reuse_freed_memory:  # the process setting Trainer.train() makes before its first step
+        reuse_freed_memory()
     trainer = gtrainer.Trainer(config, examples={"train": []}, teacher=teacher)
     trainer._pad_id = int(teacher.tokenizer.pad_token_id or 0)
     torch.manual_seed(args.seed)
