@@ -166,17 +166,21 @@ def run_library(args: argparse.Namespace, teacher: Path, train_csv: Path, cache_
         "num_threads": args.threads,
     })
     clock = PhaseClock()
-    counters_start = common.process_counters() or {}
+    counters_start, stolen_start = common.process_counters() or {}, common.stolen_seconds()
     start = time.perf_counter()
     result = Trainer(config, [clock]).train(resume=False)
     end = time.perf_counter()
-    counters_end = common.process_counters() or {}
+    counters_end, stolen_end = common.process_counters() or {}, common.stolen_seconds()
     if result.stopped or not (out / "final").is_dir():
         raise RuntimeError(f"library run did not finish: {result}")
     started, checkpoint = clock.marks.get("started", start), clock.marks.get("checkpoint", end)
     phases = {"prepare_s": started - start, "train_s": checkpoint - started, "checkpoints_s": end - checkpoint}
     return {"seconds": end - start, "phases": {k: round(v, 3) for k, v in phases.items()},
-            "cpu_s": trainer_counters(counters_start, counters_end)}
+            "cpu_s": {**trainer_counters(counters_start, counters_end), **stolen(stolen_start, stolen_end)}}
+
+
+def stolen(before: float | None, after: float | None) -> dict[str, float]:
+    return {} if before is None or after is None else {"stolen": round(after - before, 3)}
 
 
 def trainer_counters(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -310,6 +314,7 @@ def cpu_snapshot(worker: Worker, server: Server) -> dict[str, Any]:
         "api": server.cpu_seconds(),
         "client": time.process_time(),
         "databases": common.named_processes_cpu_seconds(("postgres", "redis-server")),
+        "stolen": common.stolen_seconds(),
     }
 
 
@@ -377,7 +382,8 @@ def run_service(args: argparse.Namespace, client: Any, teacher_id: str, train_cs
     return {"seconds": elapsed, "job": job_id, "upload_s": upload_s, "events": len(events),
             "checkpoint_kind": chosen["kind"], "checkpoint_bytes": chosen["size_bytes"],
             "cpu_s": {**trainer_counters(cpu_before["trainer"], cpu_after["trainer"]),
-                      **{k: round(cpu_after[k] - cpu_before[k], 3) for k in ("api", "client", "databases")}},
+                      **{k: round(cpu_after[k] - cpu_before[k], 3) for k in ("api", "client", "databases")},
+                      **stolen(cpu_before["stolen"], cpu_after["stolen"])},
             "phases": {k: round(v, 3) if v is not None else None for k, v in phases.items()}}
 
 
@@ -474,8 +480,8 @@ def render(report: dict[str, Any], markdown: bool) -> str:
                      "checkpoint.")
     svc_cpu, lib_cpu = m.get("service_cpu_median_s") or {}, m.get("library_cpu_median_s") or {}
     if svc_cpu:
-        names = [n for n in ("trainer_user", "trainer_system", "trainer_minor_faults", "api", "client", "databases")
-                 if n in svc_cpu]
+        names = [n for n in ("trainer_user", "trainer_system", "trainer_minor_faults", "api", "client", "databases",
+                             "stolen") if n in svc_cpu]
         def cell(value: float | None, name: str) -> str:
             return "-" if value is None else f"{value:.0f}" if name.endswith("faults") else f"{value:.2f}"
         rows = [["service", *(cell(svc_cpu[n], n) for n in names)]]
@@ -487,7 +493,8 @@ def render(report: dict[str, Any], markdown: bool) -> str:
                      "page faults (fresh memory the kernel zeroes): trainer is the Celery "
                      "worker from POST to the `succeeded` event (the library: `train()`), api the uvicorn "
                      "process, client this script (SSE stream, download), databases every postgres and "
-                     "redis-server process on the machine. Extra wall time with no extra CPU is waiting "
+                     "redis-server process on the machine, stolen the time the hypervisor gave other guests "
+                     "(all CPUs; /proc/stat). Extra wall time with no extra CPU is waiting "
                      "(contention for the cores), extra CPU is extra work.")
     parts += common.targets_section(report["targets"], markdown)
     return "\n".join(parts) + "\n"
