@@ -63,6 +63,11 @@ def test_end_to_end_benchmark_tiny(tmp_path: Path) -> None:
     service = saved["runs"][1]
     assert service["checkpoint_bytes"] > 0 and service["events"] >= 4
     assert service["phases"]["queue_s"] is not None and service["phases"]["download_s"] >= 0
+    # Each run's CPU comes from the process that trained: the worker for the service, this process for the
+    # library (Linux /proc); a training that used no CPU would mean the wrong process was read.
+    for run in saved["runs"]:
+        assert run["cpu_s"]["trainer_user"] + run["cpu_s"]["trainer_system"] > 0, run
+    assert {"api", "client", "databases"} <= set(service["cpu_s"])
     summary = saved["summary"]
     # From the unrounded run times: the stored medians are rounded to 1 ms, which on a 0.05 s tiny run moves
     # the ratio by more than 1 %.
@@ -71,3 +76,4 @@ def test_end_to_end_benchmark_tiny(tmp_path: Path) -> None:
     assert {t["name"].split(" (")[0] for t in saved["targets"]} >= {"service overhead < 10 %"}
     markdown = out.with_suffix(".md").read_text(encoding="utf-8")
     assert "python -m benchmarks.end_to_end" in markdown and "overhead" in markdown
+    assert "CPU time per run" in markdown
