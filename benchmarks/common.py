@@ -98,12 +98,17 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def _stat_counters(stat: str) -> dict[str, float]:
+    """User and system CPU seconds and minor page faults from the text of a /proc/<pid>/stat file."""
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces and parentheses
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"user": int(fields[11]) / tick, "system": int(fields[12]) / tick, "minor_faults": int(fields[7])}
+
+
 def process_counters(pid: int | str = "self") -> dict[str, float] | None:
     """CPU seconds (user, system) and minor page faults of a process so far, all threads (Linux /proc)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        return {"user": int(fields[11]) / tick, "system": int(fields[12]) / tick, "minor_faults": int(fields[7])}
+        return _stat_counters(Path(f"/proc/{pid}/stat").read_text())
     except (OSError, IndexError, ValueError):
         return None
 
@@ -129,13 +134,14 @@ def stolen_seconds() -> float | None:
 def named_processes_cpu_seconds(names: Sequence[str]) -> float:
     """Summed CPU time of every process whose command name is one of `names` (e.g. the database servers)."""
     total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for path in Path("/proc").glob("[0-9]*/stat"):
         try:
-            comm = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
-        except (OSError, IndexError):
+            stat = path.read_text()
+            if stat.split("(", 1)[1].rsplit(")", 1)[0] in names:
+                counters = _stat_counters(stat)
+                total += counters["user"] + counters["system"]
+        except (OSError, IndexError, ValueError):
             continue
-        if comm in names:
-            total += process_cpu_seconds(int(stat.parent.name)) or 0.0
     return total
 
 

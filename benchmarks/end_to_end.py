@@ -409,15 +409,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     pair_ratios = [p["service"] / p["library"] for p in pairs.values() if {"service", "library"} <= set(p)]
     lib_median, svc_median = common.median(library), common.median(service)
     ratio = svc_median / lib_median if lib_median else float("nan")
-    def phase_medians(kind: str) -> dict[str, float]:
-        names = sorted({k for r in runs if r["kind"] == kind for k in r.get("phases", {})})
-        return {name: round(common.median([r["phases"][name] for r in runs if r["kind"] == kind
-                                           and r["phases"].get(name) is not None]), 3) for name in names}
-
-    def cpu_medians(kind: str) -> dict[str, float]:
-        names = sorted({k for r in runs if r["kind"] == kind for k in r.get("cpu_s", {})})
-        return {name: round(common.median([r["cpu_s"][name] for r in runs if r["kind"] == kind
-                                           and name in r.get("cpu_s", {})]), 3) for name in names}
+    def medians(kind: str, field: str) -> dict[str, float]:
+        """Per name in the runs' `field` dict (phases, cpu_s): the median over this kind's runs that have it."""
+        own = [r.get(field, {}) for r in runs if r["kind"] == kind]
+        names = sorted({name for values in own for name in values})
+        return {name: round(common.median([v[name] for v in own if v.get(name) is not None]), 3)
+                for name in names}
 
     return {
         "library_s": library, "service_s": service,
@@ -426,10 +423,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "overhead_s": round(svc_median - lib_median, 3),
         "pair_ratios": [round(r, 4) for r in pair_ratios],
         "median_pair_ratio": round(common.median(pair_ratios), 4) if pair_ratios else None,
-        "service_phases_median_s": phase_medians("service"),
-        "service_cpu_median_s": cpu_medians("service"),
-        "library_cpu_median_s": cpu_medians("library"),
-        "library_phases_median_s": phase_medians("library"),
+        "service_phases_median_s": medians("service", "phases"),
+        "service_cpu_median_s": medians("service", "cpu_s"),
+        "library_cpu_median_s": medians("library", "cpu_s"),
+        "library_phases_median_s": medians("library", "phases"),
     }
 
 

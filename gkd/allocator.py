@@ -16,7 +16,6 @@ itself stays about the same (measured 1,148 against 1,127 MiB). Elsewhere (macOS
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 # <malloc.h> parameter numbers (glibc).
@@ -28,9 +27,8 @@ TRIM_THRESHOLD_BYTES = 2**31 - 1
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the symbols already loaded in this process: the C library among them
     except OSError:
         return None
     # musl and others have no gnu_get_libc_version; their mallopt (if any) means something else or nothing.
