@@ -203,6 +203,22 @@ def make_tiny_teacher(
     return directory
 
 
+def make_random_teacher_like(source: Path, directory: Path, *, num_layers: int, hidden: int, seed: int = 0) -> Path:
+    """A randomly initialised BERT classifier of another size with `source`'s tokenizer and labels, for timing
+    teachers larger than the example one (BERT-base is 12 x 768); its predictions mean nothing."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
+
+    config = AutoConfig.from_pretrained(str(source))
+    config.num_hidden_layers, config.hidden_size = num_layers, hidden
+    config.num_attention_heads, config.intermediate_size = hidden // 64, 4 * hidden
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(str(directory), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(directory))
+    return directory
+
+
 def tiny_teacher_dir(max_positions: int = 160) -> Path:
     """A tiny teacher in a fresh temporary directory (callers may delete it)."""
     return make_tiny_teacher(Path(tempfile.mkdtemp(prefix="gkd-bench-teacher-")), max_positions=max_positions)

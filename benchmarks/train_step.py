@@ -74,6 +74,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--student-layers", type=int, default=3)
     parser.add_argument("--teacher", default=common.DEFAULT_TEACHER)
     parser.add_argument("--tiny", action="store_true", help="use a tiny random teacher (and synthetic data)")
+    parser.add_argument("--random-teacher", default=None, metavar="LAYERSxHIDDEN",
+                        help="time a randomly initialised teacher of this size (e.g. 12x768, BERT-base) with "
+                        "--teacher's tokenizer and labels: timing only, its predictions mean nothing")
     parser.add_argument("--synthetic-data", action="store_true", help="synthetic sentences instead of reviews")
     parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -108,6 +111,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown shapes {bad}; choose from {', '.join(SHAPES)}")
     if args.tiny:
         args.synthetic_data = True
+    if args.random_teacher is not None:
+        try:
+            layers, hidden = (int(part) for part in args.random_teacher.lower().split("x"))
+        except ValueError:
+            parser.error(f"--random-teacher takes LAYERSxHIDDEN, e.g. 12x768, not {args.random_teacher!r}")
+        if layers < 1 or hidden < 64 or hidden % 64:
+            parser.error("--random-teacher needs at least 1 layer and a hidden size that is a multiple of 64")
+        args.random_teacher_shape = (layers, hidden)
     return args
 
 
@@ -171,6 +182,13 @@ def resolve_teacher(args: argparse.Namespace, scratch: Path) -> Path:
             f"teacher {path} not found: train it with `gkd example-teacher` (make example-teacher), pass "
             "--teacher DIR, or use --tiny for a tiny random teacher"
         )
+    if args.random_teacher is not None:
+        layers, hidden = args.random_teacher_shape
+        path = common.make_random_teacher_like(path, scratch / "random-teacher", num_layers=layers, hidden=hidden,
+                                               seed=args.seed)
+        args.teacher_description = f"random {layers}x{hidden} (tokenizer and labels of {args.teacher})"
+        args.teacher = str(path)  # the peak-RSS subprocesses load the same directory
+        args.random_teacher = None
     return path
 
 
@@ -652,7 +670,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "environment": common.environment(argv),
             "settings": {
                 "batch_size": args.batch_size, "length": args.length, "steps": args.steps, "warmup": args.warmup,
-                "student_layers": args.student_layers, "teacher": str(args.teacher) if not args.tiny else "tiny",
+                "student_layers": args.student_layers,
+                "teacher": "tiny" if args.tiny else getattr(args, "teacher_description", str(args.teacher)),
                 "teacher_layers": teacher_layers, "teacher_hidden": int(teacher.model.config.hidden_size),
                 "methods": args.method_list, "shapes": args.shape_list, "device": str(device), "threads": threads,
                 "rss_steps": args.rss_steps, "data": "synthetic" if args.synthetic_data else str(args.data_dir),

@@ -62,6 +62,19 @@ def test_train_step_writes_every_variant_epoch_phases_and_targets(teacher_dir: P
     assert "python -m benchmarks.train_step" in markdown and "| gradient_kd | yes |" in markdown
 
 
+def test_train_step_times_a_random_teacher_of_another_size(teacher_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bigger.json"
+    report = train_step.main(step_args(teacher_dir, out, "--random-teacher", "3x64", "--methods", "gradient_kd",
+                                       "--shapes", "bucketed", "--epoch-batches", "0", "--no-rss", "--no-phases"))
+    settings = report["settings"]
+    assert (settings["teacher_layers"], settings["teacher_hidden"]) == (3, 64)  # not the 2 x 32 source
+    assert settings["teacher"] == f"random 3x64 (tokenizer and labels of {teacher_dir})"
+    assert {row["variant"] for row in report["shapes"]["bucketed"]["results"]} == {"gradient_kd",
+                                                                                "gradient_kd+cache"}
+    with pytest.raises(SystemExit):
+        train_step.main(step_args(teacher_dir, out, "--random-teacher", "12-768"))
+
+
 def test_step_cost_weights_the_cap_measuring_steps_by_how_often_they_come() -> None:
     times = [100.0, 10.0, 12.0, 11.0, 104.0, 9.0]
     measured = [True, False, False, False, True, False]
