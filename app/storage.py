@@ -230,7 +230,7 @@ def _extract_zip(archive: Path, target: Path, *, max_members: int, max_bytes: in
 
 
 class Storage:
-    """The local directory backend; `app.storage_s3.S3Storage` overrides the same five operations."""
+    """The local directory backend; `app.storage_s3.S3Storage` overrides the same operations."""
 
     kind = "local"
 
@@ -243,6 +243,17 @@ class Storage:
 
     def publish(self, relative: str) -> None:
         """Make the file or directory at `local_path(relative)` durable in the backend (local: it already is)."""
+
+    def publish_file(self, source: Path, relative: str) -> None:
+        """Store the bytes of the file `source` as `relative` (a snapshot of `local_path(relative)` taken
+        elsewhere, see worker.state_upload). Local: copied into place under a temporary name, then renamed."""
+        target = self.local_path(relative)
+        if Path(source).resolve() == target.resolve():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.publishing")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
 
     def materialize(self, relative: str, *, refresh: bool = False) -> Path:
         """A local path holding `relative` (downloaded first for remote backends, or when `refresh`)."""

@@ -62,7 +62,10 @@ class S3Storage(Storage):
             for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
                 self._upload(file, f"{self.key(relative)}/{file.relative_to(path).as_posix()}")
         else:
-            self._upload(path, self.key(relative))
+            self.publish_file(path, relative)
+
+    def publish_file(self, source: Path, relative: str) -> None:
+        self._upload(Path(source), self.key(relative))
 
     def _upload(self, path: Path, key: str) -> None:
         self.client.upload_file(str(path), self.bucket, key, Config=self.transfer)

@@ -27,6 +27,7 @@ from app.orm import Checkpoint, Dataset, Job, TeacherModel, utcnow
 from app.settings import TERMINAL_STATUSES, Settings
 from app.storage import get_storage, pack_directory
 from app.store import append_event, notify, status_event, transition
+from worker.state_upload import StateUploader
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,19 @@ def make_callback(ctx: JobContext) -> Any:
             self.latest: dict[str, Any] = dict(stored.get("latest") or {})
             self.best: dict[str, Any] = dict(stored.get("best") or {})
             self.best_archive: PackedArchive | None = None  # the `best` archive this attempt packed
+            storage = get_storage(ctx.settings)
+            # With a bucket, the training state goes up in the background while training goes on.
+            self.state_uploads = (StateUploader(storage.publish_file, name=f"state-upload-{ctx.job_id}")
+                                  if storage.kind != "local" else None)
+
+        def close_uploads(self, *, upload_newest: bool) -> bool:
+            """End the background state uploads; with `upload_newest`, first wait until the newest state is in
+            the bucket (a drained job's next worker resumes from it). True when it is (or none is needed)."""
+            if self.state_uploads is None:
+                return True
+            uploaded = self.state_uploads.flush() if upload_newest else False
+            self.state_uploads.close()
+            return uploaded
 
         # Metrics and progress share one transaction with the event. The write comes first (it takes the
         # job's row lock, or SQLite's write lock), the status is read after it, inside the same transaction:
@@ -312,9 +326,8 @@ def make_callback(ctx: JobContext) -> Any:
             if kind not in ("best", "final", "state"):
                 return
             if kind == "state":  # the resumable training state follows the job to whichever worker resumes it
-                storage = get_storage(ctx.settings)
-                if storage.kind != "local":
-                    storage.publish(Path(path).relative_to(ctx.settings.storage).as_posix())
+                if self.state_uploads is not None:
+                    self.state_uploads.submit(Path(path), Path(path).relative_to(ctx.settings.storage).as_posix())
                 return
             packed = self.best_archive
             if kind == "final" and packed is not None and packed.step == progress.step:
@@ -434,6 +447,7 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
     settings, job_id = ctx.settings, ctx.job_id
     heartbeat = Heartbeat(ctx, worker)
     heartbeat.start()
+    callback = None
     try:
         try:
             from gkd.trainer import Trainer
@@ -457,6 +471,9 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             "best": _clean(dict(result.best_metrics)) or callback.best,
         }
         if result.stopped and callback.draining and not callback.cancel_seen:
+            if not callback.close_uploads(upload_newest=True):
+                log.warning("job %s: the newest training state is not in the bucket; the next worker resumes "
+                            "from an earlier one", job_id)
             device = ctx.requeue(worker, result.steps)
             if device is not None:
                 from app.enqueue import send_run_job
@@ -468,4 +485,6 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             return ctx.finish("cancelled", "job cancelled", metrics=metrics)
         return ctx.finish("succeeded", f"job succeeded after {result.steps} steps", metrics=metrics)
     finally:
+        if callback is not None:
+            callback.close_uploads(upload_newest=False)  # before the scratch is removed, locally and in the bucket
         heartbeat.stop()

@@ -4,6 +4,7 @@ S3-compatible server (moto's server mode on a free loopback port, started and st
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,3 +36,11 @@ def s3_server() -> Iterator[dict[str, Any]]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def bucket(s3_server: dict[str, Any]) -> str:
+    """A new, empty bucket on the moto server."""
+    name = f"gkd-{secrets.token_hex(4)}"
+    s3_server["client"].create_bucket(Bucket=name)
+    return name

@@ -32,13 +32,6 @@ def s3_settings(home: Path, server: dict[str, Any], bucket: str, db_url: str, **
                     s3_multipart_chunk_bytes=5 * MiB, task_queue=f"test-{secrets.token_hex(3)}", **extra)
 
 
-@pytest.fixture
-def bucket(s3_server: dict[str, Any]) -> str:
-    name = f"gkd-{secrets.token_hex(4)}"
-    s3_server["client"].create_bucket(Bucket=name)
-    return name
-
-
 def test_local_backend_is_the_storage_directory(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     storage = get_storage(settings)

@@ -1,0 +1,156 @@
+"""The training state goes to the bucket in the background (worker.state_upload): the newest state wins, the
+bytes uploaded are those of the state submitted, failures are reported, and a draining job waits for it."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.storage import Storage, get_storage
+from tests.deploy.test_storage import s3_settings
+from tests.service.conftest import new_key, register_teacher, upload_dataset
+from worker.state_upload import StateUploader
+
+RELATIVE = "jobs/j/work/state/training_state.pt"
+
+
+def save_state(path: Path, data: bytes) -> None:
+    """As the trainer saves it: a new file renamed over the old path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+class GatedBucket:
+    """A second storage root standing in for the bucket, whose uploads wait until the test opens the gate."""
+
+    def __init__(self, root: Path) -> None:
+        self.storage = Storage(root)
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.uploaded: list[bytes] = []
+        self.fail_next = False
+
+    def publish_file(self, source: Path, relative: str) -> None:
+        self.started.set()
+        assert self.gate.wait(10)
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("connection reset by the bucket")
+        self.storage.publish_file(source, relative)
+        self.uploaded.append(self.storage.local_path(relative).read_bytes())
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> GatedBucket:
+    return GatedBucket(tmp_path / "bucket")
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".upload-" in p.name)
+
+
+def test_the_upload_sends_the_state_as_it_was_submitted(tmp_path: Path, gated: GatedBucket) -> None:
+    state = tmp_path / "worker" / RELATIVE
+    save_state(state, b"state after epoch 1")
+    uploads = StateUploader(gated.publish_file)
+    try:
+        uploads.submit(state, RELATIVE)
+        assert gated.started.wait(10)
+        save_state(state, b"state after epoch 2, written while the first one is going up")
+        gated.gate.set()
+        assert uploads.flush(timeout=10)
+    finally:
+        uploads.close()
+    assert gated.uploaded == [b"state after epoch 1"]
+    assert leftovers(state.parent) == []
+
+
+def test_a_state_still_waiting_is_replaced_by_a_newer_one(tmp_path: Path, gated: GatedBucket) -> None:
+    state = tmp_path / "worker" / RELATIVE
+    uploads = StateUploader(gated.publish_file)
+    try:
+        for epoch in (1, 2, 3):
+            save_state(state, f"epoch {epoch}".encode())
+            uploads.submit(state, RELATIVE)
+            assert gated.started.wait(10)  # epoch 1 is uploading; 2 waits, then 3 replaces it
+        assert not uploads.flush(timeout=0.05)  # still going up
+        gated.gate.set()
+        assert uploads.flush(timeout=10)
+    finally:
+        uploads.close()
+    assert gated.uploaded == [b"epoch 1", b"epoch 3"]
+    assert gated.storage.local_path(RELATIVE).read_bytes() == b"epoch 3"
+    assert leftovers(state.parent) == []
+
+
+def test_a_failed_upload_is_reported_and_the_next_state_still_goes_up(tmp_path: Path,
+                                                                      gated: GatedBucket) -> None:
+    state = tmp_path / "worker" / RELATIVE
+    save_state(state, b"epoch 1")
+    gated.fail_next = True
+    gated.gate.set()
+    uploads = StateUploader(gated.publish_file)
+    try:
+        uploads.submit(state, RELATIVE)
+        assert not uploads.flush(timeout=10)
+        assert uploads.failures == 1 and gated.uploaded == []
+        save_state(state, b"epoch 2")
+        uploads.submit(state, RELATIVE)
+        assert uploads.flush(timeout=10)
+    finally:
+        uploads.close()
+    assert gated.uploaded == [b"epoch 2"] and uploads.failures == 1
+
+
+def test_close_drops_the_waiting_state_and_ends_the_thread(tmp_path: Path, gated: GatedBucket) -> None:
+    state = tmp_path / "worker" / RELATIVE
+    before = threading.active_count()
+    uploads = StateUploader(gated.publish_file)
+    for epoch in (1, 2):
+        save_state(state, f"epoch {epoch}".encode())
+        uploads.submit(state, RELATIVE)
+        assert gated.started.wait(10)
+    gated.gate.set()
+    uploads.close()  # the upload in progress ends; the waiting one is dropped
+    assert gated.uploaded == [b"epoch 1"]
+    assert threading.active_count() == before and leftovers(state.parent) == []
+    with pytest.raises(RuntimeError, match="closed"):
+        uploads.submit(state, RELATIVE)
+    uploads.close()  # a second close is harmless
+
+
+def test_a_drained_job_waits_for_its_newest_state_in_the_bucket(
+    tmp_path: Path, s3_server: dict[str, Any], bucket: str, sqlite_url: str, tiny_teacher: Path
+) -> None:
+    from worker.runner import JobContext, make_callback, work_dir
+
+    settings = s3_settings(tmp_path / "api", s3_server, bucket, sqlite_url)
+    headers = {"Authorization": f"Bearer {new_key(settings)}"}
+    teacher = register_teacher(settings, headers, tiny_teacher)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        dataset = upload_dataset(client, headers)
+        response = client.post("/v1/jobs", headers=headers, json={
+            "teacher": teacher, "training_dataset": dataset["id"], "method": "kd", "student": {"num_layers": 1}})
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+
+    worker_settings = s3_settings(tmp_path / "worker", s3_server, bucket, sqlite_url)
+    relative = f"{work_dir(job_id)}/state/training_state.pt"
+    state = worker_settings.storage / relative
+    callback = make_callback(JobContext(worker_settings, job_id))
+    newest = os.urandom(6 * 1024 * 1024)  # above the test's 5 MiB multipart threshold
+    for data in (b"epoch 1" * 1000, newest):
+        save_state(state, data)
+        callback.on_checkpoint(None, "state", state)  # returns at once: the upload runs beside training
+    assert callback.close_uploads(upload_newest=True)
+    stored = s3_server["client"].get_object(Bucket=bucket, Key=f"gkd/{relative}")["Body"].read()
+    assert stored == newest
+    assert get_storage(worker_settings).exists(relative) and leftovers(state.parent) == []
