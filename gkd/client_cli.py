@@ -13,10 +13,11 @@ Every command takes `--base-url` (env GKD_BASE_URL, default http://127.0.0.1:800
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -420,6 +421,28 @@ def jobs_watch(job_id: str) -> None:
     sys.exit(0 if final.status == "succeeded" else 1)
 
 
+@contextlib.contextmanager
+def download_bar(description: str, size: int | None, *, disable: bool = False,
+                 file: Any = None) -> Iterator[Callable[[int, int | None], None]]:
+    """A byte progress bar on stderr, as a `progress(received, total)` callback for a checkpoint download."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=size or None, unit="B", unit_scale=True, unit_divisor=1024, desc=description,
+               file=file or sys.stderr, disable=disable, dynamic_ncols=True, leave=True)
+
+    def progress(received: int, total: int | None) -> None:
+        if received < bar.n:  # a broken download is retried from its first byte
+            bar.reset(total=bar.total)
+        if total and bar.total != total:
+            bar.total = total
+        bar.update(received - bar.n)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
+
+
 def watch_job(client: Client, job_id: str, *, as_json: bool = False, file: Any = None) -> Job:
     """Stream the job's events to a tqdm bar (or JSON lines); return the final job."""
     from tqdm import tqdm
@@ -478,7 +501,7 @@ def watch_job(client: Client, job_id: str, *, as_json: bool = False, file: Any =
 @api_options
 @handle_errors
 def jobs_download(job_id: str, kind: str | None, dest: Path | None, no_verify: bool) -> None:
-    """Download a checkpoint and unpack it as a Hugging Face model directory."""
+    """Download a checkpoint (with a progress bar on stderr) and unpack it as a Hugging Face model directory."""
     with _client() as client:
         checkpoints = {c.kind: c for c in client.checkpoints.list(job_id)}
         wanted = [kind] if kind else ["best", "final"]
@@ -489,7 +512,8 @@ def jobs_download(job_id: str, kind: str | None, dest: Path | None, no_verify: b
                         err=True)
             sys.exit(1)
         target = dest or Path(f"{job_id}-{chosen.kind}")
-        path = client.checkpoints.download(job_id, chosen.id, target, verify=not no_verify)
+        with download_bar(f"{chosen.kind} {chosen.id}", chosen.size_bytes, disable=_json_mode()) as progress:
+            path = client.checkpoints.download(job_id, chosen.id, target, verify=not no_verify, progress=progress)
     if _json_mode():
         _emit_json({"path": str(path), "checkpoint": chosen.to_dict()})
     else:

@@ -210,7 +210,7 @@ class AsyncCheckpoints(_AsyncResource):
         return Checkpoint.model_validate(await self._http.json("GET", path))
 
     async def download(self, job_id: str, checkpoint_id: str, dest_dir: str | os.PathLike[str],
-                       verify: bool = True) -> Path:
+                       verify: bool = True, progress: c.DownloadProgress | None = None) -> Path:
         dest = Path(dest_dir)
         dest.parent.mkdir(parents=True, exist_ok=True)
         path = f"/v1/jobs/{c.ident(job_id)}/checkpoints/{c.ident(checkpoint_id)}/content"
@@ -224,10 +224,17 @@ class AsyncCheckpoints(_AsyncResource):
                 try:
                     async with self._http.stream("GET", path) as response:
                         expected = response.headers.get("x-checksum-sha256")
+                        total = c.content_length(response)
+                        received = 0
+                        if progress is not None:
+                            progress(received, total)
                         with open(tmp, "wb") as handle:
                             async for chunk in response.aiter_bytes(1 << 20):
                                 digest.update(chunk)
                                 handle.write(chunk)
+                                received += len(chunk)
+                                if progress is not None:
+                                    progress(received, total)
                     break
                 except httpx.TransportError as exc:
                     if attempt >= self._http.max_retries:

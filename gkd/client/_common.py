@@ -23,6 +23,19 @@ _CONTENT_TYPES = {".csv": "text/csv", ".tsv": "text/tab-separated-values", ".jso
                   ".json": "application/json", ".parquet": "application/vnd.apache.parquet"}
 
 
+DownloadProgress = Callable[[int, int | None], None]
+"""`progress(received_bytes, total_bytes)` of a checkpoint download; the total is None when the server
+sends no Content-Length."""
+
+
+def content_length(response: httpx.Response) -> int | None:
+    """The body size the server announced, if any (a checkpoint download's progress total)."""
+    try:
+        return int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
 def ident(value: Any) -> str:
     """An id from a string or from a resource object (anything with `.id`), safe to put in a URL path."""
     raw = getattr(value, "id", value)

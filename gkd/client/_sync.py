@@ -210,9 +210,12 @@ class Checkpoints(_Resource):
         return Checkpoint.model_validate(self._http.json("GET", path))
 
     def download(self, job_id: str, checkpoint_id: str, dest_dir: str | os.PathLike[str],
-                 verify: bool = True) -> Path:
+                 verify: bool = True, progress: c.DownloadProgress | None = None) -> Path:
         """Download a checkpoint (.tar.gz), check its sha256 and unpack it into `dest_dir` (created), refusing
-        links and paths that leave it. Returns `dest_dir`, a Hugging Face model directory."""
+        links and paths that leave it. Returns `dest_dir`, a Hugging Face model directory.
+
+        `progress(received_bytes, total_bytes_or_None)` is called as the bytes arrive (from 0 again if a
+        broken download is retried), e.g. to drive a progress bar."""
         dest = Path(dest_dir)
         dest.parent.mkdir(parents=True, exist_ok=True)
         path = f"/v1/jobs/{c.ident(job_id)}/checkpoints/{c.ident(checkpoint_id)}/content"
@@ -226,9 +229,16 @@ class Checkpoints(_Resource):
                 try:
                     with self._http.stream("GET", path) as response, open(tmp, "wb") as handle:
                         expected = response.headers.get("x-checksum-sha256")
+                        total = c.content_length(response)
+                        received = 0
+                        if progress is not None:
+                            progress(received, total)
                         for chunk in response.iter_bytes(1 << 20):
                             digest.update(chunk)
                             handle.write(chunk)
+                            received += len(chunk)
+                            if progress is not None:
+                                progress(received, total)
                     break
                 except httpx.TransportError as exc:
                     if attempt >= self._http.max_retries:

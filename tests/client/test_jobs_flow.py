@@ -59,8 +59,13 @@ def test_job_streams_to_success_and_downloads(server: Server, finished: Finished
         assert client.jobs.wait(finished.job.id, timeout=5).status == "succeeded"
         checkpoints = {c.kind: c for c in client.checkpoints.list(finished.job.id)}
         chosen = checkpoints.get("best") or checkpoints["final"]
-        path = client.checkpoints.download(finished.job.id, chosen.id, tmp_path / "student")
+        seen: list[tuple[int, int | None]] = []
+        path = client.checkpoints.download(finished.job.id, chosen.id, tmp_path / "student",
+                                           progress=lambda received, total: seen.append((received, total)))
     assert path == (tmp_path / "student").resolve() and (path / "gkd_card.json").is_file()
+    received = [r for r, _ in seen]
+    assert received[0] == 0 and received == sorted(received) and len(seen) >= 2
+    assert seen[-1] == (chosen.size_bytes, chosen.size_bytes)  # every byte, against the announced total
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gkd-download-")]  # temp file removed
 
     from transformers import AutoModelForSequenceClassification
@@ -182,8 +187,11 @@ def test_async_client(server: Server, finished: Finished, tmp_path: Path) -> Non
             assert finished.job.id in [j.id async for j in client.jobs.list(limit=1)]
             assert (await client.models.find("tiny")).id == finished.teacher
             checkpoint = (await client.checkpoints.list(job.id).to_list())[0]
-            path = await client.checkpoints.download(job.id, checkpoint.id, tmp_path / "async")
+            seen: list[tuple[int, int | None]] = []
+            path = await client.checkpoints.download(job.id, checkpoint.id, tmp_path / "async",
+                                                     progress=lambda received, total: seen.append((received, total)))
             assert (path / "config.json").is_file()
+            assert seen[0][0] == 0 and seen[-1] == (checkpoint.size_bytes, checkpoint.size_bytes)
             dataset = await client.datasets.upload(write_rows(tmp_path / "a.csv", 8))
             assert (await client.datasets.get(dataset.id)).rows == 8
             with pytest.raises(gc.NotFoundError):
@@ -218,6 +226,7 @@ def test_cli(server: Server, finished: Finished, tmp_path: Path) -> None:
     download = _gkd(server, key, "jobs", "download", job_id, "--kind", "final", "--dest", str(dest))
     assert download.returncode == 0, download.stderr
     assert (dest / "model.safetensors").is_file()
+    assert "final ckpt_" in download.stderr and "100%" in download.stderr  # the byte progress bar
     # Human output, errors and exit status.
     table = _gkd(server, key, "jobs", "list", "--status", "succeeded")
     assert table.returncode == 0 and job_id in table.stdout

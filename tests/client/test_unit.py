@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import httpx
@@ -193,3 +194,16 @@ def test_pack_and_extract_round_trip(tmp_path: Path) -> None:
     finally:
         packed.unlink()
     assert (out / "config.json").read_text() == "{}" and (out / "sub" / "a.txt").read_text() == "a"
+
+
+def test_download_bar_counts_bytes_and_starts_over_when_a_download_is_retried() -> None:
+    from gkd.client_cli import download_bar
+
+    out = io.StringIO()
+    with download_bar("best ckpt_x", None, file=out) as progress:
+        for received in (0, 600, 1200, 0, 900, 2048):  # broken after 1,200 bytes, then retried to the end
+            progress(received, 2048)
+            time.sleep(0.12)  # tqdm redraws at most every 0.1 s
+    text = out.getvalue()
+    assert "best ckpt_x" in text and "100%" in text and "2.00k/2.00k" in text
+    assert "1.17k/2.00k" in text and "900/2.00k" in text  # the retry counts from 0 again, not from 1,200
