@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,67 @@ def test_a_drained_job_waits_for_its_newest_state_in_the_bucket(
     stored = s3_server["client"].get_object(Bucket=bucket, Key=f"gkd/{relative}")["Body"].read()
     assert stored == newest
     assert get_storage(worker_settings).exists(relative) and leftovers(state.parent) == []
+
+
+def test_a_job_drained_with_a_bucket_hands_back_its_newest_state(
+    tmp_path: Path, s3_server: dict[str, Any], bucket: str, sqlite_url: str, tiny_teacher: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real training run in this process (tiny teacher, state saved every step), drained mid-job: the job goes
+    back to the queue only after the state it stopped with is in the bucket, byte for byte."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.orm import Job
+    from app.storage_s3 import S3Storage
+
+    upload = S3Storage.publish_file
+
+    def slow_upload(self: S3Storage, source: Path, relative: str) -> None:
+        time.sleep(0.3)  # a bucket across a network: the state saved at the stop finds the previous one going up
+        upload(self, source, relative)
+
+    monkeypatch.setattr(S3Storage, "publish_file", slow_upload)
+    from tests.factories import sentiment_rows
+    from worker.runner import DRAIN, run_job, work_dir
+
+    settings = s3_settings(tmp_path / "api", s3_server, bucket, sqlite_url)
+    headers = {"Authorization": f"Bearer {new_key(settings)}"}
+    teacher = register_teacher(settings, headers, tiny_teacher)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        dataset = upload_dataset(client, headers, sentiment_rows(200))
+        response = client.post("/v1/jobs", headers=headers, json={
+            "teacher": teacher, "training_dataset": dataset["id"], "method": "kd", "student": {"num_layers": 1},
+            "device": "cpu", "hyperparameters": {"epochs": 20, "batch_size": 2, "max_length": 16}})
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+
+    worker_settings = s3_settings(tmp_path / "worker", s3_server, bucket, sqlite_url, state_every_steps=1,
+                                  cancel_check_seconds=0)
+
+    def drain_after_a_few_steps() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not DRAIN.is_set():
+            with session_scope(sqlite_url) as session:
+                progress = session.scalar(select(Job.progress).where(Job.id == job_id)) or {}
+            if progress.get("step", 0) >= 3:
+                DRAIN.set()
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=drain_after_a_few_steps, daemon=True)
+    watcher.start()
+    try:
+        assert run_job(worker_settings, job_id) == "requeued"
+    finally:
+        DRAIN.clear()
+        watcher.join(timeout=5)
+    with session_scope(sqlite_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "queued" and job.attempts == 0
+        step = job.progress["step"]
+    assert 3 <= step < job.progress["total_steps"]
+    relative = f"{work_dir(job_id)}/state/training_state.pt"
+    local = (worker_settings.storage / relative).read_bytes()
+    stored = s3_server["client"].get_object(Bucket=bucket, Key=f"gkd/{relative}")["Body"].read()
+    assert stored == local
+    assert leftovers((worker_settings.storage / relative).parent) == []
