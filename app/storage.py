@@ -246,7 +246,7 @@ class Storage:
 
     def publish_file(self, source: Path, relative: str) -> None:
         """Store the bytes of the file `source` as `relative` (a snapshot of `local_path(relative)` taken
-        elsewhere, see worker.state_upload). Local: copied into place under a temporary name, then renamed."""
+        elsewhere, see worker.publisher). Local: copied into place under a temporary name, then renamed."""
         target = self.local_path(relative)
         if Path(source).resolve() == target.resolve():
             return

@@ -27,7 +27,7 @@ from app.orm import Checkpoint, Dataset, Job, TeacherModel, utcnow
 from app.settings import TERMINAL_STATUSES, Settings
 from app.storage import get_storage, pack_directory
 from app.store import append_event, notify, status_event, transition
-from worker.state_upload import StateUploader
+from worker.publisher import BackgroundPublisher
 
 log = logging.getLogger(__name__)
 
@@ -252,18 +252,19 @@ def make_callback(ctx: JobContext) -> Any:
             self.best: dict[str, Any] = dict(stored.get("best") or {})
             self.best_archive: PackedArchive | None = None  # the `best` archive this attempt packed
             storage = get_storage(ctx.settings)
-            # With a bucket, the training state goes up in the background while training goes on.
-            self.state_uploads = (StateUploader(storage.publish_file, name=f"state-upload-{ctx.job_id}")
-                                  if storage.kind != "local" else None)
+            # With a bucket, checkpoints and the training state go up in the background while training goes on.
+            self.publisher = (BackgroundPublisher(storage.publish_file, name=f"publish-{ctx.job_id}")
+                              if storage.kind != "local" else None)
 
-        def close_uploads(self, *, upload_newest: bool) -> bool:
-            """End the background state uploads; with `upload_newest`, first wait until the newest state is in
-            the bucket (a drained job's next worker resumes from it). True when it is (or none is needed)."""
-            if self.state_uploads is None:
-                return True
-            uploaded = self.state_uploads.flush() if upload_newest else False
-            self.state_uploads.close()
-            return uploaded
+        def publish_pending(self) -> bool:
+            """Wait until every checkpoint is uploaded and recorded (raising the error of one that failed);
+            True when the newest training state is in the bucket too (a drained job resumes from it)."""
+            return self.publisher.flush() if self.publisher is not None else True
+
+        def stop_publishing(self) -> None:
+            """Finish the checkpoint uploads, drop a waiting state, stop the thread (never raises)."""
+            if self.publisher is not None:
+                self.publisher.close()
 
         # Metrics and progress share one transaction with the event. The write comes first (it takes the
         # job's row lock, or SQLite's write lock), the status is read after it, inside the same transaction:
@@ -326,19 +327,19 @@ def make_callback(ctx: JobContext) -> Any:
             if kind not in ("best", "final", "state"):
                 return
             if kind == "state":  # the resumable training state follows the job to whichever worker resumes it
-                if self.state_uploads is not None:
-                    self.state_uploads.submit(Path(path), Path(path).relative_to(ctx.settings.storage).as_posix())
+                if self.publisher is not None:
+                    self.publisher.submit_state(Path(path), Path(path).relative_to(ctx.settings.storage).as_posix())
                 return
             packed = self.best_archive
+            archive: Path | None = None  # a newly packed archive, to be put in the bucket
             if kind == "final" and packed is not None and packed.step == progress.step:
                 # Training ended on its best evaluation: the weights are the same, so one archive serves both
                 # rows (same path and sha256) instead of packing and storing 60+ MB again.
                 relative, sha, size = packed.path, packed.sha256, packed.size_bytes
             else:
-                target = ctx.settings.storage / "jobs" / ctx.job_id / "checkpoints" / f"{kind}.tar.gz"
-                sha, size = pack_directory(Path(path), target, ctx.settings.checkpoint_compresslevel)
-                relative = target.relative_to(ctx.settings.storage).as_posix()
-                get_storage(ctx.settings).publish(relative)
+                archive = ctx.settings.storage / "jobs" / ctx.job_id / "checkpoints" / f"{kind}.tar.gz"
+                sha, size = pack_directory(Path(path), archive, ctx.settings.checkpoint_compresslevel)
+                relative = archive.relative_to(ctx.settings.storage).as_posix()
                 if kind == "best":
                     self.best_archive = PackedArchive(relative, sha, size, progress.step)
             card = Path(path) / "gkd_card.json"
@@ -362,7 +363,13 @@ def make_callback(ctx: JobContext) -> Any:
                              {"checkpoint": row.id, "kind": kind, "step": progress.step, "sha256": sha,
                               "size_bytes": size})
 
-            ctx.write(tx, "checkpoint")
+            def record() -> None:
+                ctx.write(tx, "checkpoint")
+
+            if self.publisher is None:  # local storage: the archive is already where the API reads it
+                record()
+            else:  # recorded once it is in the bucket, after the uploads queued before it
+                self.publisher.submit_checkpoint(archive, relative, then=record)
 
         def should_stop(self, progress: Any) -> bool:
             if DRAIN.is_set():
@@ -462,8 +469,11 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             else:
                 trainer = Trainer(config, [callback], state_every_steps=settings.state_every_steps)
                 result = trainer.train(resume=True)
+            state_uploaded = callback.publish_pending()
         except Exception as exc:  # noqa: BLE001 - any training error ends the job `failed`, with its message
             log.exception("job %s failed", job_id)
+            if callback is not None:
+                callback.stop_publishing()  # its checkpoint events come before the terminal status
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             return ctx.finish("failed", f"job failed: {message}", error=f"{type(exc).__name__}: {message}")
         metrics = {
@@ -471,7 +481,7 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             "best": _clean(dict(result.best_metrics)) or callback.best,
         }
         if result.stopped and callback.draining and not callback.cancel_seen:
-            if not callback.close_uploads(upload_newest=True):
+            if not state_uploaded:
                 log.warning("job %s: the newest training state is not in the bucket; the next worker resumes "
                             "from an earlier one", job_id)
             device = ctx.requeue(worker, result.steps)
@@ -486,5 +496,5 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
         return ctx.finish("succeeded", f"job succeeded after {result.steps} steps", metrics=metrics)
     finally:
         if callback is not None:
-            callback.close_uploads(upload_newest=False)  # before the scratch is removed, locally and in the bucket
+            callback.stop_publishing()  # before the scratch is removed, locally and in the bucket
         heartbeat.stop()
