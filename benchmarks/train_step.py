@@ -111,6 +111,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown shapes {bad}; choose from {', '.join(SHAPES)}")
     if args.tiny:
         args.synthetic_data = True
+    args.teacher_description = "tiny" if args.tiny else None  # set for a random teacher by resolve_teacher
     if args.random_teacher is not None:
         try:
             layers, hidden = (int(part) for part in args.random_teacher.lower().split("x"))
@@ -671,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "settings": {
                 "batch_size": args.batch_size, "length": args.length, "steps": args.steps, "warmup": args.warmup,
                 "student_layers": args.student_layers,
-                "teacher": "tiny" if args.tiny else getattr(args, "teacher_description", str(args.teacher)),
+                "teacher": args.teacher_description or str(args.teacher),
                 "teacher_layers": teacher_layers, "teacher_hidden": int(teacher.model.config.hidden_size),
                 "methods": args.method_list, "shapes": args.shape_list, "device": str(device), "threads": threads,
                 "rss_steps": args.rss_steps, "data": "synthetic" if args.synthetic_data else str(args.data_dir),

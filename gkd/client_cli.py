@@ -25,6 +25,7 @@ import click
 
 if TYPE_CHECKING:
     from gkd.client import Client, Job
+    from gkd.client._common import DownloadProgress
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -423,7 +424,7 @@ def jobs_watch(job_id: str) -> None:
 
 @contextlib.contextmanager
 def download_bar(description: str, size: int | None, *, disable: bool = False,
-                 file: Any = None) -> Iterator[Callable[[int, int | None], None]]:
+                 file: Any = None) -> Iterator[DownloadProgress]:
     """A byte progress bar on stderr, as a `progress(received, total)` callback for a checkpoint download."""
     from tqdm import tqdm
 

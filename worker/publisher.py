@@ -67,9 +67,7 @@ class BackgroundPublisher:
         """Upload `source` as `relative` after what is queued, dropping an older state that has not started."""
         task = _Task("state", self._snapshot(Path(source)), relative)
         with self._changed:
-            dropped = [t for t in self._queue if t.kind == "state"]
-            for old in dropped:
-                self._queue.remove(old)
+            dropped = self._take_waiting_states()
             self._newest_state_uploaded = False
             self._append(task)
         for old in dropped:
@@ -80,6 +78,14 @@ class BackgroundPublisher:
         task = _Task("checkpoint", self._snapshot(Path(source)) if source is not None else None, relative, then)
         with self._changed:
             self._append(task)
+
+    def _take_waiting_states(self) -> list[_Task]:
+        """Remove the states that have not started from the queue (call with the lock held); the caller
+        discards their snapshots outside the lock."""
+        waiting = [t for t in self._queue if t.kind == "state"]
+        for task in waiting:
+            self._queue.remove(task)
+        return waiting
 
     def _append(self, task: _Task) -> None:
         if self._closed:
@@ -112,9 +118,7 @@ class BackgroundPublisher:
     def close(self) -> None:
         """Drop waiting states, finish the checkpoint tasks, stop the thread. Never raises; idempotent."""
         with self._changed:
-            dropped = [t for t in self._queue if t.kind == "state"]
-            for old in dropped:
-                self._queue.remove(old)
+            dropped = self._take_waiting_states()
             self._closed = True
             self._changed.notify_all()
         for old in dropped:

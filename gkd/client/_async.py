@@ -224,17 +224,12 @@ class AsyncCheckpoints(_AsyncResource):
                 try:
                     async with self._http.stream("GET", path) as response:
                         expected = response.headers.get("x-checksum-sha256")
-                        total = c.content_length(response)
-                        received = 0
-                        if progress is not None:
-                            progress(received, total)
+                        count = c.progress_counter(progress, response)
                         with open(tmp, "wb") as handle:
                             async for chunk in response.aiter_bytes(1 << 20):
                                 digest.update(chunk)
                                 handle.write(chunk)
-                                received += len(chunk)
-                                if progress is not None:
-                                    progress(received, total)
+                                count(len(chunk))
                     break
                 except httpx.TransportError as exc:
                     if attempt >= self._http.max_retries:

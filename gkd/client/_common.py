@@ -28,12 +28,24 @@ DownloadProgress = Callable[[int, int | None], None]
 sends no Content-Length."""
 
 
-def content_length(response: httpx.Response) -> int | None:
-    """The body size the server announced, if any (a checkpoint download's progress total)."""
+def progress_counter(progress: DownloadProgress | None, response: httpx.Response) -> Callable[[int], None]:
+    """Reports 0 bytes of the announced body size (Content-Length, else None) to `progress` now, and returns
+    `add(n)`, which reports each further chunk; without `progress` it does nothing."""
+    if progress is None:
+        return lambda _n: None
     try:
-        return int(response.headers["content-length"])
+        total: int | None = int(response.headers["content-length"])
     except (KeyError, ValueError):
-        return None
+        total = None
+    received = 0
+    progress(received, total)
+
+    def add(n: int) -> None:
+        nonlocal received
+        received += n
+        progress(received, total)
+
+    return add
 
 
 def ident(value: Any) -> str:

@@ -229,16 +229,11 @@ class Checkpoints(_Resource):
                 try:
                     with self._http.stream("GET", path) as response, open(tmp, "wb") as handle:
                         expected = response.headers.get("x-checksum-sha256")
-                        total = c.content_length(response)
-                        received = 0
-                        if progress is not None:
-                            progress(received, total)
+                        count = c.progress_counter(progress, response)
                         for chunk in response.iter_bytes(1 << 20):
                             digest.update(chunk)
                             handle.write(chunk)
-                            received += len(chunk)
-                            if progress is not None:
-                                progress(received, total)
+                            count(len(chunk))
                     break
                 except httpx.TransportError as exc:
                     if attempt >= self._http.max_retries:
