@@ -64,7 +64,7 @@ bench: install
 
 # The service under load (PostgreSQL + Redis, 4 uvicorn workers, 100 SSE streams) and its overhead.
 bench-api: install
-	$(PY) -m benchmarks.api
+	$(PY) -m benchmarks.api --rounds 3
 
 bench-e2e: install
 	$(PY) -m benchmarks.end_to_end --repeats 21

@@ -46,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.state.celery = celery_producer
     errors.install(app)
-    for module in (health, metrics, datasets, models, jobs, events, checkpoints, saliency, dashboard):
+    # Routers are matched in this order, one route after another: the polled ones first (a job's status, its events)
+    # cost the least matching. The OpenAPI document lists paths in the same order.
+    for module in (jobs, events, checkpoints, datasets, models, saliency, health, metrics, dashboard):
         app.include_router(module.router)
     return app

@@ -9,7 +9,10 @@ costs per request:
   close and serialisation (pydantic, to JSON bytes) all happen in the same worker thread;
 - a GIL convoy: the reads share a small thread limiter (`Settings.read_threads`) instead of the 40-thread default
   pool; each read is sub-millisecond work plus a round trip, and 40 threads contending for the GIL under load
-  stretched the slowest requests (p99) several-fold (benchmarks/api.py).
+  stretched the slowest requests (p99) several-fold (benchmarks/api.py);
+- the ORM's object loading: reads select plain columns (`row_select`) on a Core connection, so a row reads like
+  the mapped object but costs no identity map, instance state or attribute instrumentation (the ORM's
+  `Session.get` was a third of a job read's CPU in a py-spy profile: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -17,14 +20,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import Response
 from pydantic import BaseModel
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, Select, inspect, select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import engine_for, make_engine
 
@@ -40,21 +42,25 @@ def read_engine_for(url: str) -> Engine:
     return make_engine(url, pre_ping=False, autocommit=True)
 
 
-@functools.lru_cache(maxsize=16)
-def read_sessionmaker_for(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=read_engine_for(url), expire_on_commit=False)
+@functools.cache
+def row_select(entity: type[Any]) -> Select[Any]:
+    """`select(entity)` as its table's columns labelled with the mapped attribute names (`meta`, not `metadata`):
+    the rows it returns read like the mapped objects, so the response models' `of()` take either."""
+    return select(*(prop.columns[0].label(prop.key) for prop in inspect(entity).column_attrs))
 
 
-def run_read(url: str, read: Callable[[Session], T]) -> T:
-    """`read(session)` on a read session that is closed before returning; run again once on a dropped connection.
+def run_read(url: str, read: Callable[[Connection], T]) -> T:
+    """`read(connection)` on a pooled read connection returned before this returns; run again once on a dropped
+    connection.
 
     Under PostgreSQL's READ COMMITTED every statement sees its own snapshot, inside a transaction or not, so the
-    autocommit session changes nothing a read can observe."""
-    sessions = read_sessionmaker_for(url)
+    autocommit connection changes nothing a read can observe. (SQLite: the main engine; the connection's implicit
+    transaction is rolled back when it is returned.)"""
+    engine = read_engine_for(url)
     for attempt in (1, 2):
         try:
-            with sessions() as session:
-                return read(session)
+            with engine.connect() as connection:
+                return read(connection)
         except DBAPIError as exc:
             # The dead connection was invalidated (and with it the pool's older ones); the retry connects anew.
             if attempt == 2 or not exc.connection_invalidated:
@@ -70,10 +76,10 @@ class Reads:
         self.database_url = database_url
         self.limiter = anyio.CapacityLimiter(threads)
 
-    async def __call__(self, read: Callable[[Session], T]) -> T:
+    async def __call__(self, read: Callable[[Connection], T]) -> T:
         return await anyio.to_thread.run_sync(run_read, self.database_url, read, limiter=self.limiter)
 
-    async def json(self, read: Callable[[Session], BaseModel]) -> Response:
+    async def json(self, read: Callable[[Connection], BaseModel]) -> Response:
         """The model `read` returns, serialised to a JSON response in the same thread hop."""
         body = await self(lambda session: read(session).model_dump_json().encode())
         return Response(body, media_type="application/json")

@@ -6,14 +6,15 @@ import os
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
 from app.errors import ApiError, conflict
 from app.ids import new_id
 from app.orm import Dataset, Job, utcnow
-from app.routes.common import get_dataset, paginate
+from app.reads import row_select
+from app.routes.common import PagedQuery, get_dataset, paginate
 from app.schemas import DatasetOut, Deleted, ListResponse
 from app.settings import TERMINAL_STATUSES
 from app.storage import get_storage
@@ -94,10 +95,14 @@ async def create_dataset(
             final.unlink(missing_ok=True)
 
 
+_DATASETS = PagedQuery.of(
+    row_select(Dataset).where(Dataset.tenant_id == bindparam("tenant_id"), Dataset.deleted_at.is_(None)), Dataset.id
+)
+
+
 @router.get("", response_model=ListResponse[DatasetOut])
 def list_datasets(tenant: CurrentTenant, session: SessionDep, page: PageDep) -> dict[str, object]:
-    stmt = select(Dataset).where(Dataset.tenant_id == tenant.id, Dataset.deleted_at.is_(None))
-    return paginate(session, stmt, Dataset.id, page, "ds", DatasetOut.of)
+    return paginate(session, _DATASETS, {"tenant_id": tenant.id}, page, "ds", DatasetOut.of)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -14,7 +14,8 @@ from app.enqueue import enqueue_committed_job
 from app.errors import ApiError, conflict, invalid
 from app.ids import new_id
 from app.orm import Job, TeacherModel, Tenant, utcnow
-from app.routes.common import get_dataset, get_job, get_model, paginate
+from app.reads import row_select
+from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_row, paginate
 from app.schemas import JobCreate, JobOut, ListResponse
 from app.settings import TERMINAL_STATUSES
 from app.store import notify, request_hash, status_event, transition
@@ -154,6 +155,11 @@ def create_job(
     return JobOut.of(job)
 
 
+_JOBS_OF_TENANT = row_select(Job).where(Job.tenant_id == bindparam("tenant_id"))
+_JOBS = PagedQuery.of(_JOBS_OF_TENANT, Job.id)
+_JOBS_WITH_STATUS = PagedQuery.of(_JOBS_OF_TENANT.where(Job.status == bindparam("status")), Job.id)
+
+
 @router.get("", response_model=ListResponse[JobOut])
 async def list_jobs(
     tenant: CurrentTenant,
@@ -161,17 +167,16 @@ async def list_jobs(
     page: PageDep,
     status: Annotated[JobStatus | None, Query()] = None,
 ) -> Response:
-    stmt = select(Job).where(Job.tenant_id == tenant.id)
-    if status is not None:
-        stmt = stmt.where(Job.status == status)
+    query, params = (_JOBS, {"tenant_id": tenant.id}) if status is None else (
+        _JOBS_WITH_STATUS, {"tenant_id": tenant.id, "status": status})
     return await reads.json(
-        lambda session: ListResponse[JobOut].model_validate(paginate(session, stmt, Job.id, page, "job", JobOut.of))
+        lambda db: ListResponse[JobOut].model_validate(paginate(db, query, params, page, "job", JobOut.of))
     )
 
 
 @router.get("/{job_id}", response_model=JobOut)
 async def get_job_route(job_id: str, tenant: CurrentTenant, reads: ReadsDep) -> Response:
-    return await reads.json(lambda session: JobOut.of(get_job(session, tenant, job_id)))
+    return await reads.json(lambda db: JobOut.of(job_row(db, tenant, job_id)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

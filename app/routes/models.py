@@ -12,9 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
 from app.errors import ApiError
-from app.orm import TeacherModel
 from app.registry import RegistryError, import_archive
-from app.routes.common import get_model, paginate, visible_models
+from app.routes.common import VISIBLE_MODELS, get_model, paginate
 from app.schemas import ListResponse, ModelOut
 from app.uploads import multipart_openapi, receive_upload
 
@@ -25,7 +24,7 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 @router.get("", response_model=ListResponse[ModelOut])
 def list_models(tenant: CurrentTenant, session: SessionDep, page: PageDep) -> dict[str, object]:
-    return paginate(session, visible_models(tenant), TeacherModel.id, page, "mdl", ModelOut.of)
+    return paginate(session, VISIBLE_MODELS, {"tenant_id": tenant.id}, page, "mdl", ModelOut.of)
 
 
 @router.get("/{model_id}", response_model=ModelOut)
