@@ -225,20 +225,20 @@ def quickstart(url: str, key: str, data_dir: str = "var/data/movie_reviews") -> 
     """The README's curl quickstart, with this server's URL and key filled in."""
     return "\n".join(
         [
-            f"export GKD_URL={url} GKD_KEY={key}",
-            'AUTH="Authorization: Bearer $GKD_KEY"',
-            "curl -s $GKD_URL/v1/models -H \"$AUTH\" | jq '.data[] | {id, name, labels, layers: .num_layers}'",
-            f"TRAIN=$(curl -s $GKD_URL/v1/datasets -H \"$AUTH\" -F file=@{data_dir}/train.csv | jq -r .id)",
-            f"DEV=$(curl -s $GKD_URL/v1/datasets -H \"$AUTH\" -F file=@{data_dir}/dev.csv | jq -r .id)",
-            "JOB=$(curl -s $GKD_URL/v1/jobs -H \"$AUTH\" -H 'Content-Type: application/json' -d '{",
+            f"export GKD_BASE_URL={url} GKD_API_KEY={key}",
+            'AUTH="Authorization: Bearer $GKD_API_KEY"',
+            "curl -s $GKD_BASE_URL/v1/models -H \"$AUTH\" | jq '.data[] | {id, name, labels, layers: .num_layers}'",
+            f"TRAIN=$(curl -s $GKD_BASE_URL/v1/datasets -H \"$AUTH\" -F file=@{data_dir}/train.csv | jq -r .id)",
+            f"DEV=$(curl -s $GKD_BASE_URL/v1/datasets -H \"$AUTH\" -F file=@{data_dir}/dev.csv | jq -r .id)",
+            "JOB=$(curl -s $GKD_BASE_URL/v1/jobs -H \"$AUTH\" -H 'Content-Type: application/json' -d '{",
             '  "teacher": "example-teacher", "method": "gradient_kd", "student": {"num_layers": 3},',
             '  "training_dataset": "\'$TRAIN\'", "validation_dataset": "\'$DEV\'",',
             '  "hyperparameters": {"epochs": 1, "max_length": 64}}\' | jq -r .id)',
-            "curl -sN $GKD_URL/v1/jobs/$JOB/events/stream -H \"$AUTH\"",
-            "curl -s $GKD_URL/v1/jobs/$JOB -H \"$AUTH\" | jq '{status, metrics}'",
-            "CKPT=$(curl -s $GKD_URL/v1/jobs/$JOB/checkpoints -H \"$AUTH\" "
+            "curl -sN $GKD_BASE_URL/v1/jobs/$JOB/events/stream -H \"$AUTH\"",
+            "curl -s $GKD_BASE_URL/v1/jobs/$JOB -H \"$AUTH\" | jq '{status, metrics}'",
+            "CKPT=$(curl -s $GKD_BASE_URL/v1/jobs/$JOB/checkpoints -H \"$AUTH\" "
             "| jq -r '.data[] | select(.kind == \"best\") | .id')",
-            "curl -s $GKD_URL/v1/jobs/$JOB/checkpoints/$CKPT/content -H \"$AUTH\" -o student.tar.gz",
+            "curl -s $GKD_BASE_URL/v1/jobs/$JOB/checkpoints/$CKPT/content -H \"$AUTH\" -o student.tar.gz",
             "mkdir -p student && tar -xzf student.tar.gz -C student && ls student",
         ]
     )

@@ -69,14 +69,19 @@ def _tenant_from_database(sessions: sessionmaker[Session], token: str) -> Tenant
         return tenant
 
 
+MISSING_KEY_MESSAGE = (
+    "missing API key: send 'Authorization: Bearer gkd_...'. The Python client and the gkd CLI read it from "
+    "GKD_API_KEY (or --api-key); a local `make run` prints its key and keeps it in var/local_api_key"
+)
+
+
 async def get_current_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> Tenant:
     # async: a key seen in the last `api_key_cache_seconds` is answered from memory on the event loop, without a
     # thread hop or a database round trip; only a cache miss reads the database, in the thread pool. The settings
     # come from the app directly (what `get_settings` returns): one sub-dependency less to solve on every request.
     challenge = {"WWW-Authenticate": "Bearer"}
     if not authorization:
-        raise ApiError(401, "missing API key: send 'Authorization: Bearer gkd_...'", code="missing_api_key",
-                       headers=challenge)
+        raise ApiError(401, MISSING_KEY_MESSAGE, code="missing_api_key", headers=challenge)
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:

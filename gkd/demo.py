@@ -21,16 +21,14 @@ from typing import Any
 import click
 
 from gkd.client import Client, GkdError, NotFoundError
+from gkd.client._http import local_api_key
 from gkd.client_cli import watch_job
 
 
 def _api_key(home: Path, api_key: str | None) -> str | None:
     import os
 
-    if api_key or os.environ.get("GKD_API_KEY"):
-        return api_key or os.environ["GKD_API_KEY"]
-    key_file = home / "local_api_key"
-    return key_file.read_text(encoding="utf-8").strip() if key_file.is_file() else None
+    return api_key or os.environ.get("GKD_API_KEY") or local_api_key(home)
 
 
 def _head_csv(source: Path, rows: int, target: Path) -> Path:

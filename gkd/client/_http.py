@@ -13,7 +13,9 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -34,8 +36,28 @@ def resolve_base_url(base_url: str | None) -> str:
     return url.rstrip("/")
 
 
-def resolve_api_key(api_key: str | None) -> str | None:
-    return api_key or os.environ.get("GKD_API_KEY") or None
+LOCAL_KEY_FILE = "local_api_key"
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def local_api_key(home: str | Path | None = None) -> str | None:
+    """The key a local `gkd serve` (`make run`) keeps in HOME/local_api_key; HOME is GKD_HOME, else `var`."""
+    path = Path(home if home is not None else os.environ.get("GKD_HOME", "var")) / LOCAL_KEY_FILE
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def resolve_api_key(api_key: str | None, base_url: str = DEFAULT_BASE_URL) -> str | None:
+    """The argument, else GKD_API_KEY, else, for a server on this machine only, the local server's key file
+    (so a client beside `make run` needs no setup, and no key from disk is ever sent to another host)."""
+    key = api_key or os.environ.get("GKD_API_KEY")
+    if key:
+        return key
+    if (urlsplit(base_url).hostname or "") in _LOOPBACK_HOSTS:
+        return local_api_key()
+    return None
 
 
 def backoff(attempt: int, retry_after: float | None = None) -> float:
@@ -99,7 +121,7 @@ class _Base:
         headers: Mapping[str, str] | None,
     ) -> None:
         self.base_url = resolve_base_url(base_url)
-        self.api_key = resolve_api_key(api_key)
+        self.api_key = resolve_api_key(api_key, self.base_url)
         self.timeout = timeout
         self.max_retries = max(0, int(max_retries))
         self.headers = {"User-Agent": f"gkd-python/{__version__}", "Accept": "application/json"}

@@ -207,3 +207,21 @@ def test_download_bar_counts_bytes_and_starts_over_when_a_download_is_retried() 
     text = out.getvalue()
     assert "best ckpt_x" in text and "100%" in text and "2.00k/2.00k" in text
     assert "1.17k/2.00k" in text and "900/2.00k" in text  # the retry counts from 0 again, not from 1,200
+
+
+def test_the_key_comes_from_the_argument_the_environment_or_a_local_servers_key_file(tmp_path, monkeypatch) -> None:
+    from gkd.client._http import resolve_api_key
+
+    (tmp_path / "local_api_key").write_text("gkd_local\n", encoding="utf-8")
+    monkeypatch.setenv("GKD_HOME", str(tmp_path))
+    monkeypatch.delenv("GKD_API_KEY", raising=False)
+    assert resolve_api_key(None, "http://127.0.0.1:8000") == "gkd_local"
+    assert resolve_api_key(None, "http://localhost:9000") == "gkd_local"
+    # A key read from this machine's disk is never sent to another host.
+    assert resolve_api_key(None, "https://gkd.example.com") is None
+    monkeypatch.setenv("GKD_API_KEY", "gkd_env")
+    assert resolve_api_key(None, "http://127.0.0.1:8000") == "gkd_env"
+    assert resolve_api_key("gkd_arg", "http://127.0.0.1:8000") == "gkd_arg"
+    client = gc.Client("http://127.0.0.1:1", None)
+    assert client._http.headers["Authorization"] == "Bearer gkd_env"  # noqa: SLF001
+    client.close()

@@ -48,7 +48,11 @@ def test_validation_error_names_the_query_field(client: TestClient, auth: dict) 
 def test_authentication(settings: Settings, auth: dict) -> None:
     settings.api_key_cache_seconds = 0  # no key cache: a revoked key is refused on the very next request
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        assert_error(client.get("/v1/datasets"), 401, "authentication_error")
+        missing = client.get("/v1/datasets")
+        assert_error(missing, 401, "authentication_error")
+        # The message says where a key comes from: the variable and flag the client and CLI read, the local file.
+        assert all(hint in missing.json()["error"]["message"]
+                   for hint in ("GKD_API_KEY", "--api-key", "var/local_api_key"))
         assert_error(client.get("/v1/datasets", headers={"Authorization": "Bearer gkd_wrong"}), 401,
                      "authentication_error")
         assert_error(client.get("/v1/datasets", headers={"Authorization": "Basic abc"}), 401,
