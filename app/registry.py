@@ -14,6 +14,8 @@ from app.orm import TeacherModel, utcnow
 from app.settings import Settings
 from app.storage import ArchiveError, extract_archive, get_storage
 
+FAMILY_COLUMNS = ("family", "num_attention_heads", "max_position_embeddings", "embedding_size")
+
 
 class RegistryError(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
@@ -46,6 +48,10 @@ def _row(model_id: str, tenant_id: str | None, name: str, path: str, source: str
         hidden_size=info.hidden_size,  # type: ignore[attr-defined]
         num_parameters=info.num_parameters,  # type: ignore[attr-defined]
         vocab_size=info.vocab_size,  # type: ignore[attr-defined]
+        family=info.family,  # type: ignore[attr-defined]
+        num_attention_heads=info.num_attention_heads,  # type: ignore[attr-defined]
+        max_position_embeddings=info.max_position_embeddings,  # type: ignore[attr-defined]
+        embedding_size=info.embedding_size,  # type: ignore[attr-defined]
         created_at=utcnow(),
     )
 
@@ -66,7 +72,7 @@ def import_directory(
     fresh = _row(existing.id if existing else new_id("mdl"), tenant_id, name, str(path), source, info)
     if existing is not None:
         for column in ("path", "source", "task", "model_type", "labels", "num_layers", "hidden_size",
-                       "num_parameters", "vocab_size"):
+                       "num_parameters", "vocab_size", *FAMILY_COLUMNS):
             setattr(existing, column, getattr(fresh, column))
         session.flush()
         return existing

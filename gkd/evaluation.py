@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from gkd import data as gdata
 from gkd.batching import collate, encode, eval_batches
 from gkd.metrics import EvalAccumulator
-from gkd.models import check_model_dir, load_teacher, load_tokenizer
+from gkd.models import check_model_dir, load_teacher, load_tokenizer, model_family
 from gkd.objective import student_saliency_gradients, teacher_targets
 
 
@@ -39,7 +39,8 @@ def evaluate_directory(
     dataset = encode(tokenizer, [e.text for e in examples], pairs, [index[str(e.label)] for e in examples],
                      max_length)
     teacher = load_teacher(teacher_dir, device=device) if teacher_dir else None
-    vector_form = teacher is None or teacher.model.config.hidden_size == model.config.hidden_size
+    width = model_family(model).hidden_size(model.config)  # as the trainer picks the form (same width: vector)
+    vector_form = teacher is None or width == model_family(teacher.model).hidden_size(teacher.model.config)
     accumulator = EvalAccumulator(len(labels), vector_form=vector_form)
     pad_id = int(tokenizer.pad_token_id or 0)
     for indices in eval_batches(dataset.lengths(), batch_size):

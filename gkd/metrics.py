@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import PreTrainedModel
 
 from gkd import losses
-from gkd.objective import Batch, TeacherTargets
+from gkd.objective import Batch, TeacherTargets, model_inputs
 
 TOP_K = 3
 
@@ -84,7 +85,6 @@ class EvalAccumulator:
         return metrics
 
 
-def predictions_of(model: torch.nn.Module, batch: Batch) -> Tensor:
+def predictions_of(model: PreTrainedModel, batch: Batch) -> Tensor:
     with torch.no_grad():
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     token_type_ids=batch.token_type_ids).logits.argmax(dim=-1)
+        return model(**model_inputs(model, batch)).logits.argmax(dim=-1)

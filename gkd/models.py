@@ -1,7 +1,8 @@
 """Teachers loaded safely from local directories, and students cut from them.
 
 Loading rules (the service relies on them): safetensors weights only, never `trust_remote_code`, no
-config that asks for remote code (`auto_map`), eager attention (double backward needs it).
+config that asks for remote code (`auto_map`), only the encoder families of `gkd.families`, eager
+attention (double backward needs it). Family-specific names come from `gkd.families`, never from here.
 """
 
 from __future__ import annotations
@@ -10,20 +11,19 @@ import copy
 import importlib.util
 import json
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from gkd.config import ConfigError, DistillConfig, StudentSpec, effective_dropout, embeddings_frozen
+from gkd.families import FAMILIES, Family, supported
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-LAYER_KEY = re.compile(r"^(?P<prefix>.*\.layer\.)(?P<index>\d+)(?P<rest>\..*)$")
-FRESH_PREFIXES = ("classifier.", "pooler.", "bert.pooler.")
 
 
 class ModelError(ValueError):
@@ -45,6 +45,10 @@ class TeacherInfo(BaseModel):
     hidden_size: int
     vocab_size: int
     num_parameters: int
+    family: str = ""  # the `gkd.families` entry (today always equal to model_type)
+    num_attention_heads: int = 0
+    max_position_embeddings: int = 0  # usable input length (RoBERTa-style tables reserve pad id + 1 rows)
+    embedding_size: int = 0  # width of E, the input embeddings the gradient loss differentiates against
 
 
 @dataclass
@@ -93,6 +97,7 @@ def check_model_dir(path: str | Path) -> dict[str, Any]:
     config = _read_config(path)
     if config.get("auto_map") or config.get("trust_remote_code"):
         raise ModelError("configs that ask for remote code (auto_map) are refused", "config.auto_map")
+    family_of(config.get("model_type"))
     names = {p.name for p in path.iterdir()}
     has_safetensors = "model.safetensors" in names or "model.safetensors.index.json" in names
     pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
@@ -105,6 +110,30 @@ def check_model_dir(path: str | Path) -> dict[str, Any]:
     if not ({"tokenizer.json", "vocab.txt"} & names):
         raise ModelError(f"{path} has no tokenizer files (tokenizer.json or vocab.txt)", "tokenizer")
     return config
+
+
+def family_of(model_type: object) -> Family:
+    """The family entry of `model_type`; anything else (decoders, encoder-decoders, unknown) is refused."""
+    family = FAMILIES.get(str(model_type)) if model_type else None
+    if family is None:
+        raise ModelError(
+            f"model_type {model_type!r} is not supported: students are cut from encoder classifiers of the "
+            f"families {supported()} (docs/teachers.md)",
+            "config.model_type",
+        )
+    return family
+
+
+def model_family(model: PreTrainedModel) -> Family:
+    return family_of(model.config.model_type)
+
+
+def _parsed_config(config: dict[str, Any]) -> PretrainedConfig:
+    """The raw config.json as its transformers config class (defaults filled in); reads no weights."""
+    try:
+        return CONFIG_MAPPING[config["model_type"]].from_dict(config)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ModelError(f"config.json is not a valid {config.get('model_type')} config: {exc}", "config") from exc
 
 
 def _labels_from_config(config: dict[str, Any]) -> list[str]:
@@ -120,14 +149,20 @@ def describe_teacher(path: str | Path) -> TeacherInfo:
     """Facts about a model directory, without loading its weights into a model."""
     config = check_model_dir(path)
     labels = _labels_from_config(config)
+    family = family_of(config["model_type"])
+    parsed = _parsed_config(config)
     return TeacherInfo(
-        model_type=str(config.get("model_type", "unknown")),
+        model_type=family.model_type,
         task="text-classification" if labels else None,
         labels=labels,
-        num_layers=int(config.get("num_hidden_layers", 0)),
-        hidden_size=int(config.get("hidden_size", 0)),
-        vocab_size=int(config.get("vocab_size", 0)),
+        num_layers=family.num_layers(parsed),
+        hidden_size=family.hidden_size(parsed),
+        vocab_size=int(parsed.vocab_size),
         num_parameters=_count_safetensors_parameters(Path(path)),
+        family=family.model_type,
+        num_attention_heads=family.num_heads(parsed),
+        max_position_embeddings=family.usable_positions(parsed),
+        embedding_size=family.embedding_size(parsed),
     )
 
 
@@ -201,9 +236,9 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def embedding_module(model: PreTrainedModel) -> torch.nn.Module:
-    """The module whose output is E (word + position + type embeddings after LayerNorm)."""
-    base = getattr(model, model.base_model_prefix, model)
-    embeddings = getattr(base, "embeddings", None)
+    """The module whose output is E (word + position + type embeddings after LayerNorm): the gradient loss
+    differentiates against its output tensor (`gkd.objective`)."""
+    embeddings = model_family(model).embedding_module(model)
     if embeddings is None:
         raise ModelError(f"{type(model).__name__} has no embeddings module", "teacher")
     return embeddings
@@ -232,18 +267,15 @@ def select_teacher_layers(spec: StudentSpec, teacher_layers: int) -> list[int] |
     return None  # random
 
 
-def _student_config(teacher: PreTrainedModel, spec: StudentSpec, dropout: float) -> Any:
+def _student_config(
+    teacher: PreTrainedModel, spec: StudentSpec, dropout: float, layers: list[int] | None = None
+) -> Any:
+    """The teacher's config cut to the student: depth, per-layer lists, every dropout, width, eager attention."""
+    family = model_family(teacher)
     config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = spec.num_layers
-    config.hidden_dropout_prob = dropout
-    config.attention_probs_dropout_prob = dropout
-    if spec.hidden_size is not None and spec.hidden_size != teacher.config.hidden_size:
-        heads = teacher.config.num_attention_heads
-        while spec.hidden_size % heads:
-            heads -= 1
-        config.hidden_size = spec.hidden_size
-        config.num_attention_heads = heads
-        config.intermediate_size = 4 * spec.hidden_size
+    family.cut_config(config, layers, spec.num_layers, dropout)
+    if spec.hidden_size is not None and spec.hidden_size != family.hidden_size(teacher.config):
+        family.resize(config, spec.hidden_size, family.num_heads(teacher.config))
     config._attn_implementation = "eager"
     return config
 
@@ -257,14 +289,15 @@ def build_student(teacher: Teacher, config: DistillConfig) -> PreTrainedModel:
     """
     spec = config.student
     teacher_model = teacher.model
-    teacher_layers = int(teacher_model.config.num_hidden_layers)
+    family = model_family(teacher_model)
+    teacher_layers = family.num_layers(teacher_model.config)
     layers = select_teacher_layers(spec, teacher_layers)
     dropout = effective_dropout(config)
-    student_config = _student_config(teacher_model, spec, dropout)
+    student_config = _student_config(teacher_model, spec, dropout, layers)
     torch.manual_seed(config.hyperparameters.seed)
     random.seed(config.hyperparameters.seed)
     student = AutoModelForSequenceClassification.from_config(student_config, attn_implementation="eager")
-    same_width = student_config.hidden_size == teacher_model.config.hidden_size
+    same_width = family.hidden_size(student_config) == family.hidden_size(teacher_model.config)
     if same_width:
         copy_teacher_weights(teacher_model, student, layers, head=spec.head == "teacher")
         if embeddings_frozen(config):
@@ -276,20 +309,15 @@ def copy_teacher_weights(
     teacher: PreTrainedModel, student: PreTrainedModel, layers: list[int] | None, *, head: bool = False
 ) -> None:
     """Copy embeddings, encoder layer `layers[j]` into student layer j (none when `layers` is None) and,
-    with `head`, the pooler and classifier."""
+    with `head`, the pooler and classifier. Key layouts come from the family (`gkd.families`)."""
+    family = model_family(teacher)
     source = teacher.state_dict()
     target = student.state_dict()
     update: dict[str, torch.Tensor] = {}
     for key in target:
-        if not head and (key.startswith(FRESH_PREFIXES) or ".pooler." in key):
+        if not head and family.is_head(key):
             continue
-        match = LAYER_KEY.match(key)
-        if match and ".encoder." in key:
-            if layers is None:
-                continue
-            source_key = f"{match['prefix']}{layers[int(match['index'])]}{match['rest']}"
-        else:
-            source_key = key
-        if source_key in source and source[source_key].shape == target[key].shape:
+        source_key = family.teacher_key(key, layers, teacher.config)
+        if source_key is not None and source_key in source and source[source_key].shape == target[key].shape:
             update[key] = source[source_key].detach().clone()
     student.load_state_dict(update, strict=False)

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 
 from gkd import losses
 from gkd.config import GRADIENT_METHODS, HIDDEN_STATE_METHODS, Hyperparameters
-from gkd.models import embedding_module
+from gkd.models import embedding_module, model_family
 
 
 @dataclass
@@ -56,6 +56,15 @@ class ForwardResult:
     hidden_states: tuple[Tensor, ...] | None
 
 
+def model_inputs(model: PreTrainedModel, batch: Batch) -> dict[str, Tensor]:
+    """The forward arguments of `batch` for this model's family: token_type_ids only where the family takes
+    them and has more than one type (DistilBERT, ModernBERT and MPNet take none; RoBERTa has one)."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    if model_family(model).takes_token_types(model.config):
+        inputs["token_type_ids"] = batch.token_type_ids
+    return inputs
+
+
 @contextmanager
 def _capture_embedding_output(model: PreTrainedModel) -> Iterator[list[Tensor]]:
     """Make the embedding output a differentiable tensor and hand it out (forward hook)."""
@@ -76,12 +85,7 @@ def _capture_embedding_output(model: PreTrainedModel) -> Iterator[list[Tensor]]:
 
 def forward(model: PreTrainedModel, batch: Batch, *, hidden_states: bool = False) -> ForwardResult:
     with _capture_embedding_output(model) as captured:
-        out = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            token_type_ids=batch.token_type_ids,
-            output_hidden_states=hidden_states,
-        )
+        out = model(**model_inputs(model, batch), output_hidden_states=hidden_states)
     return ForwardResult(out.logits, captured[0], out.hidden_states if hidden_states else None)
 
 
@@ -89,8 +93,7 @@ def teacher_targets(model: PreTrainedModel, batch: Batch, *, with_gradients: boo
     """Teacher logits, [CLS] states and unit input gradients of its confidence signal (no graph kept)."""
     if not with_gradients:  # logits and [CLS] states only: record no graph
         with torch.no_grad():
-            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                        token_type_ids=batch.token_type_ids, output_hidden_states=True)
+            out = model(**model_inputs(model, batch), output_hidden_states=True)
         cls_only = torch.stack([h[:, 0] for h in out.hidden_states], dim=1)
         return TeacherTargets(logits=out.logits.float(), cls_states=cls_only.float())
     with torch.enable_grad():
@@ -98,11 +101,15 @@ def teacher_targets(model: PreTrainedModel, batch: Batch, *, with_gradients: boo
         assert result.hidden_states is not None
         cls_states = torch.stack([h[:, 0] for h in result.hidden_states], dim=1)
         signal = losses.confidence_signal(result.logits)
-        tensors = [result.embedding_output, *result.hidden_states[1:]]
+        # hidden_states[0] is E itself for most families, but E projected to the hidden width for ALBERT and
+        # ELECTRA: the per-layer [CLS] gradients are taken at hidden_states[k], all of the hidden width.
+        tensors = [result.embedding_output, *result.hidden_states]
         grads = torch.autograd.grad(signal, tensors, allow_unused=True)
     embedding_grad = grads[0]
-    layer_cls = [embedding_grad[:, 0]] + [
-        (g[:, 0] if g is not None else torch.zeros_like(embedding_grad[:, 0])) for g in grads[1:]
+    assert embedding_grad is not None
+    layer_cls = [
+        (g[:, 0] if g is not None else torch.zeros_like(h[:, 0]))
+        for g, h in zip(grads[1:], result.hidden_states, strict=True)
     ]
     mask = batch.attention_mask
     return TeacherTargets(

@@ -9,7 +9,8 @@ Layout of one cache directory (named by its key):
   meta.json            key material and shapes
   logits.npy           [N, C] float32
   offsets.npy          [N + 1] int64 start of each example's tokens in the flat arrays
-  unit_grads.npy       [T, H] float16 unit per-token input gradients (T = real tokens in total)
+  unit_grads.npy       [T, E] float16 unit per-token input gradients (T = real tokens in total, E the
+                       embedding width: H for most families, embedding_size for ALBERT and ELECTRA)
   saliency.npy       [T] float32 per-token saliency, L2-normalised per example (width-independent form)
   cls_states.npy       [N, M+1, H] float16 [CLS] vector of every hidden_states entry
   cls_unit_grads.npy   [N, M+1, H] float16 unit gradients at [CLS] per hidden_states entry
@@ -34,6 +35,7 @@ from transformers import PreTrainedModel
 
 from gkd import losses
 from gkd.batching import EncodedDataset, collate, eval_batches
+from gkd.models import model_family
 from gkd.objective import Batch, TeacherTargets, teacher_targets
 
 CACHE_FORMAT_VERSION = 1
@@ -123,12 +125,14 @@ def build_cache(
         offsets = np.zeros(len(dataset) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         tokens = int(offsets[-1])
-        hidden = int(teacher.config.hidden_size)
-        layers = int(teacher.config.num_hidden_layers) + 1
+        family = model_family(teacher)
+        hidden = family.hidden_size(teacher.config)
+        embedding = family.embedding_size(teacher.config)  # E's width: ALBERT/ELECTRA embed narrower than hidden
+        layers = family.num_layers(teacher.config) + 1
         classes = int(teacher.config.num_labels or 0)
         out = {
             "logits": np.lib.format.open_memmap(tmp / "logits.npy", "w+", np.float32, (len(dataset), classes)),
-            "unit_grads": np.lib.format.open_memmap(tmp / "unit_grads.npy", "w+", np.float16, (tokens, hidden)),
+            "unit_grads": np.lib.format.open_memmap(tmp / "unit_grads.npy", "w+", np.float16, (tokens, embedding)),
             "saliency": np.lib.format.open_memmap(tmp / "saliency.npy", "w+", np.float32, (tokens,)),
             "cls_states": np.lib.format.open_memmap(
                 tmp / "cls_states.npy", "w+", np.float16, (len(dataset), layers, hidden)

@@ -34,8 +34,15 @@ from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, ConfigError, DistillCo
 from gkd.export import export_student
 from gkd.gradient_cap import GradientCap
 from gkd.metrics import EvalAccumulator, accuracy_f1
-from gkd.models import Teacher, build_student, load_teacher
-from gkd.objective import Batch, TeacherTargets, student_loss_parts, student_saliency_gradients, teacher_targets
+from gkd.models import Teacher, build_student, load_teacher, model_family
+from gkd.objective import (
+    Batch,
+    TeacherTargets,
+    model_inputs,
+    student_loss_parts,
+    student_saliency_gradients,
+    teacher_targets,
+)
 from gkd.teacher_cache import TeacherCache, open_or_build, teacher_fingerprint
 
 STATE_FILE = "training_state.pt"
@@ -230,7 +237,7 @@ class Trainer:
 
         student = self._prepare_student(teacher, labels)
         vector_form = self._vector_form(student, teacher)
-        pairs = layer_map(int(teacher.model.config.num_hidden_layers), config.student.num_layers)
+        pairs = layer_map(model_family(teacher.model).num_layers(teacher.model.config), config.student.num_layers)
         optimizer = _optimizer(student, config)
         steps_per_epoch = math.ceil(math.ceil(len(encoded["train"]) / hp.batch_size) / hp.gradient_accumulation_steps)
         total_steps = steps_per_epoch * hp.epochs
@@ -356,7 +363,8 @@ class Trainer:
 
     def _vector_form(self, student: PreTrainedModel, teacher: Teacher) -> bool:
         form = self.config.hyperparameters.saliency_form
-        same_width = student.config.hidden_size == teacher.model.config.hidden_size
+        family = model_family(teacher.model)
+        same_width = family.hidden_size(student.config) == family.hidden_size(teacher.model.config)
         return same_width if form == "auto" else form == "vector"
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -479,8 +487,7 @@ class Trainer:
             with torch.no_grad():
                 for indices in eval_batches(dataset.lengths(), 64):
                     batch = collate(dataset, indices, self._pad_id).to(self.device)
-                    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                   token_type_ids=batch.token_type_ids).logits
+                    logits = model(**model_inputs(model, batch)).logits
                     predictions[indices] = logits.argmax(dim=-1).cpu().numpy()
         return accuracy_f1(predictions, np.asarray(dataset.labels), len(labels))
 

@@ -57,6 +57,10 @@ class Model(_Resource):
     hidden_size: int | None = None
     num_parameters: int | None = None
     vocab_size: int | None = None
+    family: str | None = None
+    num_attention_heads: int | None = None
+    max_position_embeddings: int | None = None
+    embedding_size: int | None = None
     created_at: datetime | None = None
 
 

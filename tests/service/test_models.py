@@ -139,3 +139,27 @@ def test_zip_with_symlink_is_refused(client: TestClient, auth: dict, settings: S
     error = assert_error(upload(client, auth, "teacher.zip", buffer.getvalue()), 422, "invalid_request_error")
     assert "link" in error["message"]
     assert models_dir(settings) == []
+
+
+@pytest.mark.parametrize(("family", "facts"), [
+    ("distilbert", {"num_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "embedding_size": 32}),
+    ("albert", {"num_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "embedding_size": 16}),
+])
+def test_uploaded_teacher_shows_its_family_facts(client: TestClient, auth: dict, tmp_path: Path, family: str,
+                                                 facts: dict) -> None:
+    from tests.factories import make_tiny_family_teacher
+
+    teacher = make_tiny_family_teacher(tmp_path / family, family)
+    response = upload(client, auth, "teacher.tar.gz", tar_of(teacher))
+    assert response.status_code == 201, response.text
+    model = client.get(f"/v1/models/{response.json()['id']}", headers=auth).json()
+    assert model["family"] == model["model_type"] == family
+    assert {k: model[k] for k in facts} == facts and model["max_position_embeddings"] == 64
+
+
+def test_upload_of_an_unsupported_family_is_refused(client: TestClient, auth: dict, tmp_path: Path) -> None:
+    from tests.factories import make_tiny_gpt2
+
+    response = upload(client, auth, "teacher.tar.gz", tar_of(make_tiny_gpt2(tmp_path / "gpt2")))
+    assert response.status_code == 422, response.text
+    assert "not supported" in response.text and "modernbert" in response.text
