@@ -24,6 +24,7 @@ TEACHER_METHODS: frozenset[str] = frozenset({"kd", "pkd", "gradient_kd", "gradie
 HIDDEN_STATE_METHODS: frozenset[str] = frozenset({"pkd", "gradient_kd_cls"})
 
 InitStrategy = Literal["bottom", "every_other", "random"]
+LayerRule = Literal["bottom", "every_other"] | list[int]
 
 
 class ConfigError(ValueError):
@@ -39,16 +40,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _check_layer_indices(value: Any) -> Any:
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("an explicit layer list must not be empty")
+        if any(i < 0 for i in value):
+            raise ValueError("layer indices are 0-based and must not be negative")
+        if len(set(value)) != len(value):
+            raise ValueError("layer indices must not repeat")
+    return value
+
+
+class InitFromModel(_Strict):
+    """A student started from another pretrained encoder that shares the teacher's tokenizer (docs/teachers.md)."""
+
+    model: str = Field(..., min_length=1, max_length=500,
+                       description="The encoder to start from: a model directory, or in the service a registered "
+                       "model's id or name.")
+    layers: LayerRule = Field("bottom", description="Which of its layers the student keeps: 'bottom', "
+                              "'every_other' or a list of 0-based indices.")
+
+    @field_validator("layers")
+    @classmethod
+    def _check_layers(cls, value: Any) -> Any:
+        return _check_layer_indices(value)
+
+
 class StudentSpec(_Strict):
-    """How the student is cut from the teacher."""
+    """How the student is cut from the teacher (or from another encoder)."""
 
     num_layers: int = Field(3, ge=1, le=48, description="Number of encoder layers of the student.")
-    init: InitStrategy | list[int] = Field(
+    init: InitStrategy | list[int] | InitFromModel = Field(
         "bottom",
         description=(
             "Which teacher layers initialise the student: 'bottom' (the first N, as the authors), "
             "'every_other' (DistilBERT style), an explicit list of 0-based teacher layer indices, "
-            "or 'random' (no teacher weights in the encoder)."
+            "'random' (no teacher weights in the encoder), or {\"model\": ..., \"layers\": ...} to start from "
+            "another pretrained encoder with the teacher's tokenizer."
         ),
     )
     hidden_size: int | None = Field(
@@ -82,14 +110,7 @@ class StudentSpec(_Strict):
     @field_validator("init")
     @classmethod
     def _check_layer_list(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("an explicit layer list must not be empty")
-            if any(i < 0 for i in value):
-                raise ValueError("layer indices are 0-based and must not be negative")
-            if len(set(value)) != len(value):
-                raise ValueError("layer indices must not repeat")
-        return value
+        return _check_layer_indices(value)
 
     @model_validator(mode="after")
     def _list_matches_depth(self) -> StudentSpec:
@@ -97,7 +118,20 @@ class StudentSpec(_Strict):
             raise ValueError(
                 f"init lists {len(self.init)} teacher layers but num_layers is {self.num_layers}"
             )
+        if isinstance(self.init, InitFromModel):
+            if isinstance(self.init.layers, list) and len(self.init.layers) != self.num_layers:
+                raise ValueError(
+                    f"init.layers lists {len(self.init.layers)} layers but num_layers is {self.num_layers}"
+                )
+            if self.hidden_size is not None:
+                raise ValueError("hidden_size: a student started from init.model has that model's width; "
+                                 "leave hidden_size null")
         return self
+
+    @property
+    def base_model(self) -> str | None:
+        """The other encoder the student starts from, or None when it is cut from the teacher."""
+        return self.init.model if isinstance(self.init, InitFromModel) else None
 
 
 class Hyperparameters(_Strict):

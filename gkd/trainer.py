@@ -363,8 +363,9 @@ class Trainer:
 
     def _vector_form(self, student: PreTrainedModel, teacher: Teacher) -> bool:
         form = self.config.hyperparameters.saliency_form
-        family = model_family(teacher.model)
-        same_width = family.hidden_size(student.config) == family.hidden_size(teacher.model.config)
+        # Each model's own family: a student started from another encoder may name its width differently.
+        same_width = (model_family(student).hidden_size(student.config)
+                      == model_family(teacher.model).hidden_size(teacher.model.config))
         return same_width if form == "auto" else form == "vector"
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:

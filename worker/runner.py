@@ -404,10 +404,17 @@ def build_config(settings: Settings, job_id: str) -> Any:
         state = (work / "state" / STATE_FILE).relative_to(settings.storage).as_posix()
         if storage.kind != "local" and storage.exists(state):
             storage.materialize(state, refresh=True)  # the latest state, whoever saved it
+        student = dict(job.student)
+        init = student.get("init")
+        if isinstance(init, dict) and "model" in init:  # another encoder the student starts from, by id
+            base = session.get(TeacherModel, init["model"])
+            if base is None:
+                raise RuntimeError(f"the student's starting model {init['model']} no longer exists")
+            student["init"] = {**init, "model": str(storage.materialize(base.path))}
         return DistillConfig(
             method=job.method,  # type: ignore[arg-type]
             teacher=str(storage.materialize(teacher.path)),
-            student=job.student,  # type: ignore[arg-type]
+            student=student,  # type: ignore[arg-type]
             data=DataSpec(train=str(storage.materialize(train.path)),
                           dev=str(storage.materialize(dev.path)) if dev else None),
             hyperparameters=job.hyperparameters,  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_r
 from app.schemas import JobCreate, JobOut, ListResponse
 from app.settings import TERMINAL_STATUSES
 from app.store import notify, request_hash, status_event, transition
+from gkd.config import HIDDEN_STATE_METHODS, InitFromModel
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -48,7 +49,7 @@ def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels:
             code="labels_mismatch",
         )
     student = body.student
-    if student.num_layers > teacher.num_layers:
+    if student.base_model is None and student.num_layers > teacher.num_layers:
         raise invalid(
             f"the student ({student.num_layers} layers) cannot be deeper than the teacher "
             f"({teacher.num_layers} layers)",
@@ -76,6 +77,37 @@ def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels:
         )
     except ConfigError as exc:
         raise invalid(exc.message, param=exc.param) from exc
+
+
+def _check_base_model(body: JobCreate, teacher: TeacherModel, base: TeacherModel) -> None:
+    """`student.init.model`: another encoder the student starts from, checked against the teacher with the
+    registry's facts (the worker compares the two tokenizers token by token before training)."""
+    init = body.student.init
+    assert isinstance(init, InitFromModel)
+    if base.vocab_size != teacher.vocab_size:
+        raise invalid(
+            f"model {base.id} ({base.name}) has a vocabulary of {base.vocab_size} tokens and the teacher "
+            f"{teacher.vocab_size}: a student must read the teacher's token ids, so both need the same tokenizer",
+            param="student.init.model",
+        )
+    if body.student.num_layers > base.num_layers:
+        raise invalid(
+            f"the student ({body.student.num_layers} layers) cannot be deeper than model {base.name} "
+            f"({base.num_layers} layers)",
+            param="student.num_layers",
+        )
+    if isinstance(init.layers, list) and max(init.layers) >= base.num_layers:
+        raise invalid(
+            f"layers {[i for i in init.layers if i >= base.num_layers]} do not exist; model {base.name} has "
+            f"layers 0..{base.num_layers - 1}",
+            param="student.init.layers",
+        )
+    if body.method in HIDDEN_STATE_METHODS and base.hidden_size != teacher.hidden_size:
+        raise invalid(
+            f"{body.method} compares hidden states and needs the teacher's width ({teacher.hidden_size}); "
+            f"model {base.name} is {base.hidden_size} wide: use gradient_kd or kd",
+            param="student.init.model",
+        )
 
 
 def _existing_for_key(session: Session, tenant: Tenant, key: str, digest: str) -> Job | None:
@@ -111,6 +143,11 @@ def create_job(
     if body.validation_dataset is not None:
         dev = get_dataset(session, tenant, body.validation_dataset, param="validation_dataset", lock=True)
     _check_against_teacher(body, teacher, train.labels, dev.labels if dev else None)
+    student = body.student.model_dump(mode="json")
+    if body.student.base_model is not None:
+        base = get_model(session, tenant, body.student.base_model, param="student.init.model")
+        _check_base_model(body, teacher, base)
+        student["init"]["model"] = base.id  # the worker resolves the id; a name could later mean another model
 
     job = Job(
         id=new_id("job"),
@@ -120,7 +157,7 @@ def create_job(
         teacher_id=teacher.id,
         training_dataset_id=train.id,
         validation_dataset_id=dev.id if dev else None,
-        student=body.student.model_dump(mode="json"),
+        student=student,
         hyperparameters=body.hyperparameters.model_dump(mode="json"),
         name=body.name,
         meta=body.metadata,

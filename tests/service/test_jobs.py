@@ -201,3 +201,54 @@ def test_broker_down_leaves_job_queued_and_sweeper_enqueues(settings: Settings, 
         message = queue.get(timeout=2)
         assert message.headers["task"] == "worker.tasks.run_job"
         queue.close()
+
+
+@pytest.fixture(scope="module")
+def base_encoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two encoders a student could start from: one with the teacher's tokenizer (3 layers, hidden 48), one
+    whose vocabulary is larger than the teacher's."""
+    from transformers import BertForSequenceClassification
+
+    from tests.factories import make_tiny_teacher, tiny_bert_config, write_tokenizer
+
+    root = tmp_path_factory.mktemp("bases")
+    same = make_tiny_teacher(root / "same", num_layers=3, hidden=48, seed=1)
+    config = tiny_bert_config(2, 32)
+    config.vocab_size += 10
+    other = root / "other"
+    BertForSequenceClassification(config).save_pretrained(str(other), safe_serialization=True)
+    write_tokenizer(other)
+    return {"same": same, "other": other}
+
+
+def test_a_student_can_start_from_another_registered_encoder(client: TestClient, auth: dict, setup: dict,
+                                                              settings: Settings,
+                                                              base_encoders: dict[str, Path]) -> None:
+    base = register_teacher(settings, auth, base_encoders["same"], name="small-base")
+    body = {**setup, "student": {"num_layers": 2, "init": {"model": "small-base", "layers": "every_other"}}}
+    response = client.post("/v1/jobs", headers=auth, json=body)
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["student"]["init"] == {"model": base, "layers": "every_other"}  # the name resolved to the id
+
+    from worker.runner import build_config
+
+    config = build_config(settings, job["id"])  # the worker reads the model's directory, not its name
+    assert Path(config.student.init.model).resolve() == base_encoders["same"].resolve()
+
+    def refused(student: dict, method: str = "gradient_kd") -> dict:
+        answer = client.post("/v1/jobs", headers=auth, json={**setup, "method": method, "student": student})
+        assert answer.status_code == 422, answer.text
+        return answer.json()["error"]
+
+    assert refused({"num_layers": 4, "init": {"model": base}})["param"] == "student.num_layers"
+    assert refused({"num_layers": 2, "init": {"model": base, "layers": [0, 3]}})["param"] == "student.init.layers"
+    wide = refused({"num_layers": 2, "init": {"model": base}}, method="pkd")
+    assert wide["param"] == "student.init.model" and "width" in wide["message"]
+    assert "student" in refused({"num_layers": 2, "hidden_size": 64, "init": {"model": base}})["param"]
+    unknown = client.post("/v1/jobs", headers=auth, json={**setup, "student": {"num_layers": 1,
+                                                                             "init": {"model": "no-such-model"}}})
+    assert_error(unknown, 404, "not_found_error", "student.init.model")  # as an unknown teacher
+    register_teacher(settings, auth, base_encoders["other"], name="other-vocab")
+    vocab = refused({"num_layers": 1, "init": {"model": "other-vocab"}})
+    assert vocab["param"] == "student.init.model" and "tokenizer" in vocab["message"]
