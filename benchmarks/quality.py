@@ -39,7 +39,7 @@ METRICS = ("accuracy", "macro_f1", "teacher_agreement", "saliency_agreement", "s
 SETTING_KEYS = ("teacher", "data", "train_rows", "eval_rows", "epochs", "max_length", "batch_size",
                 "learning_rate", "beta", "gamma", "gradient_term_cap", "gradient_warmup_ratio",
                 "gradient_term_cap_per_tensor", "gradient_term_cap_every", "gradient_start_ratio", "student_dropout",
-                "student_embeddings")
+                "student_embeddings", "student_init_model")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -70,6 +70,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--student-embeddings", choices=("frozen", "trainable"), default=None,
                         help="student.embeddings (default: the library's, trainable)")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--student-init-model", default=None,
+                        help="start every student from this encoder directory (student.init.model, bottom layers) "
+                        "instead of cutting it from the teacher; e.g. the packaged MiniLM")
     parser.add_argument("--layers", default="2,3", help="student depths")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (depth, method): seed-base, seed-base+1, ...")
     parser.add_argument("--seed-base", type=int, default=42)
@@ -140,7 +143,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             "gradient_term_cap_every": args.gradient_term_cap_every, "gradient_start_ratio": args.gradient_start_ratio,
             # the students' effective settings (the library's defaults are the same for every method)
             "student_dropout": args.student_dropout if args.student_dropout is not None else 0.0,
-            "student_embeddings": args.student_embeddings or "trainable"}
+            "student_embeddings": args.student_embeddings or "trainable",
+            "student_init_model": args.student_init_model}
 
 
 def load_previous(out: Path, settings: dict[str, Any], fresh: bool) -> dict[str, Any]:
@@ -175,7 +179,9 @@ def make_config(args: argparse.Namespace, run: dict[str, Any], files: dict[str, 
         "method": run["method"],
         "teacher": str(teacher_dir),
         "student": {"num_layers": run["layers"], "dropout": args.student_dropout,
-                    "embeddings": args.student_embeddings},
+                    "embeddings": args.student_embeddings,
+                    "init": {"model": args.student_init_model, "layers": "bottom"} if args.student_init_model
+                    else "bottom"},
         "data": {name: str(path) for name, path in files.items()},
         "hyperparameters": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
                             "max_length": args.max_length, "seed": run["seed"], "beta": run["beta"],
