@@ -308,3 +308,24 @@ def test_registry_refuses_an_unsupported_family(tmp_path: Path):
     with pytest.raises(RegistryError) as info:
         describe(make_tiny_gpt2(tmp_path / "gpt2"))
     assert info.value.param == "config.model_type"
+
+
+# ---------------------------------------------------------------- saliency view and `gkd evaluate`
+@pytest.mark.parametrize("family", FAMILY_TYPES)
+def test_saliency_and_evaluate_work_for_every_family(teacher_dirs: dict[str, Path], data: dict[str, Path],
+                                                     family: str):
+    """The dashboard's saliency computation and `gkd evaluate`, with the teacher as its own student: the two
+    saliency maps are the same map (cosine 1) and the predictions agree everywhere."""
+    from app.routes.saliency import _compute
+    from gkd.evaluation import evaluate_directory
+
+    directory = teacher_dirs[family]
+    examples = _compute(directory, directory, ["a good and moving film", "dull"], None, ["positive", None], 16)
+    assert [len(e.tokens) for e in examples] == [len(e.teacher) for e in examples] == [len(e.student) for e in
+                                                                                       examples]
+    assert all(e.agreement == pytest.approx(1.0, abs=1e-4) for e in examples)
+    assert all(e.teacher_prediction == e.student_prediction for e in examples)
+    metrics = evaluate_directory(directory, data["dev"], teacher_dir=directory, max_length=32)
+    assert metrics["examples"] == 8
+    assert metrics["teacher_agreement"] == 1.0
+    assert metrics["saliency_agreement"] == pytest.approx(1.0, abs=1e-4)
