@@ -81,6 +81,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="DistillConfig.precision: the autocast of the student's step")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--shapes", default="padded,bucketed", help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--epoch-batches", type=int, default=20, help="batches in the epoch comparison (0: skip)")
@@ -136,8 +138,9 @@ class Variant:
     scheduler: Any
     pairs: list[tuple[int, int]]
     vector_form: bool
-    autocast: Any
+    amp: Any  # the trainer's precision and loss scaler (`Trainer._amp()`)
     cap: Any  # the run's GradientCap or None: its measurement schedule carries across steps as in training
+    cuda_peak_mb: float | None = None  # most CUDA memory allocated during one of its measured steps (CUDA only)
 
     @property
     def name(self) -> str:
@@ -150,7 +153,7 @@ class Variant:
         """The trainer's optimisation step (one micro-batch)."""
         return self.trainer._optimisation_step(
             self.student, self.optimizer, self.scheduler, [indices], dataset, cache if self.cached else None,
-            teacher, pad_id, self.pairs, self.vector_form, self.autocast, gradient_scale=1.0,
+            teacher, pad_id, self.pairs, self.vector_form, self.amp, gradient_scale=1.0,
             cap=self.cap,
         )
 
@@ -290,6 +293,7 @@ def make_variant(method: str, cached: bool, args: argparse.Namespace, teacher: T
                             "gradient_term_cap_every": args.gradient_term_cap_every},
         "output_dir": str(scratch / f"run-{method}-{int(cached)}"),
         "device": args.device,
+        "precision": args.precision,
         "cache": "auto" if cached else "off",
     })
     if config.reuse_freed_memory:  # the process setting Trainer.train() makes before its first step
@@ -304,7 +308,7 @@ def make_variant(method: str, cached: bool, args: argparse.Namespace, teacher: T
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, gtrainer._linear_schedule(total, 0))
     pairs = layer_map(int(teacher.model.config.num_hidden_layers), args.student_layers)
     return Variant(method, cached, trainer, student, optimizer, scheduler, pairs,
-                   trainer._vector_form(student, teacher), trainer._autocast(),
+                   trainer._vector_form(student, teacher), trainer._amp(),
                    gtrainer.gradient_cap(config.hyperparameters))
 
 
@@ -338,12 +342,17 @@ def measure_steps(work: Workload, variants: list[Variant], args: argparse.Namesp
             rng.shuffle(order)
             for variant in order:
                 _sync(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
                 start = time.perf_counter()
                 variant.step(work.dataset, indices, work.cache, teacher, pad_id)
                 _sync(device)
                 elapsed = (time.perf_counter() - start) * 1000
                 if round_index >= args.warmup:
                     times[variant.name].append(elapsed)
+                    if device.type == "cuda":  # includes every variant's resident weights and optimiser state
+                        peak = torch.cuda.max_memory_allocated(device) / 2**20
+                        variant.cuda_peak_mb = max(variant.cuda_peak_mb or 0.0, peak)
                     cap_measured[variant.name].append(bool(variant.cap and variant.cap.measured_this_step))
             if not args.quiet:
                 print(f"  [{work.shape}] round {round_index + 1}/{args.warmup + args.steps} done", flush=True)
@@ -500,7 +509,8 @@ def measure_rss(args: argparse.Namespace, work: Workload, keys: list[tuple[str, 
             sys.executable, "-m", "benchmarks.train_step", "--rss-child", f"{method}:{int(cached)}",
             "--teacher", str(args.teacher), "--batch-size", str(args.batch_size), "--length", str(args.length),
             "--steps", str(args.rss_steps), "--warmup", "0", "--student-layers", str(args.student_layers),
-            "--data-dir", str(args.data_dir), "--device", args.device, "--shapes", work.shape,
+            "--data-dir", str(args.data_dir), "--device", args.device, "--precision", args.precision,
+            "--shapes", work.shape,
             "--seed", str(args.seed), "--rss-steps", str(args.rss_steps),
         ]
         if args.threads:
@@ -552,6 +562,7 @@ def summarise(times: dict[str, list[float]], variants: list[Variant],
             "times_ms": values,
             "cap_measuring_steps": sum(flags[variant.name]),
             "ratio_to_kd_uncached": med / baseline if baseline and not math.isnan(baseline) else None,
+            "cuda_peak_mb": variant.cuda_peak_mb,
         })
     return rows
 
@@ -675,6 +686,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "teacher": args.teacher_description or str(args.teacher),
                 "teacher_layers": teacher_layers, "teacher_hidden": int(teacher.model.config.hidden_size),
                 "methods": args.method_list, "shapes": args.shape_list, "device": str(device), "threads": threads,
+                "precision": args.precision,
                 "rss_steps": args.rss_steps, "data": "synthetic" if args.synthetic_data else str(args.data_dir),
                 "beta": 1.0, "gamma": 1.0, "gradient_term_cap": args.gradient_term_cap,
                 "gradient_term_cap_every": args.gradient_term_cap_every,

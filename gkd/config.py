@@ -244,7 +244,10 @@ class DistillConfig(_Strict):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     output_dir: str = Field("var/runs/latest", description="Where state, checkpoints and metrics go.")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast precision.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast precision; 'auto' is bf16 on a CUDA device that supports it, else fp32 "
+        "(fp16 runs with a loss scale that covers both backward passes: docs/methods.md)."
+    )
     cache: Literal["auto", "off", "refresh"] = Field(
         "auto",
         description="Teacher cache policy: 'auto' reuses or fills it, 'off' runs the teacher every step, "

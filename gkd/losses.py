@@ -65,7 +65,9 @@ def confidence_signal(logits: Tensor) -> Tensor:
 
 
 def unit_vectors(gradients: Tensor, eps: float = EPS) -> Tensor:
-    """Scale each vector along the last axis to unit L2 norm; zero vectors stay zero."""
+    """Scale each vector along the last axis to unit L2 norm; zero vectors stay zero. Half-precision input is
+    normalised in float32: squares of 1e-5 gradients underflow in fp16."""
+    gradients = _wide(gradients)
     norms = gradients.norm(dim=-1, keepdim=True)
     return gradients / norms.clamp_min(eps)
 

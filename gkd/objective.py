@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from gkd import losses
 from gkd.config import GRADIENT_METHODS, HIDDEN_STATE_METHODS, Hyperparameters
 from gkd.models import embedding_module, model_family
+from gkd.precision import scaled_input_gradients
 
 
 @dataclass
@@ -146,12 +147,14 @@ def student_loss_parts(
     layer_pairs: Sequence[tuple[int, int]] = (),
     vector_form: bool = True,
     gradient_scale: float = 1.0,
+    input_gradient_scale: float = 1.0,
 ) -> LossParts:
     """The loss of one batch for `method`, kept in its two parts (see `LossParts`).
 
     `gradient_scale` multiplies beta (gradient_kd) or gamma (gradient_kd_cls); the trainer uses it to ramp
     the gradient terms in (`hyperparameters.gradient_warmup_ratio`). At 0 the gradient terms are not computed
-    at all (no double backprop), so steps before the ramp cost what a `kd` step costs."""
+    at all (no double backprop), so steps before the ramp cost what a `kd` step costs. `input_gradient_scale` is
+    the fp16 loss scale, applied to the input-gradient pass too (`gkd.precision`)."""
     needs_hidden = method in HIDDEN_STATE_METHODS
     result = forward(student, batch, hidden_states=needs_hidden)
     logits = result.logits
@@ -176,7 +179,7 @@ def student_loss_parts(
         terms["pkd"] = float(pkd.detach())
     weighted_gradient = None
     if method in GRADIENT_METHODS and gradient_scale > 0:
-        grad_term = _gradient_term(method, result, batch, targets, layer_pairs, vector_form)
+        grad_term = _gradient_term(method, result, batch, targets, layer_pairs, vector_form, input_gradient_scale)
         weight = (hp.beta if method == "gradient_kd" else hp.gamma) * gradient_scale
         weighted_gradient = weight * grad_term
         terms["grad"] = float(grad_term.detach())
@@ -190,6 +193,7 @@ def _gradient_term(
     targets: TeacherTargets,
     layer_pairs: Sequence[tuple[int, int]],
     vector_form: bool,
+    input_gradient_scale: float = 1.0,
 ) -> Tensor:
     """Double backprop: the student's input gradients keep their graph (`create_graph=True`)."""
     signal = losses.confidence_signal(result.logits)
@@ -197,7 +201,7 @@ def _gradient_term(
     if method == "gradient_kd_cls":
         assert result.hidden_states is not None
         tensors += [result.hidden_states[k] for k, _ in layer_pairs]
-    grads = torch.autograd.grad(signal, tensors, create_graph=True)
+    grads = scaled_input_gradients(signal, tensors, input_gradient_scale, create_graph=True)
     mask = batch.attention_mask
     if vector_form:
         assert targets.unit_gradients is not None

@@ -43,6 +43,7 @@ from gkd.objective import (
     student_saliency_gradients,
     teacher_targets,
 )
+from gkd.precision import Precision, resolve_precision
 from gkd.teacher_cache import TeacherCache, open_or_build, teacher_fingerprint
 
 STATE_FILE = "training_state.pt"
@@ -260,7 +261,7 @@ class Trainer:
 
         stopped = False
         lengths = encoded["train"].lengths()
-        autocast = self._autocast()
+        amp = self._amp()  # fp16: one dynamic loss scale for both backward passes (gkd.precision)
         cap = gradient_cap(hp)
         if cap is not None and loop.gradient_cap:
             cap.load_state_dict(loop.gradient_cap)
@@ -272,7 +273,7 @@ class Trainer:
             for group in groups[loop.step_in_epoch :]:
                 metrics = self._optimisation_step(
                     student, optimizer, scheduler, group, encoded["train"], caches.get("train"), teacher,
-                    pad_id, pairs, vector_form, autocast,
+                    pad_id, pairs, vector_form, amp,
                     gradient_scale=_ramp(loop.step, total_steps, hp.gradient_warmup_ratio,
                                          hp.gradient_start_ratio),
                     cap=cap,
@@ -368,12 +369,10 @@ class Trainer:
                       == model_family(teacher.model).hidden_size(teacher.model.config))
         return same_width if form == "auto" else form == "vector"
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        precision = self.config.precision
-        if precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+    def _amp(self) -> tuple[Precision, torch.amp.GradScaler]:
+        """The run's precision on its device and its loss scaler (a pass-through unless fp16)."""
+        precision = resolve_precision(self.config.precision, self.device)
+        return precision, precision.grad_scaler()
 
     def _targets(
         self, cache: TeacherCache | None, teacher: Teacher, batch: Batch, with_gradients: bool = True
@@ -395,13 +394,15 @@ class Trainer:
         pad_id: int,
         pairs: list[tuple[int, int]],
         vector_form: bool,
-        autocast: contextlib.AbstractContextManager[Any],
+        amp: tuple[Precision, torch.amp.GradScaler],
         *,
         gradient_scale: float,
         cap: GradientCap | None,
     ) -> StepMetrics:
         """One optimiser step over the micro-batches of `group`. `cap` is the run's `gradient_cap(hp)` (None:
-        no cap): it keeps its measurement schedule across steps, so it is made once, not per step."""
+        no cap): it keeps its measurement schedule across steps, so it is made once, not per step. `amp` is the
+        run's precision and loss scaler (`_amp`): the scaler's state carries over from step to step."""
+        precision, scaler = amp
         hp = self.config.hyperparameters
         if cap is not None:
             cap.next_step()
@@ -417,22 +418,25 @@ class Trainer:
             # before the gradient terms start (weight 0) a live teacher need not back-propagate either
             targets = (self._targets(cache, teacher, batch, needs_grads and gradient_scale > 0)
                        if needs_teacher else None)
-            with autocast:
+            with precision.autocast():
                 parts = student_loss_parts(method, hp, student, batch, targets, pairs, vector_form,
-                                           gradient_scale=gradient_scale)
+                                           gradient_scale=gradient_scale, input_gradient_scale=scaler.get_scale())
             share = len(indices) / total_examples
             loss, terms = parts.total, dict(parts.terms)
             if parts.gradient is not None and cap is not None and gradient_scale > 0:
-                terms["grad_cap_scale"] = cap.backward(parts.base, parts.gradient, trainable,
-                                                       extra_weight=gradient_scale, weight=share)
+                # Both parts carry the same loss scale, so the cap's ratio of their gradients is unchanged.
+                terms["grad_cap_scale"] = cap.backward(scaler.scale(parts.base), scaler.scale(parts.gradient),
+                                                       trainable, extra_weight=gradient_scale, weight=share)
             else:
-                (loss * share).backward()
+                scaler.scale(loss * share).backward()
             for name, value in {"loss": float(loss.detach()), **terms}.items():
                 sums[name] = sums.get(name, 0.0) + value * share
         sums = self._synchronise(student, sums)
+        scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
         if hp.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, hp.max_grad_norm)
-        optimizer.step()
+        scaler.step(optimizer)  # skipped by the scaler when a scaled gradient overflowed
+        scaler.update()
         learning_rate = float(optimizer.param_groups[0]["lr"])
         scheduler.step()
         loss_value = sums.pop("loss")

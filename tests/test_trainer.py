@@ -317,10 +317,13 @@ def test_crash_resumes_from_the_periodic_state(tmp_path: Path, random_teacher: P
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "crashed"))
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("method", ["gradient_kd", "gradient_kd_cls"])
-def test_bf16_autocast_runs_the_double_backward_on_cpu(tmp_path: Path, random_teacher: Path, data, method: str):
+def test_half_precision_autocast_runs_the_double_backward_on_cpu(tmp_path: Path, random_teacher: Path, data,
+                                                                 method: str, precision: str):
+    """fp16 runs with the loss scaler (gkd.precision): the gradient term is still there, and finite."""
     config = make_config(tmp_path, random_teacher, data, method, "run", epochs=1)
-    config.precision = "bf16"
+    config.precision = precision
     recorder = Recorder()
     result = Trainer(config, [recorder]).train()
     assert result.steps == 5
