@@ -713,8 +713,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             server.stop()
             server = None
         out = Path(args.out)
-        common.write_json_atomic(out, report)
-        out.with_suffix(".md").write_text(render(report, markdown=True), encoding="utf-8")
+        common.write_report(out, report, render(report, markdown=True))
         print()
         print(render(report, markdown=False))
         if args.keep_log:

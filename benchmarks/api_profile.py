@@ -18,6 +18,7 @@ import asyncio
 import collections
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--stacks", help="also keep py-spy's collapsed stacks here (input for flame graphs)")
     parser.add_argument("--out", default=str(common.RESULTS_DIR / "api_profile.json"))
     return parser.parse_args(argv)
+
+
+def py_spy() -> str | None:
+    """py-spy on PATH, else beside this interpreter (the venv's bin when it is not activated)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.is_file() else None)
 
 
 def frame_name(frame: str) -> str:
@@ -102,8 +109,8 @@ async def _load_and_sample(args: argparse.Namespace, server: api.Server, seeded:
     pid = server.worker_pids()[0]
     before = server.cpu_seconds()
     spy = await asyncio.create_subprocess_exec(
-        "py-spy", "record", "--pid", str(pid), "--duration", str(args.seconds), "--rate", str(args.rate), "--gil",
-        "--format", "raw", "--output", str(collapsed),
+        py_spy() or "py-spy", "record", "--pid", str(pid), "--duration", str(args.seconds), "--rate",
+        str(args.rate), "--gil", "--format", "raw", "--output", str(collapsed),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     result = await api.run_wrk(server.url, script, load, args.seconds)
     cpu = server.cpu_seconds() - before
@@ -132,7 +139,7 @@ def render(report: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     common.set_module_name("benchmarks.api_profile")
     args = parse_args(argv)
-    if shutil.which("py-spy") is None:
+    if py_spy() is None:
         raise SystemExit("py-spy is not on PATH (it is in the dev extra: make install)")
     if not (api.reachable(5432) and api.reachable(6379)):
         raise SystemExit("PostgreSQL (5432) and Redis (6379) must listen on 127.0.0.1")
@@ -163,10 +170,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "self": [(name, round(100 * n / max(total, 1), 1)) for name, n in own.most_common(args.top)],
         }
         out = Path(args.out)
-        common.write_json_atomic(out, report)
-        out.with_suffix(".md").write_text(render(report), encoding="utf-8")
-        print(render(report))
-        print(f"wrote {out} and {out.with_suffix('.md')}")
+        common.write_report(out, report, render(report))
+        print(render(report) + f"\nwrote {out} and {out.with_suffix('.md')}")
         return report
     finally:
         if server is not None:

@@ -263,6 +263,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def write_report(out: Path, report: dict[str, Any], markdown: str) -> None:
+    """A benchmark's JSON at `out` and its Markdown beside it (`.md`)."""
+    write_json_atomic(out, report)
+    out.with_suffix(".md").write_text(markdown, encoding="utf-8")
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(value: Any) -> str:
         return str(value).replace("|", "\\|")

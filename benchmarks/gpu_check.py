@@ -459,31 +459,11 @@ def loss_recorder() -> Any:
 
 
 def train_two_ranks(config: Any, backend: str, callbacks: Sequence[Any]) -> Any:
-    """`gkd.distributed.train_distributed` with the backend chosen here (it picks NCCL for any CUDA run, and
-    NCCL needs one GPU per rank): rank 1 spawned with the library's entry point, this process rank 0."""
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
+    """Two data-parallel ranks on `backend`, chosen here: `train_distributed` picks NCCL for any CUDA run, and
+    NCCL needs one GPU per rank."""
     from gkd import distributed as gdist
 
-    port = gdist.free_port()
-    options = {"state_every_steps": None, "examples": None, "resume": False}
-    context = mp.start_processes(gdist._spawned_rank, args=(config, 2, port, backend, options), nprocs=1,
-                                 join=False, start_method="spawn")
-    try:
-        gdist._init_group(backend, 0, 2, port)
-        try:
-            result = gdist.DistributedTrainer(config, callbacks).train(resume=False)
-        finally:
-            dist.destroy_process_group()
-        while not context.join(timeout=60):
-            pass
-        return result
-    except BaseException:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-        raise
+    return gdist.run_ranks(config, 2, backend, callbacks, resume=False)
 
 
 def nccl_rank(rank: int, port: int, answers: Any) -> None:

@@ -216,7 +216,22 @@ def train_distributed(
     check_devices(config, devices)
     if devices == 1:
         return Trainer(config, callbacks, state_every_steps=state_every_steps, examples=examples).train(resume)
-    backend = backend_for(config.device)
+    return run_ranks(config, devices, backend_for(config.device), callbacks, resume=resume,
+                     state_every_steps=state_every_steps, examples=examples)
+
+
+def run_ranks(
+    config: DistillConfig,
+    devices: int,
+    backend: str,
+    callbacks: Sequence[TrainerCallback] = (),
+    *,
+    resume: bool = True,
+    state_every_steps: int | None = None,
+    examples: Splits | None = None,
+) -> TrainResult:
+    """`devices` ranks on the process-group `backend`, this process rank 0, without `train_distributed`'s checks
+    (the GPU check runs gloo on CUDA tensors, two ranks on one GPU, which NCCL refuses)."""
     port = free_port()
     options: dict[str, Any] = {"state_every_steps": state_every_steps, "examples": examples, "resume": resume}
     # Ranks 1..N-1 are started first: rank 0's init_process_group waits for them.

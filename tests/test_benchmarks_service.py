@@ -58,7 +58,7 @@ def test_api_benchmark_tiny(driver: str, tmp_path: Path) -> None:
 def test_api_profile_tiny(tmp_path: Path) -> None:
     if not (_reachable(5432) and _reachable(6379)):
         pytest.skip("PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are needed")
-    if shutil.which("py-spy") is None:
+    if api_profile.py_spy() is None:
         pytest.skip("py-spy is not installed")
     out = tmp_path / "profile.json"
     report = api_profile.main(["--seconds", "2", "--jobs", "20", "--out", str(out)])
