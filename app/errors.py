@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
+import types
+import typing
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -113,19 +118,62 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (`X | None`, `Annotated[X, ...]`, unions of several)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated):
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    return []
+
+
+def field_path(models: Iterable[type[BaseModel]], path: Sequence[Any]) -> tuple[list[Any], set[str]]:
+    """`path` without pydantic's union-member tags (a model's class name in the location), and the field names
+    that can stand at its last part in any of the request body `models`."""
+    level, clean = list(models), []
+    for index, part in enumerate(path):
+        tagged = [model for model in level if model.__name__ == part]
+        if tagged:  # 'InitFromModel' in ('student', 'init', 'InitFromModel', 'layer'): which member, not a field
+            level = tagged
+            continue
+        clean.append(part)
+        if index < len(path) - 1:
+            level = [m for model in level if part in model.model_fields
+                     for m in _models_in(model.model_fields[part].annotation)]
+    return clean, {name for model in level for name in model.model_fields}
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    param = dotted(first.get("loc", ()))
+    # A misspelt field is the most specific diagnosis, also where a union lists other members' errors first.
+    first = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0] if errors else
+                 {"loc": (), "msg": "invalid request"})
+    loc = tuple(first.get("loc", ()))
     kind = first.get("type", "")
+    models = getattr(request.app.state, "body_models", ())
+    siblings: set[str] = set()
+    if kind == "extra_forbidden" and loc[:1] == ("body",) and len(loc) > 1:
+        path, siblings = field_path(models, loc[1:])
+        loc = ("body", *path)
+    param = dotted(loc)
     if kind == "json_invalid":
         param = None
         message = "the request body is not valid JSON"
+    elif loc == ("body",) and kind in ("dict_type", "model_attributes_type", "model_type"):
+        # A JSON body sent without `Content-Type: application/json` arrives as a string.
+        message = "the request body must be a JSON object, sent with 'Content-Type: application/json'"
     else:
         message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
         if param:
             message = f"{param}: {message}"
+        if siblings:
+            message += did_you_mean(str(loc[-1]), siblings)
     code = "missing_parameter" if kind == "missing" else "invalid_parameter"
     return JSONResponse(error_body("invalid_request_error", code, message, param), status_code=422)
 
@@ -179,7 +227,9 @@ def _document_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, body_models: Sequence[type[BaseModel]] = ()) -> None:
+    """The envelope for every error; `body_models` (the strict request bodies) feed "did you mean" hints."""
+    app.state.body_models = tuple(body_models)
     _document_errors(app)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

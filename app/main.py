@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app import dashboard, errors
 from app.reads import Reads
 from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, saliency
+from app.schemas import JobCreate
 from app.settings import Settings
 from app.tenant_cache import TenantCache
 
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return make_celery(settings)
 
     app.state.celery = celery_producer
-    errors.install(app)
+    errors.install(app, body_models=(JobCreate, saliency.SaliencyRequest))
     # Routers are matched in this order, one route after another: the polled ones first (a job's status, its events)
     # cost the least matching. The OpenAPI document lists paths in the same order.
     for module in (jobs, events, checkpoints, datasets, models, saliency, health, metrics, dashboard):

@@ -75,6 +75,26 @@ def test_missing_body_field_and_bad_json(client: TestClient, auth: dict, setup: 
                  422, "invalid_request_error", None)
 
 
+def test_a_body_without_content_type_and_a_misspelt_field_say_what_to_do(client: TestClient, auth: dict,
+                                                                          setup: dict) -> None:
+    import json
+
+    untyped = assert_error(client.post("/v1/jobs", headers=auth, content=json.dumps(setup).encode()), 422,
+                           "invalid_request_error", None)
+    assert "Content-Type: application/json" in untyped["message"]
+    misspelt = {**setup, "hyperparameters": {"learning_rte": 1e-4}}
+    typo = assert_error(client.post("/v1/jobs", headers=auth, json=misspelt), 422, "invalid_request_error",
+                        "hyperparameters.learning_rte")
+    assert "did you mean 'learning_rate'?" in typo["message"]
+    top = assert_error(client.post("/v1/jobs", headers=auth, json={**setup, "techer": "x"}), 422,
+                       "invalid_request_error", "techer")
+    assert "did you mean 'teacher'?" in top["message"]
+    nested = {**setup, "student": {"num_layers": 1, "init": {"model": "m", "layer": "bottom"}}}
+    assert "did you mean 'layers'?" in client.post("/v1/jobs", headers=auth, json=nested).json()["error"]["message"]
+    far = client.post("/v1/jobs", headers=auth, json={**setup, "zzzz": 1}).json()["error"]["message"]
+    assert "did you mean" not in far
+
+
 def test_other_tenants_dataset_and_teacher_are_invisible(client: TestClient, auth: dict, other_auth: dict,
                                                         setup: dict) -> None:
     assert_error(client.post("/v1/jobs", headers=other_auth, json=setup), 404, "not_found_error", "teacher")
