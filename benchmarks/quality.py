@@ -331,6 +331,9 @@ def render(report: dict[str, Any], markdown: bool) -> str:
         "over seeds. Saliency cos: mean cosine between teacher and student per-token input gradients over "
         "real tokens."
     )
+    if s.get("student_init_model"):
+        parts[-1] += (f" Every student starts from {s['student_init_model']} (its bottom layers; "
+                      "`student.init.model`), not from the teacher's layers.")
     teacher = report.get("teacher_reference")
     if teacher:
         t = teacher["test"]
