@@ -66,8 +66,8 @@ class ModelOut(BaseModel):
     num_parameters: int
     vocab_size: int | None
     family: str | None = Field(None, description="Encoder family (docs/teachers.md); null for older rows.")
-    num_attention_heads: int | None = None
-    max_position_embeddings: int | None = Field(None, description="Usable input length in tokens.")
+    num_heads: int | None = None
+    max_positions: int | None = Field(None, description="Usable input length in tokens.")
     embedding_size: int | None = Field(None, description="Width of the input embeddings (ALBERT, ELECTRA: "
                                        "narrower than hidden_size).")
     created_at: datetime
@@ -87,8 +87,8 @@ class ModelOut(BaseModel):
             num_parameters=row.num_parameters,
             vocab_size=row.vocab_size,
             family=row.family,
-            num_attention_heads=row.num_attention_heads,
-            max_position_embeddings=row.max_position_embeddings,
+            num_heads=row.num_attention_heads,
+            max_positions=row.max_position_embeddings,
             embedding_size=row.embedding_size,
             created_at=row.created_at,
         )

@@ -48,6 +48,7 @@ def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels:
             param="validation_dataset",
             code="labels_mismatch",
         )
+    _check_max_length(body, teacher)
     student = body.student
     if student.base_model is None and student.num_layers > teacher.num_layers:
         raise invalid(
@@ -79,11 +80,29 @@ def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels:
         raise invalid(exc.message, param=exc.param) from exc
 
 
+def _check_max_length(body: JobCreate, model: TeacherModel) -> None:
+    """Inputs longer than a model's position table cannot be encoded (the registry's usable length): the default
+    length is capped to it, an explicit longer one is refused."""
+    limit = model.max_position_embeddings
+    if limit is None or body.hyperparameters.max_length <= limit:
+        return
+    if "max_length" not in body.hyperparameters.model_fields_set:
+        body.hyperparameters.max_length = limit
+        return
+    if body.hyperparameters.max_length > limit:
+        raise invalid(
+            f"hyperparameters.max_length {body.hyperparameters.max_length} is longer than model {model.name} "
+            f"can read ({limit} tokens)",
+            param="hyperparameters.max_length",
+        )
+
+
 def _check_base_model(body: JobCreate, teacher: TeacherModel, base: TeacherModel) -> None:
     """`student.init.model`: another encoder the student starts from, checked against the teacher with the
     registry's facts (the worker compares the two tokenizers token by token before training)."""
     init = body.student.init
     assert isinstance(init, InitFromModel)
+    _check_max_length(body, base)
     if base.vocab_size != teacher.vocab_size:
         raise invalid(
             f"model {base.id} ({base.name}) has a vocabulary of {base.vocab_size} tokens and the teacher "

@@ -58,8 +58,8 @@ class Model(_Resource):
     num_parameters: int | None = None
     vocab_size: int | None = None
     family: str | None = None
-    num_attention_heads: int | None = None
-    max_position_embeddings: int | None = None
+    num_heads: int | None = None
+    max_positions: int | None = None
     embedding_size: int | None = None
     created_at: datetime | None = None
 

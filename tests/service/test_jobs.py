@@ -241,6 +241,17 @@ def base_encoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"same": same, "other": other}
 
 
+def test_max_length_is_bounded_by_the_teachers_positions(client: TestClient, auth: dict, setup: dict) -> None:
+    too_long = {**setup, "hyperparameters": {"max_length": 65}}  # the tiny teacher has 64 positions
+    error = assert_error(client.post("/v1/jobs", headers=auth, json=too_long), 422, "invalid_request_error",
+                         "hyperparameters.max_length")
+    assert "64 tokens" in error["message"]
+    fits = {**setup, "hyperparameters": {"max_length": 64}}
+    assert client.post("/v1/jobs", headers=auth, json=fits).status_code == 201
+    default = client.post("/v1/jobs", headers=auth, json=setup).json()  # the default 128 is capped, not refused
+    assert default["hyperparameters"]["max_length"] == 64
+
+
 def test_a_student_can_start_from_another_registered_encoder(client: TestClient, auth: dict, setup: dict,
                                                               settings: Settings,
                                                               base_encoders: dict[str, Path]) -> None:

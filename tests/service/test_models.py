@@ -142,8 +142,8 @@ def test_zip_with_symlink_is_refused(client: TestClient, auth: dict, settings: S
 
 
 @pytest.mark.parametrize(("family", "facts"), [
-    ("distilbert", {"num_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "embedding_size": 32}),
-    ("albert", {"num_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "embedding_size": 16}),
+    ("distilbert", {"num_layers": 4, "hidden_size": 32, "num_heads": 4, "embedding_size": 32}),
+    ("albert", {"num_layers": 4, "hidden_size": 32, "num_heads": 4, "embedding_size": 16}),
 ])
 def test_uploaded_teacher_shows_its_family_facts(client: TestClient, auth: dict, tmp_path: Path, family: str,
                                                  facts: dict) -> None:
@@ -154,7 +154,7 @@ def test_uploaded_teacher_shows_its_family_facts(client: TestClient, auth: dict,
     assert response.status_code == 201, response.text
     model = client.get(f"/v1/models/{response.json()['id']}", headers=auth).json()
     assert model["family"] == model["model_type"] == family
-    assert {k: model[k] for k in facts} == facts and model["max_position_embeddings"] == 64
+    assert {k: model[k] for k in facts} == facts and model["max_positions"] == 64
 
 
 def test_upload_of_an_unsupported_family_is_refused(client: TestClient, auth: dict, tmp_path: Path) -> None:
