@@ -1,1 +1,1 @@
-"""The gkd HTTP service: a thin FastAPI shell around the `gkd` library (see shared/docs/DESIGN.md)."""
+"""The gkd HTTP service: a thin FastAPI shell around the `gkd` library (see docs/design.md)."""
