@@ -88,6 +88,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: tuple[str, ...]) -> dict[st
 def distill(config_file: Path, overrides: tuple[str, ...], resume: bool, as_json: bool) -> None:
     """Distil a student as described by CONFIG_FILE (YAML or JSON); see examples/*.yaml."""
     from gkd.progress import ProgressPrinter
+    from gkd.run_log import RunLog
     from gkd.trainer import Trainer
 
     try:
@@ -96,8 +97,9 @@ def distill(config_file: Path, overrides: tuple[str, ...], resume: bool, as_json
             DistillConfig.load(config_file)  # raises the precise error
             raise ConfigError(f"{config_file} must hold a mapping of settings")
         config = DistillConfig.parse(_apply_overrides(raw, overrides))
-        printer = ProgressPrinter(quiet=as_json)
-        result = Trainer(config, [printer]).train(resume=resume)
+        printer = ProgressPrinter(to_stderr=as_json)  # with --json stdout holds only the JSON summary
+        run_log = RunLog(config.output_dir)
+        result = Trainer(config, [printer, run_log]).train(resume=resume)
     except ConfigError as exc:
         _fail(f"{exc.param}: {exc.message}" if exc.param and not exc.message.startswith(exc.param) else exc.message)
         return
@@ -109,13 +111,16 @@ def distill(config_file: Path, overrides: tuple[str, ...], resume: bool, as_json
         "student_layers": config.student.num_layers,
         "steps": result.steps,
         "stopped": result.stopped,
-        "teacher_dev": result.teacher_metrics,
+        "teacher_dev": result.teacher_metrics or None,  # none when the teacher is a bare encoder (fine-tuning)
         "student_best_dev": result.best_metrics,
         "student_test": result.test_metrics,
         "best_dir": str(result.best_dir) if result.best_dir else None,
         "final_dir": str(result.final_dir) if result.final_dir else None,
         "seconds": round(printer.elapsed, 1),
+        "metrics_file": str(run_log.metrics_path),
+        "steps_file": str(run_log.steps_path),
     }
+    run_log.finish(summary)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

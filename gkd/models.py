@@ -67,6 +67,7 @@ class Teacher:
     tokenizer: Any
     path: Path
     labels: list[str]
+    has_head: bool = True  # False: a bare encoder given labels (fine-tuning); its random head teaches nothing
 
 
 def base_model_dir() -> Path:
@@ -228,7 +229,7 @@ def load_teacher(
     model.to(device)
     model.eval()
     freeze(model)  # the teacher is a constant: no parameter gradients are ever needed
-    return Teacher(model=model, tokenizer=tokenizer, path=path, labels=list(labels))
+    return Teacher(model=model, tokenizer=tokenizer, path=path, labels=list(labels), has_head=bool(known))
 
 
 def check_vocab(tokenizer: Any, vocab_size: int) -> None:

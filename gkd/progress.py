@@ -3,6 +3,7 @@ and one table row per evaluation."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,12 @@ COLUMNS = ("epoch", "step", "accuracy", "macro_f1", "teacher_agreement", "salien
 
 
 class ProgressPrinter(TrainerCallback):
-    def __init__(self, quiet: bool = False) -> None:
+    """`quiet`: nothing at all. `to_stderr`: the bar and the evaluation rows go to stderr (the bar always does),
+    so stdout can carry machine-readable output."""
+
+    def __init__(self, quiet: bool = False, to_stderr: bool = False) -> None:
         self.quiet = quiet
+        self.to_stderr = to_stderr
         self.bar: tqdm | None = None
         self.started = time.perf_counter()
         self.header_done = False
@@ -43,7 +48,8 @@ class ProgressPrinter(TrainerCallback):
         if self.quiet:
             return
         if progress.step:
-            click.echo(f"resuming at step {progress.step}/{progress.total_steps} (epoch {progress.epoch + 1})")
+            click.echo(f"resuming at step {progress.step}/{progress.total_steps} (epoch {progress.epoch + 1})",
+                       err=self.to_stderr)
         self.bar = tqdm(total=progress.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                         leave=False)
 
@@ -65,11 +71,19 @@ class ProgressPrinter(TrainerCallback):
             self.header_done = True
         lines.append("  ".join(f"{c:>18}" for c in cells))
         for line in lines:
-            (self.bar.write if self.bar else click.echo)(line)
+            self._write(line)
 
     def on_checkpoint(self, progress: TrainingProgress, kind: CheckpointKind, path: Path) -> None:
         if self.bar is not None and kind != "state":
-            self.bar.write(f"  saved {kind} checkpoint to {path}")
+            self._write(f"  saved {kind} checkpoint to {path}")
+
+    def _write(self, line: str) -> None:
+        """A line above the bar (tqdm.write keeps the bar intact), on stderr with `to_stderr`."""
+        stream = sys.stderr if self.to_stderr else sys.stdout
+        if self.bar is not None:
+            self.bar.write(line, file=stream)
+        else:
+            click.echo(line, err=self.to_stderr)
 
     def on_train_end(self, progress: TrainingProgress, stopped: bool) -> None:
         if self.bar is not None:
@@ -83,7 +97,8 @@ class ProgressPrinter(TrainerCallback):
 
         click.echo(f"\n{summary['method']} student ({summary['student_layers']} layers), "
                    f"{summary['steps']} steps in {summary['seconds']} s")
-        click.echo(f"  teacher dev accuracy   {pct(summary['teacher_dev'])}")
+        if summary.get("teacher_dev"):  # absent when the teacher was a bare encoder (fine-tuning)
+            click.echo(f"  teacher dev accuracy   {pct(summary['teacher_dev'])}")
         click.echo(f"  student dev accuracy   {pct(summary['student_best_dev'])} (best epoch)")
         saliency = summary["student_best_dev"].get("saliency_agreement", float("nan"))
         click.echo(f"  saliency agreement     {saliency:.4f}")

@@ -233,7 +233,7 @@ class Trainer:
         if len(encoded["train"]) == 0:
             raise ConfigError("no usable training rows (all empty or unlabelled)", "data.train")
         pad_id = self._pad_id = int(tokenizer.pad_token_id or 0)
-        has_teacher = bool(teacher.labels)
+        has_teacher = bool(teacher.labels) and teacher.has_head  # no figures from a bare encoder's random head
         caches = self._teacher_sources(teacher, encoded, pad_id) if has_teacher else {}
 
         student = self._prepare_student(teacher, labels)
@@ -473,7 +473,7 @@ class Trainer:
             targets = None
             if cache is not None:
                 targets = cache.targets(batch, self.device)
-            elif teacher is not None and teacher.labels:
+            elif teacher is not None and teacher.labels and teacher.has_head:
                 targets = teacher_targets(teacher.model, batch)
             accumulator.add(batch, logits, grads, targets)
         return accumulator.result()

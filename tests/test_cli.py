@@ -76,3 +76,37 @@ def test_help_through_the_entry_point_lists_library_and_service_commands() -> No
     out = subprocess.run([sys.executable, "-m", "gkd.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("distill", "evaluate", "example-teacher", "serve", "worker", "keys"):
         assert command in out.stdout
+
+
+def test_distill_leaves_metrics_and_a_step_log_and_keeps_stdout_for_json(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["distill", str(_config(tmp_path)), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)  # stdout is the JSON alone; the bar and the rows went to stderr
+    assert "step" in result.stderr or "%" in result.stderr
+    run = tmp_path / "run"
+    steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    assert all({"loss", "lr", "epoch", "elapsed_seconds"} <= set(s) for s in steps)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [e["step"] for e in metrics["evaluations"]] == [4]
+    assert metrics["student_best_dev"] == summary["student_best_dev"] and metrics["steps"] == 4
+    assert summary["metrics_file"] == str(run / "metrics.json")
+
+
+def test_a_fine_tune_from_a_bare_encoder_reports_no_teacher_figures(tmp_path: Path) -> None:
+    from transformers import BertModel
+
+    from tests.factories import tiny_bert_config, write_tokenizer
+
+    encoder = tmp_path / "encoder"
+    BertModel(tiny_bert_config(2, 32)).save_pretrained(str(encoder), safe_serialization=True)
+    write_tokenizer(encoder)
+    config = _config(tmp_path, method="ce", teacher=str(encoder))
+    result = CliRunner().invoke(main, ["distill", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["teacher_dev"] is None  # the encoder's random head is no teacher
+    assert "teacher_agreement" not in summary["student_best_dev"]
+    plain = CliRunner().invoke(main, ["distill", str(config), "--set", f"output_dir={tmp_path / 'again'}"])
+    assert plain.exit_code == 0, plain.output
+    assert "teacher dev accuracy" not in plain.stdout and "student dev accuracy" in plain.stdout
