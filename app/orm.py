@@ -114,6 +114,7 @@ class Job(Base):
     validation_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), index=True)
     student: Mapped[dict[str, Any]] = mapped_column(default=dict)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    label_map: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # data label -> teacher label
     name: Mapped[str | None] = mapped_column(String(300))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -9,7 +9,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.orm import Checkpoint, Dataset, Job, JobEvent, TeacherModel
-from gkd.config import DistillConfig, Hyperparameters, Method, StudentSpec
+from gkd.config import DataSpec, DistillConfig, Hyperparameters, Method, StudentSpec
 from gkd.data import ValidationReport
 
 T = TypeVar("T")
@@ -103,6 +103,7 @@ class JobCreate(BaseModel):
     training_dataset: str
     validation_dataset: str | None = None
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    label_map: dict[str, str] | None = DataSpec.model_fields["label_map"]
     name: str | None = Field(None, max_length=300)
     metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=50)
     device: Literal["auto", "cpu", "gpu"] = Field(
@@ -133,6 +134,7 @@ class JobOut(BaseModel):
     training_dataset: str
     validation_dataset: str | None
     hyperparameters: dict[str, Any]
+    label_map: dict[str, str] | None = None
     metadata: dict[str, Any]
     progress: Progress
     metrics: dict[str, Any]
@@ -158,6 +160,7 @@ class JobOut(BaseModel):
             training_dataset=row.training_dataset_id,
             validation_dataset=row.validation_dataset_id,
             hyperparameters=row.hyperparameters,
+            label_map=row.label_map,
             metadata=row.meta,
             progress=Progress.model_validate(progress),
             metrics={"latest": (row.metrics or {}).get("latest", {}), "best": (row.metrics or {}).get("best", {})},

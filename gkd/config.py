@@ -232,6 +232,10 @@ class DataSpec(_Strict):
     test: str | None = Field(None, description="Optional test file, evaluated once at the end.")
     dev_fraction: float = Field(0.1, gt=0.0, lt=0.9, description="Share of training rows held out as dev.")
     split_seed: int = Field(42, ge=0, description="Seed of the train/dev split.")
+    label_map: dict[str, str] | None = Field(
+        None, max_length=1000, description="The data's label names mapped to the teacher's, e.g. "
+        "{\"0\": \"negative\"}; integer labels map to a teacher's LABEL_i without one (docs/methods.md)."
+    )
 
 
 class DistillConfig(_Strict):

@@ -151,6 +151,11 @@ def _labels_from_config(config: dict[str, Any]) -> list[str]:
     architectures = config.get("architectures") or []
     is_classifier = any(a.endswith("ForSequenceClassification") for a in architectures)
     id2label = config.get("id2label") or {}
+    if is_classifier and not id2label:
+        # transformers 5 leaves the default two labels (LABEL_0, LABEL_1) out of config.json
+        count = config.get("num_labels")
+        count = count if isinstance(count, int) and 1 <= count <= 10_000 else 2
+        id2label = {str(i): f"LABEL_{i}" for i in range(count)}
     if not is_classifier or not id2label:
         return []
     return [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))]

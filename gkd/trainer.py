@@ -12,6 +12,7 @@ saved state holds model, optimiser, scheduler, all RNG states and the position i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -33,6 +34,7 @@ from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress
 from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, ConfigError, DistillConfig, Hyperparameters, layer_map
 from gkd.export import export_student
 from gkd.gradient_cap import GradientCap
+from gkd.labels import LabelMapError, label_map_for
 from gkd.metrics import EvalAccumulator, accuracy_f1
 from gkd.models import Teacher, build_student, load_teacher, model_family
 from gkd.objective import (
@@ -190,6 +192,20 @@ class Trainer:
             splits["test"] = gdata.read_examples(spec.test).examples
         return splits
 
+    def _mapped_labels(self, teacher_labels: list[str], splits: Splits) -> Splits:
+        """The splits with the data's label names replaced by the teacher's (`data.label_map`, gkd.labels)."""
+        if not teacher_labels:
+            return splits
+        seen = {e.label for part in splits.values() for e in part if e.label is not None}
+        try:
+            mapping = label_map_for(seen, teacher_labels, self.config.data.label_map)
+        except LabelMapError as exc:
+            raise ConfigError(exc.message, "data.label_map") from exc
+        if not mapping:
+            return splits
+        return {name: [dataclasses.replace(e, label=mapping.get(e.label, e.label)) if e.label is not None else e
+                       for e in part] for name, part in splits.items()}
+
     def _labels(self, teacher_labels: list[str], splits: Splits) -> list[str]:
         data_labels = gdata.label_names(e.label for e in splits["train"] if e.label is not None)
         if not teacher_labels:
@@ -225,6 +241,7 @@ class Trainer:
             raise ConfigError("the training data has no rows", "data.train")
         teacher = self._teacher or self._load_teacher(splits)
         self._teacher = teacher
+        splits = self._mapped_labels(teacher.labels, splits)
         labels = self._labels(teacher.labels, splits)
         if not teacher.labels and config.method in TEACHER_METHODS:
             raise ConfigError(f"method {config.method!r} needs a fine-tuned teacher with a classifier", "teacher")

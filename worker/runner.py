@@ -416,7 +416,7 @@ def build_config(settings: Settings, job_id: str) -> Any:
             teacher=str(storage.materialize(teacher.path)),
             student=student,  # type: ignore[arg-type]
             data=DataSpec(train=str(storage.materialize(train.path)),
-                          dev=str(storage.materialize(dev.path)) if dev else None),
+                          dev=str(storage.materialize(dev.path)) if dev else None, label_map=job.label_map),
             hyperparameters=job.hyperparameters,  # type: ignore[arg-type]
             output_dir=str(work),
             cache_dir=str(settings.cache_dir),

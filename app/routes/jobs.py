@@ -20,19 +20,34 @@ from app.schemas import JobCreate, JobOut, ListResponse
 from app.settings import TERMINAL_STATUSES
 from app.store import notify, request_hash, status_event, transition
 from gkd.config import HIDDEN_STATE_METHODS, InitFromModel
+from gkd.labels import LabelMapError, label_map_for
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JobStatus = Literal["validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 
+def _label_map(body: JobCreate, teacher: TeacherModel, train_labels: list[str],
+               dev_labels: list[str] | None) -> dict[str, str]:
+    """The datasets' label names onto the teacher's (gkd.labels): `body.label_map`, or integers onto LABEL_i."""
+    try:
+        return label_map_for([*train_labels, *(dev_labels or [])], teacher.labels, body.label_map)
+    except LabelMapError as exc:
+        raise invalid(exc.message, param="label_map" if body.label_map else "training_dataset",
+                      code="labels_mismatch") from exc
+
+
 def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels: list[str],
-                           dev_labels: list[str] | None) -> None:
+                           dev_labels: list[str] | None) -> dict[str, str]:
+    """Every check of the body against the teacher; returns the label map the job trains with."""
     if not teacher.labels:
         raise invalid(
             f"model {teacher.id} ({teacher.name}) has no classification head; choose a fine-tuned teacher",
             param="teacher",
         )
+    mapping = _label_map(body, teacher, train_labels, dev_labels)
+    train_labels = [mapping.get(label, label) for label in train_labels]
+    dev_labels = [mapping.get(label, label) for label in dev_labels] if dev_labels is not None else None
     teacher_labels = set(teacher.labels)
     if set(train_labels) != teacher_labels:
         raise invalid(
@@ -78,6 +93,7 @@ def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels:
         )
     except ConfigError as exc:
         raise invalid(exc.message, param=exc.param) from exc
+    return mapping
 
 
 def _check_max_length(body: JobCreate, model: TeacherModel) -> None:
@@ -161,7 +177,7 @@ def create_job(
     dev = None
     if body.validation_dataset is not None:
         dev = get_dataset(session, tenant, body.validation_dataset, param="validation_dataset", lock=True)
-    _check_against_teacher(body, teacher, train.labels, dev.labels if dev else None)
+    label_map = _check_against_teacher(body, teacher, train.labels, dev.labels if dev else None)
     student = body.student.model_dump(mode="json")
     if body.student.base_model is not None:
         base = get_model(session, tenant, body.student.base_model, param="student.init.model")
@@ -178,6 +194,7 @@ def create_job(
         validation_dataset_id=dev.id if dev else None,
         student=student,
         hyperparameters=body.hyperparameters.model_dump(mode="json"),
+        label_map=label_map or None,
         name=body.name,
         meta=body.metadata,
         progress={},

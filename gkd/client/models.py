@@ -86,6 +86,7 @@ class Job(_Resource):
     training_dataset: str | None = None
     validation_dataset: str | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    label_map: dict[str, str] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     progress: JobProgress = Field(default_factory=JobProgress)
     metrics: dict[str, Any] = Field(default_factory=dict)

@@ -283,3 +283,33 @@ def test_a_student_can_start_from_another_registered_encoder(client: TestClient,
     register_teacher(settings, auth, base_encoders["other"], name="other-vocab")
     vocab = refused({"num_layers": 1, "init": {"model": "other-vocab"}})
     assert vocab["param"] == "student.init.model" and "tokenizer" in vocab["message"]
+
+
+def test_integer_labels_meet_a_teacher_through_label_map(client: TestClient, auth: dict, settings: Settings,
+                                                         setup: dict, tmp_path: Path) -> None:
+    from tests.factories import make_tiny_teacher
+
+    numbered = [{**row, "label": "1" if row["label"] == "positive" else "0"} for row in sentiment_rows(24)]
+    dataset = upload_dataset(client, auth, numbered, name="numbered.csv")["id"]
+    # A teacher with transformers' default names: integers map onto LABEL_i by themselves.
+    default_names = register_teacher(settings, auth, make_tiny_teacher(tmp_path / "t", labels=("LABEL_0", "LABEL_1")),
+                                     name="default-names")
+    job = client.post("/v1/jobs", headers=auth, json={**setup, "teacher": default_names,
+                                                       "training_dataset": dataset})
+    assert job.status_code == 201, job.text
+    assert job.json()["label_map"] == {"0": "LABEL_0", "1": "LABEL_1"}
+    # A named teacher: refused with a copy-paste hint, accepted with the map, which the worker receives.
+    refused = assert_error(client.post("/v1/jobs", headers=auth, json={**setup, "training_dataset": dataset}), 422,
+                           "invalid_request_error", "training_dataset")
+    assert refused["code"] == "labels_mismatch"
+    assert '"label_map": {"0": "negative", "1": "positive"}' in refused["message"]
+    mapped = client.post("/v1/jobs", headers=auth, json={**setup, "training_dataset": dataset,
+                                                          "label_map": {"0": "negative", "1": "positive"}})
+    assert mapped.status_code == 201, mapped.text
+    from worker.runner import build_config
+
+    assert build_config(settings, mapped.json()["id"]).data.label_map == {"0": "negative", "1": "positive"}
+    wrong = assert_error(client.post("/v1/jobs", headers=auth, json={**setup, "training_dataset": dataset,
+                                                                      "label_map": {"0": "nope", "1": "positive"}}),
+                         422, "invalid_request_error", "label_map")
+    assert "nope" in wrong["message"]
