@@ -199,8 +199,8 @@ class Trainer:
         seen = {e.label for part in splits.values() for e in part if e.label is not None}
         try:
             mapping = label_map_for(seen, teacher_labels, self.config.data.label_map)
-        except LabelMapError as exc:
-            raise ConfigError(exc.message, "data.label_map") from exc
+        except LabelMapError as exc:  # the map is at fault when there is one, else the data's labels
+            raise ConfigError(exc.message, "data.label_map" if self.config.data.label_map else "data") from exc
         if not mapping:
             return splits
         return {name: [dataclasses.replace(e, label=mapping.get(e.label, e.label)) if e.label is not None else e

@@ -67,4 +67,15 @@ def test_a_run_whose_labels_do_not_fit_names_label_map(tmp_path: Path) -> None:
                                   "output_dir": str(tmp_path / "run"), "device": "cpu"})
     with pytest.raises(ConfigError) as info:
         Trainer(config).train()
-    assert info.value.param == "data.label_map" and "label_map" in info.value.message
+    assert info.value.param == "data" and "label_map" in info.value.message
+
+
+def test_a_bad_explicit_map_is_named_as_the_culprit(tmp_path: Path) -> None:
+    teacher = make_tiny_teacher(tmp_path / "teacher")
+    train = write_csv(tmp_path / "train.csv", _rows_with_integer_labels(16, 0))
+    config = DistillConfig.parse({"method": "kd", "teacher": str(teacher),
+                                  "data": {"train": str(train), "label_map": {"0": "negative", "1": "nope"}},
+                                  "output_dir": str(tmp_path / "run"), "device": "cpu"})
+    with pytest.raises(ConfigError) as info:
+        Trainer(config).train()
+    assert info.value.param == "data.label_map" and "nope" in info.value.message
