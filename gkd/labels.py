@@ -54,6 +54,3 @@ def hint(data_labels: Sequence[str], teacher_labels: Sequence[str]) -> str:
     example = dict(zip(data, teacher_labels, strict=False))
     return f"set label_map to say which is which, e.g. \"label_map\": {json.dumps(example)}"
 
-
-def apply(labels: Iterable[str | None], mapping: Mapping[str, str]) -> list[str | None]:
-    return [mapping.get(label, label) if label is not None else None for label in labels]

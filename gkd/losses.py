@@ -79,7 +79,7 @@ def gradient_alignment_loss(teacher_unit: Tensor, student_gradients: Tensor, mas
     `student_gradients` the raw student gradients [B, L, H] (normalised here, with the graph kept),
     `mask` [B, L] is 1 for real tokens.
     """
-    student_unit = unit_vectors(_wide(student_gradients))
+    student_unit = unit_vectors(student_gradients)
     squared = (_wide(teacher_unit) - student_unit).pow(2).sum(dim=-1)
     mask = mask.to(squared.dtype)
     return (squared * mask).sum() / mask.sum().clamp_min(1.0)
@@ -107,7 +107,7 @@ def pkd_loss(teacher_cls: Tensor, student_cls: Tensor) -> Tensor:
 
     Both are [B, K, H] (K mapped layers); the mean runs over batch x layers x hidden units.
     """
-    return F.mse_loss(unit_vectors(_wide(student_cls)), unit_vectors(_wide(teacher_cls)), reduction="mean")
+    return F.mse_loss(unit_vectors(student_cls), unit_vectors(teacher_cls), reduction="mean")
 
 
 def cls_gradient_loss(teacher_unit_cls: Tensor, student_cls_gradients: Sequence[Tensor] | Tensor) -> Tensor:
@@ -118,14 +118,14 @@ def cls_gradient_loss(teacher_unit_cls: Tensor, student_cls_gradients: Sequence[
     """
     if not isinstance(student_cls_gradients, Tensor):
         student_cls_gradients = torch.stack(list(student_cls_gradients), dim=1)
-    student_unit = unit_vectors(_wide(student_cls_gradients))
+    student_unit = unit_vectors(student_cls_gradients)
     per_layer = (_wide(teacher_unit_cls) - student_unit).pow(2).sum(dim=-1).mean(dim=0)
     return per_layer.sum()
 
 
 def cosine_agreement(teacher: Tensor, student: Tensor, mask: Tensor, eps: float = EPS) -> Tensor:
     """Mean cosine over real tokens between per-token vectors [B, L, H] (saliency agreement metric)."""
-    cos = (unit_vectors(_wide(teacher), eps) * unit_vectors(_wide(student), eps)).sum(dim=-1)
+    cos = (unit_vectors(teacher, eps) * unit_vectors(student, eps)).sum(dim=-1)
     mask = mask.to(cos.dtype)
     return (cos * mask).sum() / mask.sum().clamp_min(1.0)
 

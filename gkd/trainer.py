@@ -250,7 +250,7 @@ class Trainer:
         if len(encoded["train"]) == 0:
             raise ConfigError("no usable training rows (all empty or unlabelled)", "data.train")
         pad_id = self._pad_id = int(tokenizer.pad_token_id or 0)
-        has_teacher = bool(teacher.labels) and teacher.has_head  # no figures from a bare encoder's random head
+        has_teacher = teacher.teaches  # no targets or figures from a bare encoder's random head
         caches = self._teacher_sources(teacher, encoded, pad_id) if has_teacher else {}
 
         student = self._prepare_student(teacher, labels)
@@ -430,6 +430,7 @@ class Trainer:
         sums: dict[str, float] = {}
         optimizer.zero_grad(set_to_none=True)
         trainable = [p for p in student.parameters() if p.requires_grad]
+        loss_scale = scaler.get_scale()  # once per step: it changes only at update(), and reading it syncs CUDA
         for indices in self._micro_batches(group):
             batch = collate(dataset, indices, pad_id).to(self.device)
             # before the gradient terms start (weight 0) a live teacher need not back-propagate either
@@ -437,7 +438,7 @@ class Trainer:
                        if needs_teacher else None)
             with precision.autocast():
                 parts = student_loss_parts(method, hp, student, batch, targets, pairs, vector_form,
-                                           gradient_scale=gradient_scale, input_gradient_scale=scaler.get_scale())
+                                           gradient_scale=gradient_scale, input_gradient_scale=loss_scale)
             share = len(indices) / total_examples
             loss, terms = parts.total, dict(parts.terms)
             if parts.gradient is not None and cap is not None and gradient_scale > 0:
@@ -490,7 +491,7 @@ class Trainer:
             targets = None
             if cache is not None:
                 targets = cache.targets(batch, self.device)
-            elif teacher is not None and teacher.labels and teacher.has_head:
+            elif teacher is not None and teacher.teaches:
                 targets = teacher_targets(teacher.model, batch)
             accumulator.add(batch, logits, grads, targets)
         return accumulator.result()

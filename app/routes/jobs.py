@@ -105,12 +105,11 @@ def _check_max_length(body: JobCreate, model: TeacherModel) -> None:
     if "max_length" not in body.hyperparameters.model_fields_set:
         body.hyperparameters.max_length = limit
         return
-    if body.hyperparameters.max_length > limit:
-        raise invalid(
-            f"hyperparameters.max_length {body.hyperparameters.max_length} is longer than model {model.name} "
-            f"can read ({limit} tokens)",
-            param="hyperparameters.max_length",
-        )
+    raise invalid(
+        f"hyperparameters.max_length {body.hyperparameters.max_length} is longer than model {model.name} "
+        f"can read ({limit} tokens)",
+        param="hyperparameters.max_length",
+    )
 
 
 def _check_base_model(body: JobCreate, teacher: TeacherModel, base: TeacherModel) -> None:
