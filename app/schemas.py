@@ -9,7 +9,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.orm import Checkpoint, Dataset, Job, JobEvent, TeacherModel
-from gkd.config import DataSpec, DistillConfig, Hyperparameters, Method, StudentSpec
+from gkd.config import DataSpec, DistillConfig, Hyperparameters, LabelName, Method, StorableText, StudentSpec
 from gkd.data import ValidationReport
 
 T = TypeVar("T")
@@ -97,14 +97,14 @@ class ModelOut(BaseModel):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    teacher: str = Field(..., description="Id of a registered teacher model (yours or a global one).")
+    teacher: StorableText = Field(..., description="Id or name of a registered teacher model (yours or a global one).")
     method: Method = Field(DistillConfig.model_fields["method"].default)
     student: StudentSpec = Field(default_factory=StudentSpec)
-    training_dataset: str
-    validation_dataset: str | None = None
+    training_dataset: StorableText
+    validation_dataset: StorableText | None = None
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    label_map: dict[str, str] | None = DataSpec.model_fields["label_map"]
-    name: str | None = Field(None, max_length=300)
+    label_map: dict[LabelName, LabelName] | None = DataSpec.model_fields["label_map"]
+    name: StorableText | None = Field(None, max_length=300)
     metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=50)
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Worker queue: `cpu`, `gpu`, or `auto` (the deployment's GKD_AUTO_DEVICE)."

@@ -12,10 +12,19 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Method = Literal["ce", "kd", "pkd", "gradient_kd", "gradient_kd_cls"]
 METHODS: tuple[str, ...] = ("ce", "kd", "pkd", "gradient_kd", "gradient_kd_cls")
@@ -25,6 +34,19 @@ HIDDEN_STATE_METHODS: frozenset[str] = frozenset({"pkd", "gradient_kd_cls"})
 
 InitStrategy = Literal["bottom", "every_other", "random"]
 LayerRule = Literal["bottom", "every_other"] | list[int]
+
+
+def _storable(value: str) -> str:
+    """Text that a database can hold and a JSON response can carry: no NUL, no lone UTF-16 surrogate."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise ValueError("must be valid Unicode (a lone surrogate is not)")
+    return value
+
+
+StorableText = Annotated[str, AfterValidator(_storable)]
+LabelName = Annotated[StorableText, StringConstraints(min_length=1, max_length=200)]
 
 
 class ConfigError(ValueError):
@@ -54,7 +76,7 @@ def _check_layer_indices(value: Any) -> Any:
 class InitFromModel(_Strict):
     """A student started from another pretrained encoder that shares the teacher's tokenizer (docs/teachers.md)."""
 
-    model: str = Field(..., min_length=1, max_length=500,
+    model: StorableText = Field(..., min_length=1, max_length=500,
                        description="The encoder to start from: a model directory, or in the service a registered "
                        "model's id or name.")
     layers: LayerRule = Field("bottom", description="Which of its layers the student keeps: 'bottom', "
@@ -232,7 +254,7 @@ class DataSpec(_Strict):
     test: str | None = Field(None, description="Optional test file, evaluated once at the end.")
     dev_fraction: float = Field(0.1, gt=0.0, lt=0.9, description="Share of training rows held out as dev.")
     split_seed: int = Field(42, ge=0, description="Seed of the train/dev split.")
-    label_map: dict[str, str] | None = Field(
+    label_map: dict[LabelName, LabelName] | None = Field(
         None, max_length=1000, description="The data's label names mapped to the teacher's, e.g. "
         "{\"0\": \"negative\"}; integer labels map to a teacher's LABEL_i without one (docs/methods.md)."
     )

@@ -313,3 +313,37 @@ def test_integer_labels_meet_a_teacher_through_label_map(client: TestClient, aut
                                                                       "label_map": {"0": "nope", "1": "positive"}}),
                          422, "invalid_request_error", "label_map")
     assert "nope" in wrong["message"]
+
+
+@pytest.mark.parametrize("label_map", [
+    {str(i): "negative" for i in range(1001)},  # more entries than any label set
+    {"0" * 10_000: "negative"},  # a name longer than any label
+    {"0": ""},
+])
+def test_a_hostile_label_map_is_refused_before_anything_is_stored(client: TestClient, auth: dict, setup: dict,
+                                                                  settings: Settings, label_map: dict) -> None:
+    def jobs() -> int:
+        with session_scope(settings.database_url) as session:
+            return len(session.scalars(select(Job.id)).all())
+
+    before = jobs()
+    error = assert_error(client.post("/v1/jobs", headers=auth, json={**setup, "label_map": label_map}), 422,
+                         "invalid_request_error")
+    assert error["param"].startswith("label_map")
+    assert jobs() == before
+
+
+@pytest.mark.parametrize("change", [
+    {"teacher": "tiny\x00"}, {"training_dataset": "ds_\x00"}, {"name": "run \ud800"},
+    {"student": {"num_layers": 1, "init": {"model": "m\x00"}}}, {"label_map": {"0\x00": "negative"}},
+])
+def test_text_a_database_cannot_store_is_a_422_on_both_backends(client: TestClient, auth: dict, setup: dict,
+                                                                  change: dict) -> None:
+    """NUL reached PostgreSQL's query (a 500 there; found by tests/reliability/test_schema.py) and a lone surrogate
+    cannot be encoded: both are refused while the body is read, with the field named."""
+    import json
+
+    body = json.dumps({**setup, **change}).encode()  # ASCII JSON: a lone surrogate travels as its \\u escape
+    response = client.post("/v1/jobs", headers={**auth, "Content-Type": "application/json"}, content=body)
+    error = assert_error(response, 422, "invalid_request_error")
+    assert error["param"].split(".")[0] == next(iter(change))
