@@ -76,7 +76,7 @@ bench-quality: install $(EXAMPLE_TEACHER)
 
 # With `make run` up in another terminal: upload the movie-review data, distil, download, compare.
 demo: install
-	$(PY) -m gkd.demo $(DEMO_ARGS)
+	$(PY) examples/demo.py $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

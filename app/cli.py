@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from app.settings import Settings
-from gkd.client_cli import models_list, models_upload
+from gkd.client.cli import models_list, models_upload
 
 LOCAL_TENANT = "local"
 BUILTIN_BASE = "all-MiniLM-L6-v2"
@@ -135,7 +135,7 @@ def models_import(path: Path, name: str, tenant: str | None) -> None:
     click.echo(f"registered {name!r}: {layers} layers, labels {labels or 'none (base encoder)'}", err=True)
 
 
-# Client commands over HTTP (gkd/client_cli.py): the teachers the API key can use, and uploads through the API.
+# Client commands over HTTP (gkd/client/cli.py): the teachers the API key can use, and uploads through the API.
 models.add_command(models_list)
 models.add_command(models_upload)
 
@@ -203,7 +203,7 @@ def register_builtin_models(settings: Settings) -> list[str]:
     found: list[str] = []
     candidates: list[tuple[str, Path]] = []
     try:
-        from gkd.models import base_model_dir, example_teacher_dir
+        from gkd.models.teacher import base_model_dir, example_teacher_dir
 
         candidates.append((BUILTIN_BASE, base_model_dir()))
         example = example_teacher_dir(settings.home)

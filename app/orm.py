@@ -90,7 +90,7 @@ class TeacherModel(Base):
     hidden_size: Mapped[int] = mapped_column(Integer)
     num_parameters: Mapped[int] = mapped_column(BigInteger)
     vocab_size: Mapped[int | None] = mapped_column(Integer)
-    # gkd.families facts (migration 0003; NULL for rows registered before it)
+    # gkd.models.families facts (migration 0003; NULL for rows registered before it)
     family: Mapped[str | None] = mapped_column(String(64))
     num_attention_heads: Mapped[int | None] = mapped_column(Integer)
     max_position_embeddings: Mapped[int | None] = mapped_column(Integer)

@@ -25,8 +25,9 @@ class RegistryError(ValueError):
 
 
 def describe(path: Path) -> object:
-    """gkd.models.describe_teacher, with its ModelError turned into RegistryError."""
-    from gkd.models import ModelError, describe_teacher
+    """gkd.models.teacher.describe_teacher, with its ModelError turned into RegistryError."""
+    from gkd.models.families import ModelError
+    from gkd.models.teacher import describe_teacher
 
     try:
         return describe_teacher(path)

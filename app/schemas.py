@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.orm import Checkpoint, Dataset, Job, JobEvent, TeacherModel
 from gkd.config import DataSpec, DistillConfig, Hyperparameters, LabelName, Method, StorableText, StudentSpec
-from gkd.data import ValidationReport
+from gkd.data.validation import ValidationReport
 
 T = TypeVar("T")
 

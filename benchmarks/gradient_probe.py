@@ -28,18 +28,12 @@ common.set_module_name("benchmarks.gradient_probe")
 
 import torch  # noqa: E402
 
-from gkd import losses  # noqa: E402
-from gkd.batching import collate, encode  # noqa: E402
 from gkd.config import DistillConfig  # noqa: E402
-from gkd.models import Teacher, load_teacher  # noqa: E402
-from gkd.objective import (  # noqa: E402
-    Batch,
-    TeacherTargets,
-    forward,
-    student_saliency_gradients,
-    teacher_targets,
-)
-from gkd.trainer import Trainer  # noqa: E402
+from gkd.data.batching import Batch, collate, encode  # noqa: E402
+from gkd.method import losses  # noqa: E402
+from gkd.method.objective import TeacherTargets, forward, student_saliency_gradients, teacher_targets  # noqa: E402
+from gkd.models.teacher import Teacher, load_teacher  # noqa: E402
+from gkd.training.trainer import Trainer  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -4,7 +4,7 @@
     python -m benchmarks.quality --train-rows 2000 --epochs 2      # bounded
     python -m benchmarks.quality --sweep --methods gradient_kd,gradient_kd_cls   # + beta/gamma sweep
 
-Every run is a real `gkd.trainer.Trainer` run (example teacher, teacher cache shared under `--cache-dir`)
+Every run is a real `gkd.training.trainer.Trainer` run (example teacher, teacher cache shared under `--cache-dir`)
 and reports the test metrics of its best-on-dev checkpoint (`TrainResult.test_metrics`): accuracy,
 macro-F1, teacher agreement, saliency agreement (mean cosine of per-token input gradients over real
 tokens) and top-3 salient-token overlap. Runs are appended to the JSON as they finish, so a killed
@@ -28,10 +28,10 @@ from benchmarks import common
 
 common.set_module_name("benchmarks.quality")
 
-from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress  # noqa: E402
 from gkd.config import METHODS, DistillConfig, Hyperparameters  # noqa: E402
-from gkd.models import Teacher, load_teacher  # noqa: E402
-from gkd.trainer import Trainer, resolve_device  # noqa: E402
+from gkd.models.teacher import Teacher, load_teacher  # noqa: E402
+from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress  # noqa: E402
+from gkd.training.trainer import Trainer, resolve_device  # noqa: E402
 
 DEFAULTS = Hyperparameters()  # the library's defaults are the benchmark's: written once, in gkd/config.py
 

@@ -3,10 +3,10 @@
     python -m benchmarks.train_step                       # example teacher, batch 32, length 128
     python -m benchmarks.train_step --tiny --steps 3      # tiny random teacher (seconds)
 
-What runs is the library's own step: `gkd.trainer.Trainer._optimisation_step` (collate, teacher targets
+What runs is the library's own step: `gkd.training.trainer.Trainer._optimisation_step` (collate, teacher targets
 from `TeacherCache.targets` or live `teacher_targets`, `student_loss_parts`, backward (capped), gradient clipping,
 AdamW step, scheduler step, zero_grad) on a student built by `Trainer._prepare_student`, with the
-optimiser of `gkd.trainer._optimizer`. Caches are built with `gkd.teacher_cache.build_cache`.
+optimiser of `gkd.training.trainer._optimizer`. Caches are built with `gkd.training.teacher_cache.build_cache`.
 
 Shapes (`--shapes`):
   padded    movie-review texts tokenised with truncation and right-padded to exactly `--length` (the spec's
@@ -14,7 +14,7 @@ Shapes (`--shapes`):
             tokenising with padding="max_length" gives);
   packed    consecutive texts joined until every row holds `--length` real tokens (no padding: the
             worst case for the cache, which gathers real tokens);
-  bucketed  the real lengths with the trainer's length bucketing (`gkd.batching.epoch_batches`), i.e.
+  bucketed  the real lengths with the trainer's length bucketing (`gkd.data.batching.epoch_batches`), i.e.
             what a movie-review training run actually does.
 Every variant (method x cache) sees the same batches; rounds visit the variants in a shuffled
 round-robin so drifting load on a shared machine hits all of them alike; figures are medians.
@@ -48,14 +48,20 @@ common.set_module_name("benchmarks.train_step")
 
 import torch  # noqa: E402
 
-import gkd.trainer as gtrainer  # noqa: E402
-from gkd import losses  # noqa: E402
-from gkd.allocator import reuse_freed_memory  # noqa: E402
-from gkd.batching import EncodedDataset, collate, encode, epoch_batches  # noqa: E402
+import gkd.training.trainer as gtrainer  # noqa: E402
 from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, DistillConfig, Hyperparameters, layer_map  # noqa: E402
-from gkd.models import Teacher, load_teacher  # noqa: E402
-from gkd.objective import Batch, forward  # noqa: E402
-from gkd.teacher_cache import TeacherCache, build_cache  # noqa: E402
+from gkd.data.batching import (  # noqa: E402
+    Batch,  # noqa: E402
+    EncodedDataset,
+    collate,
+    encode,
+    epoch_batches,
+)
+from gkd.method import losses  # noqa: E402
+from gkd.method.objective import forward  # noqa: E402
+from gkd.models.teacher import Teacher, load_teacher  # noqa: E402
+from gkd.training.allocator import reuse_freed_memory  # noqa: E402
+from gkd.training.teacher_cache import TeacherCache, build_cache  # noqa: E402
 
 ALL_METHODS = ("ce", "kd", "pkd", "gradient_kd", "gradient_kd_cls")
 DEFAULT_METHODS = ALL_METHODS

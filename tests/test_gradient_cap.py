@@ -1,11 +1,11 @@
-"""gkd.gradient_cap: the gradient term's parameter gradient is capped against the logit loss's."""
+"""gkd.method.gradient_cap: the gradient term's parameter gradient is capped against the logit loss's."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from gkd.gradient_cap import GradientCap, capped_backward, capped_scale
+from gkd.method.gradient_cap import GradientCap, capped_backward, capped_scale
 
 
 def test_scale_is_one_within_the_cap_and_shrinks_the_excess_exactly():

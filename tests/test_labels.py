@@ -1,4 +1,4 @@
-"""Data labels onto teacher labels (gkd.labels): integers onto LABEL_i, an explicit label_map, clear refusals; a
+"""Data labels onto teacher labels (gkd.data.labels): integers onto LABEL_i, an explicit label_map, clear refusals; a
 run with integer labels and a LABEL_i teacher trains and keeps the teacher's names."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gkd.config import ConfigError, DistillConfig
-from gkd.labels import LabelMapError, label_map_for
-from gkd.trainer import Trainer
+from gkd.data.labels import LabelMapError, label_map_for
+from gkd.training.trainer import Trainer
 from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
 
 

@@ -1,4 +1,4 @@
-"""gkd.losses against hand-computed values, plus gradchecks through the double backward (GKD.md, 'works' 1).
+"""gkd.method.losses against hand-computed values, plus gradchecks through the double backward (GKD.md, 'works' 1).
 
 Expectations are written with `math` on explicit small numbers, never with the torch expression under test.
 """
@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gkd import losses
-from gkd.metrics import accuracy_f1
-from gkd.objective import Batch, TeacherTargets, student_loss_parts
+from gkd.data.batching import Batch
+from gkd.evaluation.metrics import accuracy_f1
+from gkd.method import losses
+from gkd.method.objective import TeacherTargets, student_loss_parts
 
 LN3 = math.log(3.0)
 

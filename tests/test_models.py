@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from gkd.config import ConfigError, DistillConfig
-from gkd.models import Teacher, build_student, embedding_module, load_teacher, select_teacher_layers
+from gkd.models.families import embedding_module
+from gkd.models.student import build_student, select_teacher_layers
+from gkd.models.teacher import Teacher, load_teacher
 from tests.factories import make_tiny_teacher
 
 TEACHER_LAYERS = 4
@@ -169,7 +171,7 @@ def test_explicit_layer_out_of_range_is_refused(teacher: Teacher):
 def test_load_teacher_refuses_pickles(tmp_path: Path):
     directory = make_tiny_teacher(tmp_path / "t", num_layers=1)
     (directory / "pytorch_model.bin").write_bytes(b"not really")
-    from gkd.models import ModelError
+    from gkd.models.families import ModelError
 
     with pytest.raises(ModelError) as info:
         load_teacher(directory)

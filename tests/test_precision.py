@@ -1,4 +1,4 @@
-"""Mixed precision for double backprop (gkd.precision): the loss scale keeps input gradients that fp16 would
+"""Mixed precision for double backprop (gkd.method.precision): the loss scale keeps input gradients that fp16 would
 flush to zero, `auto` picks bf16 only on a CUDA device with bf16 support, and fp16 / bf16 gradient losses match
 fp32 on CUDA (those tests skip without it)."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gkd import losses
 from gkd.config import DistillConfig, Hyperparameters
-from gkd.models import load_teacher
-from gkd.objective import student_loss_parts, teacher_targets
-from gkd.precision import Precision, resolve_precision, scaled_input_gradients
+from gkd.method import losses
+from gkd.method.objective import student_loss_parts, teacher_targets
+from gkd.method.precision import Precision, resolve_precision, scaled_input_gradients
+from gkd.models.teacher import load_teacher
 from tests.factories import make_tiny_teacher
 
 FP16_SMALLEST_NORMAL = 6.1e-5
@@ -86,7 +86,7 @@ def cuda_teacher(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _gradient_loss(teacher, precision: str, scale: float) -> float:
-    from gkd.batching import collate, encode
+    from gkd.data.batching import collate, encode
 
     tokenizer = teacher.tokenizer
     texts = ["a good and moving film", "dull and tedious", "the plot was fine but the acting was weak"]

@@ -10,8 +10,10 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from gkd.config import ConfigError, DistillConfig
-from gkd.models import ModelError, build_student, load_teacher
-from gkd.trainer import Trainer
+from gkd.models.families import ModelError
+from gkd.models.student import build_student
+from gkd.models.teacher import load_teacher
+from gkd.training.trainer import Trainer
 from tests.factories import (
     make_tiny_family_teacher,
     make_tiny_teacher,

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from gkd.batching import collate, encode
 from gkd.config import DistillConfig, Hyperparameters, layer_map
-from gkd.models import Teacher, build_student, load_teacher
-from gkd.objective import TeacherTargets, student_loss_parts, teacher_targets
-from gkd.teacher_cache import build_cache, open_or_build
+from gkd.data.batching import collate, encode
+from gkd.method.objective import TeacherTargets, student_loss_parts, teacher_targets
+from gkd.models.student import build_student
+from gkd.models.teacher import Teacher, load_teacher
+from gkd.training.teacher_cache import build_cache, open_or_build
 from tests.factories import LABELS, make_tiny_teacher, sentiment_rows
 
 MAX_LENGTH = 32

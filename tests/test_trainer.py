@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 
-from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress
 from gkd.config import ConfigError, DistillConfig
-from gkd.models import load_teacher
-from gkd.trainer import STATE_FILE, Trainer
+from gkd.models.teacher import load_teacher
+from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress
+from gkd.training.trainer import STATE_FILE, Trainer
 from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
 
 
@@ -276,7 +276,7 @@ def test_resume_with_a_changed_hyperparameter_is_refused(tmp_path: Path, random_
 
 
 def test_in_memory_examples_and_teacher_are_used(tmp_path: Path, random_teacher: Path, data):
-    from gkd.data import read_examples
+    from gkd.data.readers import read_examples
 
     splits = {"train": read_examples(data["train"]).examples, "dev": read_examples(data["dev"]).examples[:6]}
     teacher = load_teacher(random_teacher)
@@ -321,7 +321,7 @@ def test_crash_resumes_from_the_periodic_state(tmp_path: Path, random_teacher: P
 @pytest.mark.parametrize("method", ["gradient_kd", "gradient_kd_cls"])
 def test_half_precision_autocast_runs_the_double_backward_on_cpu(tmp_path: Path, random_teacher: Path, data,
                                                                  method: str, precision: str):
-    """fp16 runs with the loss scaler (gkd.precision): the gradient term is still there, and finite."""
+    """fp16 runs with the loss scaler (gkd.method.precision): the gradient term is still there, and finite."""
     config = make_config(tmp_path, random_teacher, data, method, "run", epochs=1)
     config.precision = precision
     recorder = Recorder()
@@ -333,7 +333,7 @@ def test_half_precision_autocast_runs_the_double_backward_on_cpu(tmp_path: Path,
 
 def test_gradient_term_is_ramped_in(tmp_path: Path, trained_teacher: Path, data):
     """gradient_warmup_ratio: the gradient term's weight grows linearly from 0; at weight 0 it is not computed."""
-    from gkd.trainer import _ramp
+    from gkd.training.trainer import _ramp
 
     assert _ramp(0, 100, 0.5) == 0.0 and _ramp(25, 100, 0.5) == 0.5 and _ramp(50, 100, 0.5) == 1.0
     assert _ramp(0, 100, 0.0) == 1.0
@@ -349,7 +349,7 @@ def test_gradient_term_is_ramped_in(tmp_path: Path, trained_teacher: Path, data)
 
 
 def test_gradient_term_starts_after_gradient_start_ratio():
-    from gkd.trainer import _ramp
+    from gkd.training.trainer import _ramp
 
     # off for the first 20 of 100 steps, then a ramp over 30 steps
     assert _ramp(0, 100, 0.3, 0.2) == 0.0 and _ramp(19, 100, 0.3, 0.2) == 0.0
@@ -360,7 +360,7 @@ def test_gradient_term_starts_after_gradient_start_ratio():
 def test_optimizer_uses_the_fused_adamw_kernel_with_the_same_update_as_the_default():
     from transformers import BertConfig, BertForSequenceClassification
 
-    from gkd.trainer import _optimizer
+    from gkd.training.trainer import _optimizer
 
     config = DistillConfig.parse({"method": "kd", "teacher": "unused", "data": {"train": "unused.csv"},
                                   "hyperparameters": {"learning_rate": 1e-3}})

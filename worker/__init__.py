@@ -1,1 +1,1 @@
-"""Celery worker of the gkd service: runs distillation jobs with `gkd.trainer.Trainer`."""
+"""Celery worker of the gkd service: runs distillation jobs with `gkd.training.trainer.Trainer`."""

@@ -1,4 +1,4 @@
-"""Running one job: claim it, train it with `gkd.trainer.Trainer`, record events/checkpoints, finish it.
+"""Running one job: claim it, train it with `gkd.training.trainer.Trainer`, record events/checkpoints, finish it.
 
 Every database write is one short transaction, retried on OperationalError with backoff
 (`app.db.with_retries`), and followed by a Redis wake-up for SSE streams when configured.
@@ -236,7 +236,7 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_callback(ctx: JobContext) -> Any:
-    from gkd.callbacks import TrainerCallback
+    from gkd.training.callbacks import TrainerCallback
 
     class JobCallback(TrainerCallback):
         """Progress, metrics events, cancellation and checkpoint upload for one job."""
@@ -389,7 +389,7 @@ def make_callback(ctx: JobContext) -> Any:
 
 def build_config(settings: Settings, job_id: str) -> Any:
     from gkd.config import DataSpec, DistillConfig
-    from gkd.trainer import STATE_FILE
+    from gkd.training.trainer import STATE_FILE
 
     with sessionmaker_for(settings.database_url)() as session:
         job = session.get(Job, job_id)
@@ -464,13 +464,13 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
     callback = None
     try:
         try:
-            from gkd.trainer import Trainer
+            from gkd.training.trainer import Trainer
 
             config = build_config(settings, job_id)
             callback = make_callback(ctx)
             devices = ctx.read(lambda s: s.scalar(select(Job.devices).where(Job.id == job_id))) or 1
             if devices > 1:  # data-parallel on this worker's GPUs (NCCL) or CPU processes (gloo)
-                from gkd.distributed import train_distributed
+                from gkd.training.parallel import train_distributed
 
                 result = train_distributed(config, devices, [callback], state_every_steps=settings.state_every_steps)
             else:

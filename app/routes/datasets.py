@@ -27,7 +27,8 @@ MAX_NAME = 300
 
 def _validate_file(path: Path, filename: str, max_rows: int) -> tuple[str, object]:
     """Read and check the uploaded file with gkd.data; DataError -> 4xx naming the line."""
-    from gkd.data import DataError, detect_format, read_examples, validate_examples
+    from gkd.data.readers import DataError, detect_format, read_examples
+    from gkd.data.validation import validate_examples
 
     try:
         fmt = detect_format(filename)

@@ -20,7 +20,7 @@ from app.schemas import JobCreate, JobOut, ListResponse
 from app.settings import TERMINAL_STATUSES
 from app.store import notify, request_hash, status_event, transition
 from gkd.config import HIDDEN_STATE_METHODS, InitFromModel
-from gkd.labels import LabelMapError, label_map_for
+from gkd.data.labels import LabelMapError, label_map_for
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -29,7 +29,7 @@ JobStatus = Literal["validating", "queued", "running", "cancelling", "succeeded"
 
 def _label_map(body: JobCreate, teacher: TeacherModel, train_labels: list[str],
                dev_labels: list[str] | None) -> dict[str, str]:
-    """The datasets' label names onto the teacher's (gkd.labels): `body.label_map`, or integers onto LABEL_i."""
+    """The datasets' label names onto the teacher's (gkd.data.labels): `body.label_map`, or integers onto LABEL_i."""
     try:
         return label_map_for([*train_labels, *(dev_labels or [])], teacher.labels, body.label_map)
     except LabelMapError as exc:

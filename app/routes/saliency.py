@@ -5,7 +5,7 @@ validation dataset, or the dev split the trainer held out of the training data);
 `POST /v1/jobs/{id}/checkpoints/{cid}/saliency` with `{"texts": [...]}` explains texts of your own.
 
 Saliency is the library's: the gradient of each model's confidence w.r.t. its embedding output
-(`gkd.objective`), reduced per token and L2-normalised over the sequence (`gkd.losses.token_saliency`).
+(`gkd.method.objective`), reduced per token and L2-normalised over the sequence (`gkd.method.losses.token_saliency`).
 torch and transformers are imported inside the handlers only, so the API starts fast.
 """
 
@@ -146,8 +146,9 @@ def _student_dir(settings: Settings, checkpoint: Checkpoint) -> Path:
 
 
 def _dev_examples(session: Session, settings: Settings, job: Job, limit: int) -> tuple[list[Any], str]:
-    from gkd import data as gdata
     from gkd.config import DataSpec
+    from gkd.data.readers import read_examples
+    from gkd.data.splits import split_train_dev
 
     source_id = job.validation_dataset_id or job.training_dataset_id
     dataset = session.get(Dataset, source_id)
@@ -157,11 +158,11 @@ def _dev_examples(session: Session, settings: Settings, job: Job, limit: int) ->
             f"the dataset {source_id} of job {job.id} was deleted; POST your own texts instead",
             code="dataset_missing",
         )
-    examples = [e for e in gdata.read_examples(path).examples if e.text.strip()]
+    examples = [e for e in read_examples(path).examples if e.text.strip()]
     if job.validation_dataset_id:
         return examples[:limit], "validation_dataset"
     spec = DataSpec(train=str(path))
-    _train, dev = gdata.split_train_dev(examples, spec.dev_fraction, spec.split_seed)
+    _train, dev = split_train_dev(examples, spec.dev_fraction, spec.split_seed)
     return dev[:limit], "dev_split"
 
 
@@ -173,7 +174,7 @@ def _load_pair(teacher_dir: Path, student_dir: Path) -> tuple[Any, Any, Any]:
         return _loaded[key]
     from transformers import AutoModelForSequenceClassification
 
-    from gkd.models import load_teacher, load_tokenizer
+    from gkd.models.teacher import load_teacher, load_tokenizer
 
     teacher = load_teacher(teacher_dir)
     student = AutoModelForSequenceClassification.from_pretrained(
@@ -191,9 +192,9 @@ def _compute(teacher_dir: Path, student_dir: Path, texts: list[str], pairs: list
              gold: list[str | None], max_length: int) -> list[SaliencyExample]:
     import torch
 
-    from gkd.batching import collate, encode
-    from gkd.losses import token_saliency
-    from gkd.objective import student_saliency_gradients, teacher_targets
+    from gkd.data.batching import collate, encode
+    from gkd.method.losses import token_saliency
+    from gkd.method.objective import student_saliency_gradients, teacher_targets
 
     with _lock:  # one computation at a time: bounded memory and CPU in the API process
         teacher, student, tokenizer = _load_pair(teacher_dir, student_dir)

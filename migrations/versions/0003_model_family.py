@@ -1,5 +1,5 @@
 """Registered models record their encoder family, attention heads, usable input length and embedding width
-(gkd.families); rows from before stay NULL until re-registered.
+(gkd.models.families); rows from before stay NULL until re-registered.
 
 Revision ID: 0003_model_family
 Revises: 0002_job_device

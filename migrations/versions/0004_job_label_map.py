@@ -1,4 +1,4 @@
-"""A job records the `label_map` from its dataset's label names to the teacher's (gkd.labels); NULL: none needed.
+"""A job records the `label_map` from its dataset's label names to the teacher's (gkd.data.labels); NULL: none needed.
 
 Revision ID: 0004_job_label_map
 Revises: 0003_model_family

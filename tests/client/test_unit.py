@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_import_does_not_load_torch_transformers_or_pandas() -> None:
-    code = ("import sys, gkd.client, gkd.client_cli; "
+    code = ("import sys, gkd.client, gkd.client.cli; "
             "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -197,7 +197,7 @@ def test_pack_and_extract_round_trip(tmp_path: Path) -> None:
 
 
 def test_download_bar_counts_bytes_and_starts_over_when_a_download_is_retried() -> None:
-    from gkd.client_cli import download_bar
+    from gkd.client.cli import download_bar
 
     out = io.StringIO()
     with download_bar("best ckpt_x", None, file=out) as progress:

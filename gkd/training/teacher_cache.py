@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from gkd import losses
-from gkd.batching import EncodedDataset, collate, eval_batches
-from gkd.models import model_family
-from gkd.objective import Batch, TeacherTargets, teacher_targets
+from gkd.data.batching import Batch, EncodedDataset, collate, eval_batches
+from gkd.method import losses
+from gkd.method.objective import TeacherTargets, teacher_targets
+from gkd.models.families import model_family
 
 CACHE_FORMAT_VERSION = 1
 ARRAYS = ("logits", "offsets", "unit_grads", "saliency", "cls_states", "cls_unit_grads")

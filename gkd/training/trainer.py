@@ -4,7 +4,7 @@ selection, callbacks, and exactly resumable state.
 Everything that varies between uses (progress bars, events in a database, cancellation, uploads) is a
 `TrainerCallback`; the loop itself only trains, evaluates and saves.
 
-Resuming is exact: the order of batches is a pure function of (seed, epoch) (`gkd.batching`), and the
+Resuming is exact: the order of batches is a pure function of (seed, epoch) (`gkd.data.batching`), and the
 saved state holds model, optimiser, scheduler, all RNG states and the position inside the epoch, so
 "2 epochs" and "1 epoch, stop, resume, 1 epoch" end with the same weights.
 """
@@ -27,29 +27,30 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from gkd import data as gdata
-from gkd.allocator import reuse_freed_memory
-from gkd.batching import EncodedDataset, collate, encode, epoch_batches, eval_batches
-from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress
 from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, ConfigError, DistillConfig, Hyperparameters, layer_map
-from gkd.export import export_student
-from gkd.gradient_cap import GradientCap
-from gkd.labels import LabelMapError, label_map_for
-from gkd.metrics import EvalAccumulator, accuracy_f1
-from gkd.models import Teacher, build_student, load_teacher, model_family
-from gkd.objective import (
-    Batch,
+from gkd.data.batching import Batch, EncodedDataset, collate, encode, epoch_batches, eval_batches
+from gkd.data.labels import LabelMapError, label_map_for
+from gkd.data.readers import Example, label_names
+from gkd.data.splits import Splits, load_splits
+from gkd.evaluation.metrics import EvalAccumulator, accuracy_f1
+from gkd.export.checkpoint import export_student
+from gkd.method.gradient_cap import GradientCap
+from gkd.method.objective import (
     TeacherTargets,
     model_inputs,
     student_loss_parts,
     student_saliency_gradients,
     teacher_targets,
 )
-from gkd.precision import Precision, resolve_precision
-from gkd.teacher_cache import TeacherCache, open_or_build, teacher_fingerprint
+from gkd.method.precision import Precision, resolve_precision
+from gkd.models.families import model_family
+from gkd.models.student import build_student
+from gkd.models.teacher import Teacher, load_teacher
+from gkd.training.allocator import reuse_freed_memory
+from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress
+from gkd.training.teacher_cache import TeacherCache, open_or_build, teacher_fingerprint
 
 STATE_FILE = "training_state.pt"
-Splits = dict[str, list[gdata.Example]]
 
 
 @dataclass
@@ -181,19 +182,10 @@ class Trainer:
     def _load_splits(self) -> Splits:
         if self._examples is not None:
             return self._examples
-        spec = self.config.data
-        train = gdata.read_examples(spec.train).examples
-        splits: Splits = {}
-        if spec.dev:
-            splits["train"], splits["dev"] = train, gdata.read_examples(spec.dev).examples
-        else:
-            splits["train"], splits["dev"] = gdata.split_train_dev(train, spec.dev_fraction, spec.split_seed)
-        if spec.test:
-            splits["test"] = gdata.read_examples(spec.test).examples
-        return splits
+        return load_splits(self.config.data)
 
     def _mapped_labels(self, teacher_labels: list[str], splits: Splits) -> Splits:
-        """The splits with the data's label names replaced by the teacher's (`data.label_map`, gkd.labels)."""
+        """The splits with the data's label names replaced by the teacher's (`data.label_map`, gkd.data.labels)."""
         if not teacher_labels:
             return splits
         seen = {e.label for part in splits.values() for e in part if e.label is not None}
@@ -207,10 +199,10 @@ class Trainer:
                        for e in part] for name, part in splits.items()}
 
     def _labels(self, teacher_labels: list[str], splits: Splits) -> list[str]:
-        data_labels = gdata.label_names(e.label for e in splits["train"] if e.label is not None)
+        data_labels = label_names(e.label for e in splits["train"] if e.label is not None)
         if not teacher_labels:
             return data_labels
-        seen = gdata.label_names(e.label for part in splits.values() for e in part)
+        seen = label_names(e.label for part in splits.values() for e in part)
         unknown = sorted(set(seen) - set(teacher_labels))
         if unknown:
             raise ConfigError(
@@ -219,7 +211,7 @@ class Trainer:
             )
         return teacher_labels
 
-    def _encode(self, tokenizer: Any, examples: list[gdata.Example], labels: list[str]) -> EncodedDataset:
+    def _encode(self, tokenizer: Any, examples: list[Example], labels: list[str]) -> EncodedDataset:
         index = {name: i for i, name in enumerate(labels)}
         kept = [e for e in examples if e.text.strip() and e.label is not None]
         pairs = [e.text_pair for e in kept] if any(e.text_pair for e in kept) else None
@@ -278,7 +270,7 @@ class Trainer:
 
         stopped = False
         lengths = encoded["train"].lengths()
-        amp = self._amp()  # fp16: one dynamic loss scale for both backward passes (gkd.precision)
+        amp = self._amp()  # fp16: one dynamic loss scale for both backward passes (gkd.method.precision)
         cap = gradient_cap(hp)
         if cap is not None and loop.gradient_cap:
             cap.load_state_dict(loop.gradient_cap)
@@ -339,10 +331,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- pieces
     def _load_teacher(self, splits: Splits) -> Teacher:
-        from gkd.models import describe_teacher
+        from gkd.models.teacher import describe_teacher
 
         info = describe_teacher(self.config.teacher)
-        labels = None if info.labels else gdata.label_names(e.label for e in splits["train"] if e.label)
+        labels = None if info.labels else label_names(e.label for e in splits["train"] if e.label)
         if not info.labels and self.config.method != "ce":
             raise ConfigError(
                 f"{self.config.teacher} has no classification head; only method 'ce' can start from it",

@@ -1,7 +1,7 @@
 """End-to-end demo against a running service (`make run`): distil a 3-layer student from the example teacher
 over the API, watch it, download it and compare it with the teacher locally.
 
-    python -m gkd.demo [--train-rows 2000] [--epochs 1] [--layers 3]
+    python examples/demo.py [--train-rows 2000] [--epochs 1] [--layers 3]
 
 Needs `gkd example-teacher` (the teacher and var/data/movie_reviews/{train,dev}.csv) before `make run`, which
 registers it as `example-teacher`. URL and key: GKD_BASE_URL / GKD_API_KEY, else http://127.0.0.1:8000 and
@@ -22,7 +22,7 @@ import click
 
 from gkd.client import Client, GkdError, NotFoundError
 from gkd.client._http import local_api_key
-from gkd.client_cli import watch_job
+from gkd.client.cli import watch_job
 
 
 def _api_key(home: Path, api_key: str | None) -> str | None:
@@ -118,7 +118,7 @@ def main(home: Path, base_url: str | None, api_key: str | None, teacher: str, tr
     train_csv, dev_csv = data / "train.csv", data / "dev.csv"
     if not (train_csv.is_file() and dev_csv.is_file()):
         raise click.ClickException(f"{data} has no train.csv/dev.csv: run `gkd example-teacher` first")
-    from gkd.models import example_teacher_dir
+    from gkd.models.teacher import example_teacher_dir
 
     teacher_dir = example_teacher_dir(home)
     key = _api_key(home, api_key)
@@ -146,7 +146,7 @@ def main(home: Path, base_url: str | None, api_key: str | None, teacher: str, tr
                 teacher=teacher_model.id, training_dataset=train.id, validation_dataset=dev.id, method=method,
                 student={"num_layers": layers},
                 hyperparameters={"epochs": epochs, "batch_size": batch_size, "max_length": max_length},
-                name=f"demo-{layers}l", metadata={"source": "gkd.demo"},
+                name=f"demo-{layers}l", metadata={"source": "examples/demo.py"},
             )
             click.echo(f"job {job.id} submitted")
             started = time.monotonic()
@@ -161,7 +161,7 @@ def main(home: Path, base_url: str | None, api_key: str | None, teacher: str, tr
     except GkdError as exc:
         raise click.ClickException(str(exc)) from exc
 
-    from gkd.evaluation import evaluate_directory
+    from gkd.evaluation.evaluate import evaluate_directory
 
     dev_texts = [row["text"] for row in csv.DictReader(dev_csv.open(newline="", encoding="utf-8"))]
     texts = dev_texts[:latency_examples]

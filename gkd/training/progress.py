@@ -11,7 +11,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from gkd.callbacks import CheckpointKind, StepMetrics, TrainerCallback, TrainingProgress
+from gkd.training.callbacks import CheckpointKind, StepMetrics, TrainerCallback, TrainingProgress
 
 COLUMNS = ("epoch", "step", "accuracy", "macro_f1", "teacher_agreement", "saliency_agreement")
 

@@ -14,10 +14,27 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from gkd.objective import Batch
+from torch import Tensor
 
 BUCKET_CHUNK_BATCHES = 50
+
+
+@dataclass
+class Batch:
+    input_ids: Tensor  # [B, L]
+    attention_mask: Tensor  # [B, L]
+    token_type_ids: Tensor  # [B, L]
+    labels: Tensor  # [B]
+    indices: Tensor  # [B] positions in the dataset (cache rows)
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in (
+            self.input_ids, self.attention_mask, self.token_type_ids, self.labels, self.indices
+        )))
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Model-side plumbing of the objectives: forward passes that expose the embedding output, input
-gradients of the confidence signal, and the per-method loss built from `gkd.losses`.
+gradients of the confidence signal, and the per-method loss built from `gkd.method.losses`.
 
 The gradient is taken w.r.t. the *output tensor of the embedding module used in this forward pass*
 (captured by a forward hook), never w.r.t. the embedding weight matrix (GKD.md, pitfalls).
@@ -15,28 +15,11 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from gkd import losses
 from gkd.config import GRADIENT_METHODS, HIDDEN_STATE_METHODS, Hyperparameters
-from gkd.models import embedding_module, model_family
-from gkd.precision import scaled_input_gradients
-
-
-@dataclass
-class Batch:
-    input_ids: Tensor  # [B, L]
-    attention_mask: Tensor  # [B, L]
-    token_type_ids: Tensor  # [B, L]
-    labels: Tensor  # [B]
-    indices: Tensor  # [B] positions in the dataset (cache rows)
-
-    def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in (
-            self.input_ids, self.attention_mask, self.token_type_ids, self.labels, self.indices
-        )))
-
-    @property
-    def size(self) -> int:
-        return int(self.input_ids.shape[0])
+from gkd.data.batching import Batch
+from gkd.method import losses
+from gkd.method.precision import scaled_input_gradients
+from gkd.models.families import embedding_module, model_family
 
 
 @dataclass
@@ -154,7 +137,7 @@ def student_loss_parts(
     `gradient_scale` multiplies beta (gradient_kd) or gamma (gradient_kd_cls); the trainer uses it to ramp
     the gradient terms in (`hyperparameters.gradient_warmup_ratio`). At 0 the gradient terms are not computed
     at all (no double backprop), so steps before the ramp cost what a `kd` step costs. `input_gradient_scale` is
-    the fp16 loss scale, applied to the input-gradient pass too (`gkd.precision`)."""
+    the fp16 loss scale, applied to the input-gradient pass too (`gkd.method.precision`)."""
     needs_hidden = method in HIDDEN_STATE_METHODS
     result = forward(student, batch, hidden_states=needs_hidden)
     logits = result.logits

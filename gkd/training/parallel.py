@@ -35,12 +35,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import PreTrainedModel
 
-from gkd.batching import EncodedDataset
-from gkd.callbacks import StepMetrics, TrainerCallback, TrainingProgress
 from gkd.config import ConfigError, DistillConfig
-from gkd.models import Teacher
-from gkd.teacher_cache import TeacherCache
-from gkd.trainer import Splits, Trainer, TrainResult
+from gkd.data.batching import EncodedDataset
+from gkd.models.teacher import Teacher
+from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress
+from gkd.training.teacher_cache import TeacherCache
+from gkd.training.trainer import Splits, Trainer, TrainResult
 
 CallbackFactory = Callable[[], Sequence[TrainerCallback]]
 

@@ -8,11 +8,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from gkd import data as gdata
-from gkd.batching import collate, encode, eval_batches
-from gkd.metrics import EvalAccumulator
-from gkd.models import check_model_dir, load_teacher, load_tokenizer, model_family
-from gkd.objective import student_saliency_gradients, teacher_targets
+from gkd.data.batching import collate, encode, eval_batches
+from gkd.data.readers import read_examples
+from gkd.evaluation.metrics import EvalAccumulator
+from gkd.method.objective import student_saliency_gradients, teacher_targets
+from gkd.models.families import model_family
+from gkd.models.teacher import check_model_dir, load_teacher, load_tokenizer
 
 
 def evaluate_directory(
@@ -29,7 +30,7 @@ def evaluate_directory(
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation="eager")
     model.to(device).eval()
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    examples = [e for e in gdata.read_examples(data_file).examples if e.text.strip()]
+    examples = [e for e in read_examples(data_file).examples if e.text.strip()]
     unknown = sorted({str(e.label) for e in examples} - set(labels))
     if unknown:
         raise ValueError(f"{data_file} has labels {unknown} that the model does not know ({labels})")

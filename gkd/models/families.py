@@ -5,16 +5,19 @@ Every family-specific fact lives in one `Family` entry of `FAMILIES`, keyed by t
 heads, positions and every dropout, the per-layer config lists that must be cut with the layers, the
 module whose output is the input embedding E of the gradient loss, and whether token type ids are taken.
 Field names were read off transformers 5.x (`models/<family>/configuration_*.py`, `modeling_*.py`).
-Everything else (decoders, encoder-decoders, unknown types) is refused by `gkd.models.family_of`.
+Everything else (decoders, encoder-decoders, unknown types) is refused by `family_of`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # State-dict key of one encoder layer: prefix, 0-based layer index, rest of the name.
 _BERT_LAYER = re.compile(r"^(?P<prefix>[a-z_]+\.encoder\.layer\.)(?P<index>\d+)(?P<rest>\..*)$")
@@ -190,3 +193,39 @@ FAMILIES: dict[str, Family] = {
 def supported() -> str:
     """The supported model types, for error messages."""
     return ", ".join(sorted(FAMILIES))
+
+
+class ModelError(ValueError):
+    """A model directory we refuse or cannot use; `param` names the offending part."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+
+def family_of(model_type: object) -> Family:
+    """The family entry of `model_type`; anything else (decoders, encoder-decoders, unknown) is refused."""
+    family = FAMILIES.get(str(model_type)) if model_type else None
+    if family is None:
+        raise ModelError(
+            f"model_type {model_type!r} is not supported: students are cut from encoder classifiers of the "
+            f"families {supported()} (docs/teachers.md)",
+            "config.model_type",
+        )
+    return family
+
+
+def model_family(model: PreTrainedModel) -> Family:
+    return family_of(model.config.model_type)
+
+
+
+def embedding_module(model: PreTrainedModel) -> torch.nn.Module:
+    """The module whose output is E (word + position + type embeddings after LayerNorm): the gradient loss
+    differentiates against its output tensor (`gkd.method.objective`)."""
+    embeddings = model_family(model).embedding_module(model)
+    if embeddings is None:
+        raise ModelError(f"{type(model).__name__} has no embeddings module", "teacher")
+    return embeddings

@@ -1,0 +1,1 @@
+"""Export: trained students written as Hugging Face checkpoints with a `gkd_card.json`."""
