@@ -418,12 +418,12 @@ def distill(work: Path, out: Path, dry_run: bool) -> dict[str, Any]:
     seconds = round(time.monotonic() - start, 2)
     result = json.loads(done.stdout)
     card = json.loads((Path(result["final_dir"]) / "gkd_card.json").read_text(encoding="utf-8"))
-    config = card.get("config", {})
+    run = card.get("config", {}).get("run", {})
     key = {"dev_accuracy": (result.get("student_best_dev") or {}).get("accuracy"),
            "test_accuracy": (result.get("student_test") or {}).get("accuracy"),
            "teacher_dev_accuracy": (result.get("teacher_dev") or {}).get("accuracy"),
-           "wall_s": seconds, "steps": result.get("steps"), "device": config.get("device"),
-           "precision": config.get("precision")}
+           "wall_s": seconds, "steps": result.get("steps"), "device": run.get("device"),
+           "precision": run.get("precision")}
     return {"ok": not result.get("stopped") and key["dev_accuracy"] is not None, "key": key,
             "train_rows": "tiny" if dry_run else DISTILL_ROWS, "result": result}
 
@@ -519,7 +519,7 @@ def compare_runs(one: Any, two: Any, single: Any, double: Any, rtol: float, atol
     from safetensors.torch import load_file
 
     def weights(config: Any) -> dict[str, torch.Tensor]:
-        return load_file(str(Path(config.output_dir) / "final" / "model.safetensors"))
+        return load_file(str(Path(config.run.output_dir) / "final" / "model.safetensors"))
 
     a, b = weights(single), weights(double)
     same_keys = a.keys() == b.keys()
@@ -670,7 +670,7 @@ def worker_job(work: Path, out: Path, dry_run: bool) -> dict[str, Any]:
                 server.stop()
             if worker is not None:
                 worker.stop()
-    trained_on = (card.get("config") or {}).get("device")
+    trained_on = ((card.get("config") or {}).get("run") or {}).get("device")
     expected = "cpu" if dry_run else "cuda"
     consumed = consumed_queues(work / "worker.log")
     key = {"status": status, "seconds": seconds, "job_device": job.get("device"),

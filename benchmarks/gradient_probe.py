@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                   "student": {"num_layers": args.student_layers}, "data": {"train": "unused.csv"},
                                   "output_dir": str(scratch / "run")})
     torch.manual_seed(0)
-    student = Trainer(config, examples={"train": []}, teacher=teacher)._prepare_student(teacher, teacher.labels)
+    student = Trainer(config, teacher=teacher).build_student(teacher, teacher.labels)
     student.train()
     probe = encode(teacher.tokenizer, [t for t, _ in rows[-args.probe_rows:]], None, label_ids[-args.probe_rows:], 64)
     batch = collate(probe, list(range(len(probe))), int(teacher.tokenizer.pad_token_id or 0))

@@ -28,7 +28,11 @@ from benchmarks import common
 
 common.set_module_name("benchmarks.quality")
 
-from gkd.config import METHODS, DistillConfig, Hyperparameters  # noqa: E402
+from gkd.config import DistillConfig, Hyperparameters  # noqa: E402
+from gkd.data.batching import encode_examples  # noqa: E402
+from gkd.evaluation.evaluate import evaluate_model  # noqa: E402
+from gkd.method.objective import teacher_targets  # noqa: E402
+from gkd.method.properties import METHODS  # noqa: E402
 from gkd.models.teacher import Teacher, load_teacher  # noqa: E402
 from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress  # noqa: E402
 from gkd.training.trainer import Trainer, resolve_device  # noqa: E402
@@ -249,11 +253,11 @@ def teacher_reference(args: argparse.Namespace, files: dict[str, Path], splits: 
     """The teacher's own test metrics (evaluated as if it were the student: saliency agreement is 1)."""
     run = {"method": "kd", "layers": 1, "seed": args.seed_base, "beta": args.beta, "gamma": args.gamma}
     config = make_config(args, run, files, teacher_dir, Path(args.work_dir) / "teacher")
-    trainer = Trainer(config, examples=splits, teacher=teacher)
     labels = teacher.labels
-    test = trainer._encode(teacher.tokenizer, splits["test"], labels)
-    trainer._pad_id = int(teacher.tokenizer.pad_token_id or 0)
-    metrics = trainer.evaluate(teacher.model, test, None, labels, True, teacher)
+    test = encode_examples(teacher.tokenizer, splits["test"], labels, config.hyperparameters.max_length)
+    metrics = evaluate_model(teacher.model, test, labels, device=resolve_device(config.run.device),
+                             pad_id=int(teacher.tokenizer.pad_token_id or 0),
+                             targets=lambda batch: teacher_targets(teacher.model, batch))
     teacher.model.eval()
     return {"layers": int(teacher.model.config.num_hidden_layers), "test": metrics}
 

@@ -3,15 +3,17 @@
     python -m benchmarks.train_step                       # example teacher, batch 32, length 128
     python -m benchmarks.train_step --tiny --steps 3      # tiny random teacher (seconds)
 
-What runs is the library's own step: `gkd.training.trainer.Trainer._optimisation_step` (collate, teacher targets
-from `TeacherCache.targets` or live `teacher_targets`, `student_loss_parts`, backward (capped), gradient clipping,
-AdamW step, scheduler step, zero_grad) on a student built by `Trainer._prepare_student`, with the
-optimiser of `gkd.training.trainer._optimizer`. Caches are built with `gkd.training.teacher_cache.build_cache`.
+What runs is the library's own step, through the trainer's public seams: `Trainer.start` sets up a `RunState`
+(the student, `make_optimizer`'s AdamW, precision, the gradient-term cap) and `Trainer.step(run, group)` is one
+optimisation step (collate, teacher targets from `TeacherCache.targets` or live `teacher_targets`,
+`student_loss_parts`, backward (capped), gradient clipping, AdamW step, scheduler step, zero_grad). Each shape's
+data and cache are put in the run's `encoded["train"]` and `caches["train"]`. Caches are built with
+`gkd.training.teacher_cache.build_cache`.
 
 Shapes (`--shapes`):
   padded    movie-review texts tokenised with truncation and right-padded to exactly `--length` (the spec's
-            [32, 128]; the library's collate output is padded further with mask 0, which is what
-            tokenising with padding="max_length" gives);
+            [32, 128]; `EncodedDataset.pad_to` pads every batch with mask 0, which is what tokenising with
+            padding="max_length" gives);
   packed    consecutive texts joined until every row holds `--length` real tokens (no padding: the
             worst case for the cache, which gathers real tokens);
   bucketed  the real lengths with the trainer's length bucketing (`gkd.data.batching.epoch_batches`), i.e.
@@ -27,7 +29,7 @@ interleaved batch by batch, `--epoch-repeats` times. Peak RSS per variant is mea
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -40,7 +42,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from benchmarks import common
 
@@ -48,20 +49,15 @@ common.set_module_name("benchmarks.train_step")
 
 import torch  # noqa: E402
 
-import gkd.training.trainer as gtrainer  # noqa: E402
-from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, DistillConfig, Hyperparameters, layer_map  # noqa: E402
-from gkd.data.batching import (  # noqa: E402
-    Batch,  # noqa: E402
-    EncodedDataset,
-    collate,
-    encode,
-    epoch_batches,
-)
+from gkd.config import DistillConfig, Hyperparameters  # noqa: E402
+from gkd.data.batching import EncodedDataset, collate, encode, epoch_batches  # noqa: E402
 from gkd.method import losses  # noqa: E402
 from gkd.method.objective import forward  # noqa: E402
+from gkd.method.properties import method_properties  # noqa: E402
 from gkd.models.teacher import Teacher, load_teacher  # noqa: E402
 from gkd.training.allocator import reuse_freed_memory  # noqa: E402
 from gkd.training.teacher_cache import TeacherCache, build_cache  # noqa: E402
+from gkd.training.trainer import RunState, Trainer, linear_schedule, resolve_device  # noqa: E402
 
 ALL_METHODS = ("ce", "kd", "pkd", "gradient_kd", "gradient_kd_cls")
 DEFAULT_METHODS = ALL_METHODS
@@ -134,34 +130,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 # ---------------------------------------------------------------- set-up
 @dataclass
 class Variant:
-    """One method with or without the cache: its own student, optimiser and scheduler."""
+    """One method with or without the cache: its own trainer and run (student, optimiser, scheduler, cap)."""
 
     method: str
     cached: bool
-    trainer: gtrainer.Trainer
-    student: Any
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    pairs: list[tuple[int, int]]
-    vector_form: bool
-    amp: Any  # the trainer's precision and loss scaler (`Trainer._amp()`)
-    cap: Any  # the run's GradientCap or None: its measurement schedule carries across steps as in training
+    trainer: Trainer
+    run: RunState
     cuda_peak_mb: float | None = None  # most CUDA memory allocated during one of its measured steps (CUDA only)
 
     @property
+    def uses_teacher(self) -> bool:
+        return method_properties(self.method).teacher_logits
+
+    @property
     def name(self) -> str:
-        if self.method not in TEACHER_METHODS:
+        if not self.uses_teacher:
             return self.method
         return f"{self.method}{'+cache' if self.cached else ''}"
 
-    def step(self, dataset: EncodedDataset, indices: list[int], cache: TeacherCache | None, teacher: Teacher,
-             pad_id: int) -> Any:
-        """The trainer's optimisation step (one micro-batch)."""
-        return self.trainer._optimisation_step(
-            self.student, self.optimizer, self.scheduler, [indices], dataset, cache if self.cached else None,
-            teacher, pad_id, self.pairs, self.vector_form, self.amp, gradient_scale=1.0,
-            cap=self.cap,
-        )
+    def use(self, work: Workload) -> None:
+        """Train on `work`'s data, with its cache when this variant is the cached one."""
+        self.run.encoded["train"] = work.dataset
+        self.run.caches["train"] = work.cache if self.cached else None
+
+    def step(self, work: Workload, indices: list[int]) -> Any:
+        """The trainer's optimisation step on one micro-batch of `work`."""
+        self.use(work)
+        return self.trainer.step(self.run, [indices])
 
 
 @dataclass
@@ -171,7 +166,6 @@ class Workload:
     shape: str
     dataset: EncodedDataset
     batches: list[list[int]]
-    pad_to: int | None
     cache: TeacherCache | None = None
     cache_build_s: float | None = None
     cache_dir: Path | None = None
@@ -222,12 +216,11 @@ def make_workload(shape: str, args: argparse.Namespace, teacher: Teacher, labels
         texts, names = load_texts(args, count)
         dataset = encode(teacher.tokenizer, texts, None, [index[n] for n in names], length)
         batches = epoch_batches(dataset.lengths(), batch, args.seed, 0, bucketing=True)
-        pad_to = None
     elif shape == "padded":
         texts, names = load_texts(args, batch * rounds)
-        dataset = encode(teacher.tokenizer, texts, None, [index[n] for n in names], length)
+        dataset = dataclasses.replace(encode(teacher.tokenizer, texts, None, [index[n] for n in names], length),
+                                      pad_to=length)
         batches = [list(range(i, i + batch)) for i in range(0, len(dataset), batch)]
-        pad_to = length
     else:  # packed: join consecutive texts until each row has `length` real tokens
         texts, names = load_texts(args, batch * rounds * 8)
         packed, packed_labels, current = [], [], []
@@ -239,18 +232,17 @@ def make_workload(shape: str, args: argparse.Namespace, teacher: Teacher, labels
                 current = []
             if len(packed) == batch * rounds:
                 break
-        dataset = encode(teacher.tokenizer, packed, None, packed_labels, length)
+        dataset = dataclasses.replace(encode(teacher.tokenizer, packed, None, packed_labels, length), pad_to=length)
         batches = [list(range(i, i + batch)) for i in range(0, len(dataset), batch)]
-        pad_to = length
     lengths = dataset.lengths()
-    widths = [pad_to or int(max(lengths[b])) for b in batches]
+    widths = [dataset.pad_to or int(max(lengths[b])) for b in batches]
     real = sum(int(lengths[b].sum()) for b in batches)
     stats = {
         "examples": len(dataset), "batches": len(batches), "mean_width": sum(widths) / len(widths),
         "real_token_fraction": real / sum(w * len(b) for w, b in zip(widths, batches, strict=True)),
         "mean_real_length": float(lengths.mean()),
     }
-    return Workload(shape, dataset, batches, pad_to, stats=stats)
+    return Workload(shape, dataset, batches, stats=stats)
 
 
 def build_workload_cache(work: Workload, teacher: Teacher, pad_id: int, root: Path, device: torch.device) -> None:
@@ -260,32 +252,6 @@ def build_workload_cache(work: Workload, teacher: Teacher, pad_id: int, root: Pa
     work.cache_build_s = time.perf_counter() - start
 
 
-def pad_batch(batch: Batch, width: int, pad_id: int) -> Batch:
-    extra = width - batch.input_ids.shape[1]
-    if extra <= 0:
-        return batch
-
-    def grow(t: torch.Tensor, value: int) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, extra), value=value)
-
-    return Batch(grow(batch.input_ids, pad_id), grow(batch.attention_mask, 0), grow(batch.token_type_ids, 0),
-                 batch.labels, batch.indices)
-
-
-@contextlib.contextmanager
-def fixed_width_collate(width: int | None):
-    """Make the trainer's collate pad every batch to `width` columns (padding="max_length")."""
-    if width is None:
-        yield
-        return
-
-    def collate_fixed(dataset: EncodedDataset, indices: Sequence[int], pad_id: int = 0) -> Batch:
-        return pad_batch(collate(dataset, indices, pad_id), width, pad_id)
-
-    with mock.patch.object(gtrainer, "collate", collate_fixed):
-        yield
-
-
 def make_variant(method: str, cached: bool, args: argparse.Namespace, teacher: Teacher, labels: list[str],
                  scratch: Path) -> Variant:
     config = DistillConfig.parse({
@@ -293,35 +259,31 @@ def make_variant(method: str, cached: bool, args: argparse.Namespace, teacher: T
         "teacher": str(args.teacher),
         "student": {"num_layers": args.student_layers},
         "data": {"train": "unused.csv"},
+        # the gradient terms at full weight from the first step: every measured step is the method's whole step
         "hyperparameters": {"batch_size": args.batch_size, "max_length": args.length, "epochs": 1,
-                            "beta": 1.0, "gamma": 1.0, "seed": args.seed,
+                            "beta": 1.0, "gamma": 1.0, "seed": args.seed, "warmup_ratio": 0.0,
+                            "gradient_start_ratio": 0.0, "gradient_warmup_ratio": 0.0,
                             "gradient_term_cap": args.gradient_term_cap,
                             "gradient_term_cap_every": args.gradient_term_cap_every},
-        "output_dir": str(scratch / f"run-{method}-{int(cached)}"),
-        "device": args.device,
-        "precision": args.precision,
-        "cache": "auto" if cached else "off",
+        "run": {"output_dir": str(scratch / f"run-{method}-{int(cached)}"), "device": args.device,
+                "precision": args.precision, "cache": "auto" if cached else "off"},
     })
-    if config.reuse_freed_memory:  # the process setting Trainer.train() makes before its first step
+    if config.run.reuse_freed_memory:  # the process setting Trainer.setup() makes before its first step
         reuse_freed_memory()
-    trainer = gtrainer.Trainer(config, examples={"train": []}, teacher=teacher)
-    trainer._pad_id = int(teacher.tokenizer.pad_token_id or 0)
+    trainer = Trainer(config, teacher=teacher)
     torch.manual_seed(args.seed)
-    student = trainer._prepare_student(teacher, labels)
-    student.train()
-    optimizer = gtrainer._optimizer(student, config)
-    total = 10_000  # long schedule: the learning rate stays near its peak during the benchmark
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, gtrainer._linear_schedule(total, 0))
-    pairs = layer_map(int(teacher.model.config.num_hidden_layers), args.student_layers)
-    return Variant(method, cached, trainer, student, optimizer, scheduler, pairs,
-                   trainer._vector_form(student, teacher), trainer._amp(),
-                   gtrainer.gradient_cap(config.hyperparameters))
+    run = trainer.start(teacher, labels, {"train": EncodedDataset([], [], [])}, {"train": None})
+    # long schedule: the learning rate stays near its peak during the benchmark
+    run.total_steps = 10_000
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, linear_schedule(run.total_steps, 0))
+    run.student.train()
+    return Variant(method, cached, trainer, run)
 
 
 def variant_keys(methods: Sequence[str]) -> list[tuple[str, bool]]:
     keys: list[tuple[str, bool]] = []
     for method in methods:
-        if method in TEACHER_METHODS:
+        if method_properties(method).teacher_logits:
             keys += [(method, False), (method, True)]
         else:
             keys.append((method, False))
@@ -342,26 +304,26 @@ def measure_steps(work: Workload, variants: list[Variant], args: argparse.Namesp
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     cap_measured: dict[str, list[bool]] = {v.name: [] for v in variants}
     order = list(variants)
-    with fixed_width_collate(work.pad_to):
-        for round_index in range(args.warmup + args.steps):
-            indices = work.batches[round_index % len(work.batches)]
-            rng.shuffle(order)
-            for variant in order:
-                _sync(device)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                start = time.perf_counter()
-                variant.step(work.dataset, indices, work.cache, teacher, pad_id)
-                _sync(device)
-                elapsed = (time.perf_counter() - start) * 1000
-                if round_index >= args.warmup:
-                    times[variant.name].append(elapsed)
-                    if device.type == "cuda":  # includes every variant's resident weights and optimiser state
-                        peak = torch.cuda.max_memory_allocated(device) / 2**20
-                        variant.cuda_peak_mb = max(variant.cuda_peak_mb or 0.0, peak)
-                    cap_measured[variant.name].append(bool(variant.cap and variant.cap.measured_this_step))
-            if not args.quiet:
-                print(f"  [{work.shape}] round {round_index + 1}/{args.warmup + args.steps} done", flush=True)
+    for round_index in range(args.warmup + args.steps):
+        indices = work.batches[round_index % len(work.batches)]
+        rng.shuffle(order)
+        for variant in order:
+            _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            variant.step(work, indices)
+            _sync(device)
+            elapsed = (time.perf_counter() - start) * 1000
+            if round_index >= args.warmup:
+                times[variant.name].append(elapsed)
+                if device.type == "cuda":  # includes every variant's resident weights and optimiser state
+                    peak = torch.cuda.max_memory_allocated(device) / 2**20
+                    variant.cuda_peak_mb = max(variant.cuda_peak_mb or 0.0, peak)
+                cap = variant.run.cap
+                cap_measured[variant.name].append(bool(cap and cap.measured_this_step))
+        if not args.quiet:
+            print(f"  [{work.shape}] round {round_index + 1}/{args.warmup + args.steps} done", flush=True)
     return times, cap_measured
 
 
@@ -383,7 +345,7 @@ def measure_epochs(work: Workload, cached: Variant, uncached: Variant, args: arg
             for variant, key in pair if number % 2 == 0 else pair[::-1]:
                 _sync(device)
                 start = time.perf_counter()
-                variant.step(work.dataset, indices, work.cache, teacher, pad_id)
+                variant.step(work, indices)
                 _sync(device)
                 totals[key] += time.perf_counter() - start
         for key, total in totals.items():
@@ -408,23 +370,23 @@ def measure_epochs(work: Workload, cached: Variant, uncached: Variant, args: arg
 def phase_breakdown(work: Workload, variants: dict[tuple[str, bool], Variant], teacher: Teacher, pad_id: int,
                     device: torch.device, repeats: int = 3) -> dict[str, Any]:
     """Where a step spends its time, replayed with the library's public pieces (ms, medians of `repeats`)."""
-    batch = pad_batch(collate(work.dataset, work.batches[0], pad_id), work.pad_to or 0, pad_id).to(device)
+    batch = collate(work.dataset, work.batches[0], pad_id).to(device)
     out: dict[str, Any] = {}
     for key in [("gradient_kd", True), ("gradient_kd", False), ("kd", False)]:
         variant = variants.get(key)
         if variant is not None:
             samples: dict[str, list[float]] = {}
+            variant.use(work)
             for _ in range(repeats):
-                _replay_step(variant, work.cache, teacher, batch, device, samples)
+                _replay_step(variant, batch, device, samples)
             phases = {name: common.median(values) for name, values in samples.items()}
             out[variant.name] = {**phases, "total_ms": sum(phases.values())}
     return out
 
 
-def _replay_step(variant: Variant, cache: TeacherCache | None, teacher: Teacher, batch: Batch, device: torch.device,
-                 samples: dict[str, list[float]]) -> None:
+def _replay_step(variant: Variant, batch: Any, device: torch.device, samples: dict[str, list[float]]) -> None:
     """The trainer's step for `gradient_kd`/`kd` (vector form), cut into timed phases."""
-    hp = variant.trainer.config.hyperparameters
+    hp, run = variant.trainer.config.hyperparameters, variant.run
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
         _sync(device)
@@ -434,11 +396,11 @@ def _replay_step(variant: Variant, cache: TeacherCache | None, teacher: Teacher,
         samples.setdefault(name, []).append((time.perf_counter() - start) * 1000)
         return value
 
-    variant.optimizer.zero_grad(set_to_none=True)
-    needs_grads = variant.method in GRADIENT_METHODS
+    run.optimizer.zero_grad(set_to_none=True)
+    needs_grads = method_properties(variant.method).input_gradients
     targets = timed("cache_targets" if variant.cached else "teacher_targets",
-                    lambda: variant.trainer._targets(cache if variant.cached else None, teacher, batch, needs_grads))
-    result = timed("student_forward", lambda: forward(variant.student, batch))
+                    lambda: run.teacher_targets(batch, "train", needs_grads))
+    result = timed("student_forward", lambda: forward(run.student, batch))
     loss = timed("kd_loss", lambda: losses.kd_loss(result.logits, targets.logits, batch.labels,
                                                    temperature=hp.temperature, alpha=hp.alpha,
                                                    reduction=hp.kl_reduction)[0])
@@ -454,11 +416,11 @@ def _replay_step(variant: Variant, cache: TeacherCache | None, teacher: Teacher,
     timed("backward", loss.backward)
 
     def optimise() -> None:
-        params = [p for p in variant.student.parameters() if p.requires_grad]
+        params = [p for p in run.student.parameters() if p.requires_grad]
         if hp.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
-        variant.optimizer.step()
-        variant.scheduler.step()
+        run.optimizer.step()
+        run.scheduler.step()
 
     timed("clip_and_adamw", optimise)
 
@@ -468,14 +430,13 @@ def profile_steps(work: Workload, variants: dict[tuple[str, bool], Variant], tea
     from torch.profiler import ProfilerActivity, profile
 
     tables = {}
-    with fixed_width_collate(work.pad_to):
-        for key in [("gradient_kd", True), ("kd", False)]:
-            variant = variants.get(key)
-            if variant is None:
-                continue
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                variant.step(work.dataset, work.batches[0], work.cache, teacher, pad_id)
-            tables[variant.name] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    for key in [("gradient_kd", True), ("kd", False)]:
+        variant = variants.get(key)
+        if variant is None:
+            continue
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            variant.step(work, work.batches[0])
+        tables[variant.name] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
     return tables
 
 
@@ -483,12 +444,11 @@ def profile_steps(work: Workload, variants: dict[tuple[str, bool], Variant], tea
 def rss_child(args: argparse.Namespace) -> int:
     method, cached_flag = args.rss_child.split(":")
     cached = cached_flag == "1"
-    device = gtrainer.resolve_device(args.device)
+    device = resolve_device(args.device)
     scratch = Path(tempfile.mkdtemp(prefix="gkd-bench-rss-"))
     try:
         teacher = load_teacher(resolve_teacher(args, scratch), device=device)
         labels = teacher.labels
-        pad_id = int(teacher.tokenizer.pad_token_id or 0)
         args.epoch_batches = 0
         work = make_workload(args.shape_list[0], args, teacher, labels)
         if cached and args.cache_path:
@@ -497,9 +457,8 @@ def rss_child(args: argparse.Namespace) -> int:
         setup = common.peak_rss_mb()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        with fixed_width_collate(work.pad_to):
-            for i in range(args.rss_steps):
-                variant.step(work.dataset, work.batches[i % len(work.batches)], work.cache, teacher, pad_id)
+        for i in range(args.rss_steps):
+            variant.step(work, work.batches[i % len(work.batches)])
         cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         print(json.dumps({"method": method, "cached": cached, "peak_rss_mb": common.peak_rss_mb(),
                           "setup_peak_rss_mb": setup, "cuda_peak_mb": cuda_peak}))
@@ -551,7 +510,7 @@ def summarise(times: dict[str, list[float]], variants: list[Variant],
               cap_measured: dict[str, list[bool]] | None = None) -> list[dict[str, Any]]:
     measured = cap_measured or {}
     flags = {v.name: measured.get(v.name) or [False] * len(times[v.name]) for v in variants}
-    costs = {v.name: step_cost(times[v.name], flags[v.name], v.cap.every if v.cap else 1) for v in variants}
+    costs = {v.name: step_cost(times[v.name], flags[v.name], v.run.cap.every if v.run.cap else 1) for v in variants}
     baseline = costs.get("kd", float("nan"))
     rows = []
     for variant in variants:
@@ -559,7 +518,7 @@ def summarise(times: dict[str, list[float]], variants: list[Variant],
         med = costs[variant.name]
         rows.append({
             "method": variant.method,
-            "cached": variant.cached if variant.method in TEACHER_METHODS else None,
+            "cached": variant.cached if variant.uses_teacher else None,
             "variant": variant.name,
             "ms_per_step": med,  # = median_ms unless the cap measures on some steps (step_cost)
             "median_ms": common.median(values),
@@ -615,7 +574,7 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 def render(report: dict[str, Any], markdown: bool) -> str:
     table = common.markdown_table if markdown else common.text_table
-    memory = {m["method"] + ("+cache" if m.get("cached") and m["method"] in TEACHER_METHODS else ""): m
+    memory = {m["method"] + ("+cache" if m.get("cached") and method_properties(m["method"]).teacher_logits else ""): m
               for m in report.get("memory", [])}
     s = report["settings"]
     parts = []
@@ -670,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     threads = common.set_threads(args.threads)
     if args.rss_child:
         raise SystemExit(rss_child(args))
-    device = gtrainer.resolve_device(args.device)
+    device = resolve_device(args.device)
     scratch = Path(tempfile.mkdtemp(prefix="gkd-bench-step-"))
     try:
         teacher_dir = resolve_teacher(args, scratch)

@@ -19,7 +19,7 @@ import yaml
 from gkd import __version__
 from gkd.client.cli import datasets as client_datasets
 from gkd.client.cli import jobs as client_jobs
-from gkd.config import ConfigError, DistillConfig
+from gkd.config import ConfigError, DistillConfig, read_mapping
 
 
 class _GkdGroup(click.Group):
@@ -82,24 +82,25 @@ def _apply_overrides(raw: dict[str, Any], overrides: tuple[str, ...]) -> dict[st
 @click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a setting, e.g. --set hyperparameters.beta=10 --set method=kd.")
+@click.option("--devices", type=click.IntRange(min=1), default=None,
+              help="Data-parallel processes (GPUs, or CPU processes); default the config's run.devices (1).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from the training state in output_dir when there is one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of tables.")
-def distill(config_file: Path, overrides: tuple[str, ...], resume: bool, as_json: bool) -> None:
+def distill(config_file: Path, overrides: tuple[str, ...], devices: int | None, resume: bool, as_json: bool) -> None:
     """Distil a student as described by CONFIG_FILE (YAML or JSON); see examples/*.yaml."""
+    from gkd.training.parallel import train_distributed
     from gkd.training.progress import ProgressPrinter
     from gkd.training.run_log import RunLog
-    from gkd.training.trainer import Trainer
 
     try:
-        raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else None
-        if not isinstance(raw, dict):
-            DistillConfig.load(config_file)  # raises the precise error
-            raise ConfigError(f"{config_file} must hold a mapping of settings")
-        config = DistillConfig.parse(_apply_overrides(raw, overrides))
+        raw = _apply_overrides(read_mapping(config_file), overrides)
+        if devices is not None:
+            raw["devices"] = devices  # a run setting: at the top level it overrides run.devices
+        config = DistillConfig.parse(raw)
         printer = ProgressPrinter(to_stderr=as_json)  # with --json stdout holds only the JSON summary
-        run_log = RunLog(config.output_dir)
-        result = Trainer(config, [printer, run_log]).train(resume=resume)
+        run_log = RunLog(config.run.output_dir)
+        result = train_distributed(config, config.run.devices, [printer, run_log], resume=resume)
     except ConfigError as exc:
         _fail(f"{exc.param}: {exc.message}" if exc.param and not exc.message.startswith(exc.param) else exc.message)
         return
@@ -109,6 +110,7 @@ def distill(config_file: Path, overrides: tuple[str, ...], resume: bool, as_json
     summary = {
         "method": config.method,
         "student_layers": config.student.num_layers,
+        "devices": config.run.devices,
         "steps": result.steps,
         "stopped": result.stopped,
         "teacher_dev": result.teacher_metrics or None,  # none when the teacher is a bare encoder (fine-tuning)

@@ -2,14 +2,16 @@
 
 `DistillConfig` is shared by the CLI (`gkd distill config.yaml`), the HTTP API (the job body is built
 from `StudentSpec` and `Hyperparameters`) and the worker, so every default is written exactly once,
-here. Defaults follow the authors' code (shared/docs/GKD.md) unless a measurement made us change them;
-those places say so.
+here. What to train (method, teacher, student, data, hyperparameters) is kept apart from where and how
+this run executes (`RunSettings`: output directory, device, precision, cache, threads, processes), which
+the CLI and the worker fill in. Defaults follow the authors' code (shared/docs/GKD.md) unless a measurement
+made us change them; docs/methods.md ("Defaults", "Decisions") says which and why. Field descriptions are
+one sentence each: they are the public OpenAPI schema.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,15 +24,12 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-Method = Literal["ce", "kd", "pkd", "gradient_kd", "gradient_kd_cls"]
-METHODS: tuple[str, ...] = ("ce", "kd", "pkd", "gradient_kd", "gradient_kd_cls")
-GRADIENT_METHODS: frozenset[str] = frozenset({"gradient_kd", "gradient_kd_cls"})
-TEACHER_METHODS: frozenset[str] = frozenset({"kd", "pkd", "gradient_kd", "gradient_kd_cls"})
-HIDDEN_STATE_METHODS: frozenset[str] = frozenset({"pkd", "gradient_kd_cls"})
+from gkd.method.properties import Method, method_properties
 
 InitStrategy = Literal["bottom", "every_other", "random"]
 LayerRule = Literal["bottom", "every_other"] | list[int]
@@ -88,46 +87,37 @@ class InitFromModel(_Strict):
         return _check_layer_indices(value)
 
 
+def _null_is_default(value: Any, info: ValidationInfo) -> Any:
+    """null, which earlier versions stored for 'the default' (job rows, training states), reads as the default."""
+    if value is None:
+        assert info.field_name is not None
+        return StudentSpec.model_fields[info.field_name].default
+    return value
+
+
 class StudentSpec(_Strict):
     """How the student is cut from the teacher (or from another encoder)."""
 
     num_layers: int = Field(3, ge=1, le=48, description="Number of encoder layers of the student.")
     init: InitStrategy | list[int] | InitFromModel = Field(
         "bottom",
-        description=(
-            "Which teacher layers initialise the student: 'bottom' (the first N, as the authors), "
-            "'every_other' (DistilBERT style), an explicit list of 0-based teacher layer indices, "
-            "'random' (no teacher weights in the encoder), or {\"model\": ..., \"layers\": ...} to start from "
-            "another pretrained encoder with the teacher's tokenizer."
-        ),
+        description="Where the student's layers come from: 'bottom' (the teacher's first N), 'every_other', a list "
+        "of 0-based teacher layers, 'random', or {\"model\": ..., \"layers\": ...} for another pretrained encoder "
+        "with the teacher's tokenizer.",
     )
     hidden_size: int | None = Field(
-        None,
-        ge=8,
-        le=8192,
-        description="Student width; null keeps the teacher's. A different width starts the encoder fresh "
-        "and uses the scalar saliency form of the gradient loss.",
+        None, ge=8, le=8192,
+        description="Student width; null keeps the teacher's, another width starts the encoder fresh.",
     )
     head: Literal["fresh", "teacher"] = Field(
-        "teacher",
-        description="'fresh' starts pooler and classifier from scratch (the authors); 'teacher' copies the "
-        "teacher's, so the student's confidence and its input gradients are meaningful from step one.",
+        "teacher", description="Whether pooler and classifier start as copies of the teacher's or fresh.",
     )
-    dropout: float | None = Field(
-        None,
-        ge=0.0,
-        lt=1.0,
-        description="Hidden and attention dropout of the student; null means 0 for every method (measured "
-        "better than the teacher's 0.1 for ce, kd and pkd on the movie-review benchmark, and the gradient methods "
-        "need it: dropout makes the student's input gradients noisy).",
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Hidden and attention dropout of the student.")
+    embeddings: Literal["frozen", "trainable"] = Field(
+        "trainable", description="Whether the embeddings copied from the teacher are trained.",
     )
-    embeddings: Literal["frozen", "trainable"] | None = Field(
-        None,
-        description="Whether the embeddings copied from the teacher are trained; null means trainable for every "
-        "method. 'frozen' is the authors' choice for the gradient methods (teacher and student gradients are "
-        "then taken in exactly the same embedding space). A student of another width always trains its fresh "
-        "embeddings.",
-    )
+
+    _null_defaults = field_validator("dropout", "embeddings", mode="before")(_null_is_default)
 
     @field_validator("init")
     @classmethod
@@ -157,93 +147,55 @@ class StudentSpec(_Strict):
 
 
 class Hyperparameters(_Strict):
-    """Optimisation and loss settings. Defaults: the authors' code, except where noted."""
+    """Optimisation and loss settings; docs/methods.md gives each default's source and measurements."""
 
     epochs: int = Field(4, ge=1, le=100, description="Passes over the training data.")
     batch_size: int = Field(32, ge=1, le=1024, description="Examples per optimisation step.")
     learning_rate: float = Field(5e-5, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
-    weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="AdamW weight decay (ours).")
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of steps of linear warmup (ours).")
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of steps of linear learning-rate warmup.")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping norm; null disables.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimiser step.")
     max_length: int = Field(128, ge=8, le=4096, description="Tokens per example after truncation.")
     temperature: float = Field(5.0, gt=0.0, le=100.0, description="Softmax temperature T of logit KD.")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the KD term; 1 - alpha weights CE.")
     beta: float = Field(
-        1.0,
-        ge=0.0,
-        le=1e6,
-        description="Weight of the gradient loss (gradient_kd) or of the PKD term (pkd, gradient_kd_cls). "
-        "1 came out of our sweep (benchmarks/results/quality.md): with the delayed start, 0.03 to 10 all land "
-        "within 0.2 points of kd's accuracy or above it, and saliency agreement grows with beta up to 1, then "
-        "levels off.",
+        1.0, ge=0.0, le=1e6,
+        description="Weight of the gradient loss (gradient_kd) or of the PKD term (pkd, gradient_kd_cls).",
     )
-    gamma: float = Field(
-        0.3,
-        ge=0.0,
-        le=1e6,
-        description="Weight of the gradient terms of gradient_kd_cls. 0.3 beat 1 in accuracy at 2 and 3 layers "
-        "over 3 seeds (benchmarks/results/quality.md); its per-layer [CLS] terms make the whole term larger.",
-    )
+    gamma: float = Field(0.3, ge=0.0, le=1e6, description="Weight of the gradient terms of gradient_kd_cls.")
     kl_reduction: Literal["mean", "batchmean"] = Field(
-        "mean",
-        description="'mean' averages the KL over batch x classes (the authors' choice); 'batchmean' is the "
-        "mathematically clean per-example KL.",
+        "mean", description="'mean' averages the KL over batch x classes (the authors'), 'batchmean' per example.",
     )
     saliency_form: Literal["auto", "vector", "scalar"] = Field(
         "auto",
-        description="'vector' compares unit per-token gradient vectors (the paper; needs equal widths), "
-        "'scalar' compares normalised per-token saliency (ours; any width), 'auto' picks by width.",
+        description="'vector' compares unit per-token gradient vectors (equal widths), 'scalar' normalised per-token "
+        "saliency (any width), 'auto' picks by width.",
     )
     gradient_warmup_ratio: float = Field(
-        0.3,
-        ge=0.0,
-        le=1.0,
-        description="Ramp the weight of the gradient terms linearly from 0 over this fraction of the steps, "
-        "after gradient_start_ratio (ours): the student first learns the teacher's outputs, then its saliency.",
+        0.3, ge=0.0, le=1.0,
+        description="Fraction of the steps over which the gradient terms' weight ramps up from 0, once started.",
     )
     gradient_start_ratio: float = Field(
-        0.2,
-        ge=0.0,
-        lt=1.0,
-        description="Leave the gradient terms out for this fraction of the steps, then start their ramp "
-        "(ours): a freshly cut student's input gradients are about 2,000 times smaller than the teacher's, and "
-        "a gradient term active from step 0 made the student worse at both accuracy and saliency "
-        "(docs/methods.md).",
+        0.2, ge=0.0, lt=1.0, description="Fraction of the steps trained before the gradient terms start.",
     )
     gradient_term_cap: float | None = Field(
-        1.0,
-        gt=0.0,
-        le=1e6,
-        description="Cap the gradient terms' parameter gradient at this multiple of the logit loss's, per "
-        "micro-batch (ours). The unit-normalised gradient loss grows like 1/||student input gradient||, which "
-        "is tiny, so uncapped it can drown the logit loss and collapse the student; null gives the paper's "
-        "plain sum.",
+        1.0, gt=0.0, le=1e6,
+        description="Cap on the gradient terms' parameter gradient, as a multiple of the logit loss's; null: no cap.",
     )
     gradient_term_cap_per_tensor: bool = Field(
-        False,
-        description="Apply gradient_term_cap to each parameter tensor on its own instead of to the whole model "
-        "(ours; see docs/methods.md).",
+        False, description="Apply gradient_term_cap to each parameter tensor instead of to the whole model.",
     )
     gradient_term_cap_every: int = Field(
-        8,
-        ge=1,
-        le=1_000_000,
-        description="Measure the whole-model cap's scale every K optimiser steps and reuse it in between (ours): "
-        "measuring needs a second backward pass through the student, a third of a cached gradient_kd step; 1 "
-        "measures every step. The per-tensor cap always measures.",
+        8, ge=1, le=1_000_000, description="Optimiser steps between measurements of the whole-model cap's scale.",
     )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of initialisation, data order and dropout.")
     eval_every_steps: int | None = Field(
         None, ge=1, description="Evaluate every K optimiser steps as well as after each epoch."
     )
     length_bucketing: bool = Field(
-        True, description="Group examples of similar length into batches to cut padding (ours)."
+        True, description="Group examples of similar length into batches to cut padding."
     )
-
-    @property
-    def uses_teacher_logits(self) -> bool:  # pragma: no cover - convenience for readers
-        return self.alpha > 0
 
 
 class DataSpec(_Strict):
@@ -255,38 +207,28 @@ class DataSpec(_Strict):
     dev_fraction: float = Field(0.1, gt=0.0, lt=0.9, description="Share of training rows held out as dev.")
     split_seed: int = Field(42, ge=0, description="Seed of the train/dev split.")
     label_map: dict[LabelName, LabelName] | None = Field(
-        None, max_length=1000, description="The data's label names mapped to the teacher's, e.g. "
-        "{\"0\": \"negative\"}; integer labels map to a teacher's LABEL_i without one (docs/methods.md)."
+        None, max_length=1000, description="The data's label names mapped to the teacher's, e.g. {\"0\": \"negative\"}."
     )
 
 
-class DistillConfig(_Strict):
-    """A whole run: method, teacher, student, data, hyperparameters and where results go."""
+class RunSettings(_Strict):
+    """Where and how one run executes; the CLI and the worker fill these in, and they never change its result."""
 
-    method: Method = Field("gradient_kd", description="Training objective (see docs/methods).")
-    teacher: str = Field(..., description="Local Hugging Face directory of the fine-tuned teacher.")
-    student: StudentSpec = Field(default_factory=StudentSpec)
-    data: DataSpec
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     output_dir: str = Field("var/runs/latest", description="Where state, checkpoints and metrics go.")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Autocast precision; 'auto' is bf16 on a CUDA device that supports it, else fp32 "
-        "(fp16 runs with a loss scale that covers both backward passes: docs/methods.md)."
+        "auto", description="Autocast precision; 'auto' is bf16 on a CUDA device that supports it, else fp32.",
     )
     cache: Literal["auto", "off", "refresh"] = Field(
         "auto",
-        description="Teacher cache policy: 'auto' reuses or fills it, 'off' runs the teacher every step, "
-        "'refresh' recomputes it.",
+        description="Teacher cache: 'auto' reuses or fills it, 'off' runs the teacher live, 'refresh' rebuilds it.",
     )
     cache_dir: str = Field("var/teacher_cache", description="Where teacher caches live.")
     num_threads: int | None = Field(None, ge=1, le=512, description="torch CPU threads; null keeps torch's.")
     reuse_freed_memory: bool = Field(
-        True,
-        description="On Linux (glibc), keep freed memory in the process for the next step instead of returning it "
-        "to the kernel and faulting it in again (ours; about 15 % faster CPU steps in benchmarks/end_to_end.py). "
-        "The process keeps its peak memory after training.",
+        True, description="Keep freed memory in the process for the next step (Linux, glibc).",
     )
+    devices: int = Field(1, ge=1, le=256, description="Data-parallel processes (GPUs, or CPU processes).")
 
     @field_validator("device")
     @classmethod
@@ -295,17 +237,45 @@ class DistillConfig(_Strict):
             return value
         raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
+
+RUN_KEYS: frozenset[str] = frozenset(RunSettings.model_fields)
+
+
+class DistillConfig(_Strict):
+    """A whole run: method, teacher, student, data, hyperparameters, and the settings it runs with (`run`)."""
+
+    method: Method = Field("gradient_kd", description="Training objective (docs/methods.md).")
+    teacher: str = Field(..., description="Local Hugging Face directory of the fine-tuned teacher.")
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    data: DataSpec
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    run: RunSettings = Field(default_factory=RunSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _run_keys_at_the_top(cls, raw: Any) -> Any:
+        """Run settings may also stand at the top level (configs written before `run` existed, `--set KEY=VALUE`);
+        there they override the same key under `run`."""
+        if not isinstance(raw, dict) or not RUN_KEYS & raw.keys():
+            return raw
+        run = raw.get("run")
+        merged = dict(run) if isinstance(run, dict) else {}
+        if isinstance(run, RunSettings):
+            merged = run.model_dump(exclude_unset=True)
+        elif run is not None and not isinstance(run, dict):
+            return raw  # not a mapping: the field's own validation names it
+        merged.update({key: raw[key] for key in RUN_KEYS & raw.keys()})
+        return {**{k: v for k, v in raw.items() if k not in RUN_KEYS}, "run": merged}
+
     @model_validator(mode="after")
     def _check_method_settings(self) -> DistillConfig:
-        hp = self.hyperparameters
-        if self.method == "gradient_kd_cls" and self.student.hidden_size is not None:
+        method = method_properties(self.method)
+        if method.needs_teacher_width and self.student.hidden_size is not None:
             raise ValueError(
-                "student.hidden_size: gradient_kd_cls compares hidden states and needs the teacher's width: "
-                "leave student.hidden_size null or use gradient_kd"
+                f"student.hidden_size: {self.method} compares hidden states and needs the teacher's width: leave "
+                "student.hidden_size null" + (" or use gradient_kd" if method.input_gradients else "")
             )
-        if self.method == "pkd" and self.student.hidden_size is not None:
-            raise ValueError("student.hidden_size: pkd compares hidden states and needs the teacher's width")
-        if hp.saliency_form == "vector" and self.student.hidden_size is not None:
+        if self.hyperparameters.saliency_form == "vector" and self.student.hidden_size is not None:
             raise ValueError(
                 "hyperparameters.saliency_form: 'vector' needs equal widths; use 'scalar' or 'auto'"
             )
@@ -314,18 +284,7 @@ class DistillConfig(_Strict):
     @classmethod
     def load(cls, path: str | Path) -> DistillConfig:
         """Read a YAML or JSON file; raise `ConfigError` naming the first bad field."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        try:
-            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of settings at the top level")
-        return cls.parse(raw)
+        return cls.parse(read_mapping(path))
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> DistillConfig:
@@ -333,6 +292,22 @@ class DistillConfig(_Strict):
             return cls.model_validate(raw)
         except ValidationError as exc:
             raise config_error_from(exc) from exc
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """The settings mapping of a YAML or JSON config file; `ConfigError` when it cannot be read or is no mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings at the top level")
+    return raw
 
 
 def config_error_from(exc: ValidationError) -> ConfigError:
@@ -349,18 +324,3 @@ def config_error_from(exc: ValidationError) -> ConfigError:
 
 
 _FIELD_PREFIX = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): ")
-
-
-def embeddings_frozen(config: DistillConfig) -> bool:
-    """Whether a student cut from the teacher keeps the teacher's embeddings fixed (only when asked)."""
-    return config.student.embeddings == "frozen"
-
-
-def effective_dropout(config: DistillConfig) -> float:
-    """Student dropout: the explicit value, else 0 for every method (docs/methods.md, 'Defaults')."""
-    return config.student.dropout if config.student.dropout is not None else 0.0
-
-
-def layer_map(teacher_layers: int, student_layers: int) -> list[tuple[int, int]]:
-    """Student layer k -> teacher layer round(k * M / N) for k = 1..N-1 (GKD.md, hidden_states indexing)."""
-    return [(k, math.floor(k * teacher_layers / student_layers + 0.5)) for k in range(1, student_layers)]

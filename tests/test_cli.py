@@ -110,3 +110,13 @@ def test_a_fine_tune_from_a_bare_encoder_reports_no_teacher_figures(tmp_path: Pa
     plain = CliRunner().invoke(main, ["distill", str(config), "--set", f"output_dir={tmp_path / 'again'}"])
     assert plain.exit_code == 0, plain.output
     assert "teacher dev accuracy" not in plain.stdout and "student dev accuracy" in plain.stdout
+
+
+def test_distill_on_two_devices(tmp_path: Path) -> None:
+    """`--devices N` runs the data-parallel trainer (gloo processes on the CPU); rank 0 reports as usual."""
+    config = _config(tmp_path, device="cpu", num_threads=1)
+    result = CliRunner().invoke(main, ["distill", str(config), "--devices", "2", "--json", "--no-resume"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["devices"] == 2 and summary["steps"] == 4 and not summary["stopped"]
+    assert (Path(summary["final_dir"]) / "model.safetensors").is_file()

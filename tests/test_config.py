@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gkd.config import (
-    ConfigError,
-    DistillConfig,
-    Hyperparameters,
-    StudentSpec,
-    effective_dropout,
-    layer_map,
-)
+from gkd.config import ConfigError, DistillConfig, Hyperparameters, StudentSpec
+from gkd.method.properties import layer_map
 
 BASE = {"teacher": "models/teacher", "data": {"train": "train.csv"}}
 
@@ -38,7 +32,7 @@ def test_minimal_config_has_the_authors_defaults():
     )
     assert hp.kl_reduction == "mean"
     assert config.student.init == "bottom"
-    assert config.device == "auto" and config.cache == "auto"
+    assert config.run.device == "auto" and config.run.cache == "auto" and config.run.devices == 1
 
 
 @pytest.mark.parametrize(
@@ -51,9 +45,10 @@ def test_minimal_config_has_the_authors_defaults():
         ({"hyperparameters": {"learning_rate": -1e-5}}, "hyperparameters.learning_rate", "greater than 0"),
         ({"hyperparameters": {"alpha": 1.5}}, "hyperparameters.alpha", "less than or equal to 1"),
         ({"hyperparameters": {"kl_reduction": "sum"}}, "hyperparameters.kl_reduction", "batchmean"),
-        ({"device": "gpu"}, "device", "cuda:N"),
-        ({"device": "cuda:x"}, "device", "cuda:N"),
-        ({"device": "cuda:"}, "device", "cuda:N"),
+        ({"device": "gpu"}, "run.device", "cuda:N"),
+        ({"device": "cuda:x"}, "run.device", "cuda:N"),
+        ({"run": {"device": "cuda:"}}, "run.device", "cuda:N"),
+        ({"devices": 0}, "run.devices", "greater than or equal to 1"),
         ({"student": {"num_layers": 2, "init": [0, 1, 2]}}, "student", "init lists 3 teacher layers"),
         ({"student": {"num_layers": 2, "init": [1, 1]}}, "student.init", "must not repeat"),
         ({"student": {"num_layers": 2, "init": [-1, 1]}}, "student.init", "negative"),
@@ -64,7 +59,7 @@ def test_minimal_config_has_the_authors_defaults():
         ({"learning_rate": 1e-3}, "learning_rate", "Extra inputs are not permitted"),
         ({"hyperparameters": {"lr": 1e-3}}, "hyperparameters.lr", "Extra inputs are not permitted"),
         ({"data": {"dev": "dev.csv"}}, "data.train", "Field required"),
-        ({"cache": "sometimes"}, "cache", "refresh"),
+        ({"cache": "sometimes"}, "run.cache", "refresh"),
     ],
 )
 def test_bad_values_name_the_field(overrides, param, words):
@@ -101,8 +96,8 @@ def test_width_change_is_fine_for_gradient_kd_with_auto_form():
 def test_valid_explicit_layer_list_and_devices():
     config = parse(student={"num_layers": 2, "init": [1, 3]}, device="cuda:1")
     assert config.student.init == [1, 3]
-    assert config.device == "cuda:1"
-    assert parse(device="cpu").device == "cpu"
+    assert config.run.device == "cuda:1"
+    assert parse(device="cpu").run.device == "cpu"
 
 
 def test_validate_assignment_rejects_bad_updates():
@@ -159,9 +154,11 @@ def test_load_errors(tmp_path: Path):
 
 def test_effective_dropout():
     for method in ("ce", "kd", "pkd", "gradient_kd", "gradient_kd_cls"):
-        assert effective_dropout(parse(method=method)) == 0.0
-    assert effective_dropout(parse(method="gradient_kd", student={"dropout": 0.3})) == 0.3
-    assert effective_dropout(parse(method="kd", student={"dropout": 0.1})) == 0.1
+        assert parse(method=method).student.dropout == 0.0
+    assert parse(method="gradient_kd", student={"dropout": 0.3}).student.dropout == 0.3
+    assert parse(method="kd", student={"dropout": 0.1}).student.dropout == 0.1
+    # null (what earlier versions stored for "the default") still reads as the default
+    assert parse(student={"dropout": None, "embeddings": None}).student == StudentSpec()
 
 
 def test_layer_map_matches_the_paper_and_generalises():
@@ -177,4 +174,29 @@ def test_layer_map_matches_the_paper_and_generalises():
 
 def test_student_spec_defaults():
     spec = StudentSpec()
-    assert spec.num_layers == 3 and spec.init == "bottom" and spec.hidden_size is None and spec.dropout is None
+    assert spec.num_layers == 3 and spec.init == "bottom" and spec.hidden_size is None and spec.dropout == 0.0
+    assert spec.embeddings == "trainable" and spec.head == "teacher"
+
+
+def test_run_settings_load_at_the_top_level_and_under_run(tmp_path: Path):
+    """Configs written before `run` existed keep loading; a top-level key overrides the same key under `run`."""
+    old = parse(output_dir="var/runs/x", device="cpu", cache="off", num_threads=2, precision="fp32")
+    new = parse(run={"output_dir": "var/runs/x", "device": "cpu", "cache": "off", "num_threads": 2,
+                     "precision": "fp32"})
+    assert old == new and old.run.output_dir == "var/runs/x" and old.run.cache == "off"
+    assert parse(run={"device": "cuda", "devices": 2}, device="cpu").run.model_dump(include={"device", "devices"}) == {
+        "device": "cpu", "devices": 2}
+    example = DistillConfig.load(Path(__file__).resolve().parents[1] / "examples" / "movie_reviews_gradient_kd.yaml")
+    assert example.run.output_dir == "var/runs/movie-reviews-gradient-kd"
+    assert "run" in example.model_dump() and "output_dir" not in example.model_dump()
+
+
+def test_field_descriptions_are_one_sentence():
+    """Descriptions end up in the public OpenAPI schema; reasoning and measurements belong in docs/methods.md."""
+    from gkd.config import DataSpec, InitFromModel, RunSettings
+
+    for model in (StudentSpec, Hyperparameters, DataSpec, RunSettings, InitFromModel, DistillConfig):
+        for name, field in model.model_fields.items():
+            text = field.description or ""
+            assert len(text) <= 250, f"{model.__name__}.{name}"
+            assert text.count(". ") + text.count("; ") <= 1, f"{model.__name__}.{name}: {text}"

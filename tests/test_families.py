@@ -17,9 +17,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from gkd.config import METHODS, DistillConfig, Hyperparameters, layer_map
+from gkd.config import DistillConfig, Hyperparameters
 from gkd.data.batching import Batch, collate, encode
 from gkd.method.objective import TeacherTargets, model_inputs, student_loss_parts, teacher_targets
+from gkd.method.properties import METHODS, layer_map
 from gkd.models.families import ModelError
 from gkd.models.student import build_student
 from gkd.models.teacher import Teacher, check_model_dir, describe_teacher, load_teacher

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gkd.config import DistillConfig, Hyperparameters
+from gkd.config import Hyperparameters, RunSettings
 from gkd.method import losses
 from gkd.method.objective import student_loss_parts, teacher_targets
 from gkd.method.precision import Precision, resolve_precision, scaled_input_gradients
@@ -73,7 +73,7 @@ def test_auto_is_fp32_off_cuda_and_an_explicit_choice_is_kept() -> None:
     fp16 = resolve_precision("fp16", cpu)
     assert fp16.scaled and fp16.grad_scaler().is_enabled()
     assert not resolve_precision("bf16", cpu).grad_scaler().is_enabled()
-    assert DistillConfig.model_fields["precision"].default == "auto"
+    assert RunSettings.model_fields["precision"].default == "auto"
 
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from gkd.config import DistillConfig, Hyperparameters, layer_map
+from gkd.config import DistillConfig, Hyperparameters
 from gkd.data.batching import collate, encode
 from gkd.method.objective import TeacherTargets, student_loss_parts, teacher_targets
+from gkd.method.properties import layer_map
 from gkd.models.student import build_student
 from gkd.models.teacher import Teacher, load_teacher
 from gkd.training.teacher_cache import build_cache, open_or_build

@@ -183,7 +183,7 @@ def test_cache_off_and_auto_give_nearly_the_same_run(tmp_path: Path, trained_tea
     runs = {}
     for cache in ("auto", "off"):
         config = make_config(tmp_path, trained_teacher, data, method, cache, epochs=1)
-        config.cache = cache
+        config.run.cache = cache
         recorder = Recorder()
         Trainer(config, [recorder]).train()
         runs[cache] = recorder.losses
@@ -240,14 +240,14 @@ def test_dropout_makes_runs_seed_dependent(tmp_path: Path, random_teacher: Path,
     b = make_config(tmp_path, random_teacher, data, "kd", "b", student, epochs=1)
     torch.manual_seed(12345)
     trainer = Trainer(b, [StopAt(2)])
-    original = trainer._prepare_student
+    original = trainer.build_student
 
     def prepare(*args: Any, **kwargs: Any):
         model = original(*args, **kwargs)
         torch.manual_seed(999)  # perturb the RNG after the student is built
         return model
 
-    trainer._prepare_student = prepare  # type: ignore[method-assign]
+    trainer.build_student = prepare  # type: ignore[method-assign]
     trainer.train()
     wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert any(not torch.equal(wa[k], wb[k]) for k in wa)
@@ -275,13 +275,29 @@ def test_resume_with_a_changed_hyperparameter_is_refused(tmp_path: Path, random_
     assert info.value.param == "method"
 
 
+def test_a_state_saved_with_the_earlier_null_defaults_resumes(tmp_path: Path, random_teacher: Path, data):
+    """Training states hold the config as earlier versions dumped it (student dropout and embeddings null for the
+    default): they are read through today's models, so the same run resumes instead of being refused."""
+    config = make_config(tmp_path, random_teacher, data, "kd", "run", epochs=1)
+    assert Trainer(config, [StopAt(2)]).train().stopped
+    path = tmp_path / "run" / "state" / STATE_FILE
+    state = torch.load(path, weights_only=False)
+    state["config"]["student"].update(dropout=None, embeddings=None)
+    for key in ("output_dir", "device", "cache_dir", "num_threads", "precision", "cache", "reuse_freed_memory"):
+        state["config"][key] = state["config"]["run"][key]  # the earlier layout: run settings at the top level
+    del state["config"]["run"]
+    torch.save(state, path)
+    resumed = Trainer(config).train(resume=True)
+    assert resumed.resumed_from_step == 2 and resumed.steps == 5
+
+
 def test_in_memory_examples_and_teacher_are_used(tmp_path: Path, random_teacher: Path, data):
     from gkd.data.readers import read_examples
 
     splits = {"train": read_examples(data["train"]).examples, "dev": read_examples(data["dev"]).examples[:6]}
     teacher = load_teacher(random_teacher)
     config = make_config(tmp_path, tmp_path / "does-not-exist", data, "kd", "run", epochs=1)
-    config.cache = "off"
+    config.run.cache = "off"
     result = Trainer(config, examples=splits, teacher=teacher).train()
     assert result.steps == 5 and result.labels == ["negative", "positive"]
 
@@ -323,7 +339,7 @@ def test_half_precision_autocast_runs_the_double_backward_on_cpu(tmp_path: Path,
                                                                  method: str, precision: str):
     """fp16 runs with the loss scaler (gkd.method.precision): the gradient term is still there, and finite."""
     config = make_config(tmp_path, random_teacher, data, method, "run", epochs=1)
-    config.precision = precision
+    config.run.precision = precision
     recorder = Recorder()
     result = Trainer(config, [recorder]).train()
     assert result.steps == 5
@@ -333,10 +349,10 @@ def test_half_precision_autocast_runs_the_double_backward_on_cpu(tmp_path: Path,
 
 def test_gradient_term_is_ramped_in(tmp_path: Path, trained_teacher: Path, data):
     """gradient_warmup_ratio: the gradient term's weight grows linearly from 0; at weight 0 it is not computed."""
-    from gkd.training.trainer import _ramp
+    from gkd.training.trainer import gradient_ramp as ramp
 
-    assert _ramp(0, 100, 0.5) == 0.0 and _ramp(25, 100, 0.5) == 0.5 and _ramp(50, 100, 0.5) == 1.0
-    assert _ramp(0, 100, 0.0) == 1.0
+    assert ramp(0, 100, 0.5) == 0.0 and ramp(25, 100, 0.5) == 0.5 and ramp(50, 100, 0.5) == 1.0
+    assert ramp(0, 100, 0.0) == 1.0
     recorder = Recorder()
     config = make_config(tmp_path, trained_teacher, data, "gradient_kd", "ramp", epochs=1, beta=10.0,
                          gradient_warmup_ratio=1.0)
@@ -349,18 +365,18 @@ def test_gradient_term_is_ramped_in(tmp_path: Path, trained_teacher: Path, data)
 
 
 def test_gradient_term_starts_after_gradient_start_ratio():
-    from gkd.training.trainer import _ramp
+    from gkd.training.trainer import gradient_ramp as ramp
 
     # off for the first 20 of 100 steps, then a ramp over 30 steps
-    assert _ramp(0, 100, 0.3, 0.2) == 0.0 and _ramp(19, 100, 0.3, 0.2) == 0.0
-    assert _ramp(20, 100, 0.3, 0.2) == 0.0 and _ramp(35, 100, 0.3, 0.2) == 0.5 and _ramp(50, 100, 0.3, 0.2) == 1.0
-    assert _ramp(20, 100, 0.0, 0.2) == 1.0 and _ramp(99, 100, 0.3, 0.2) == 1.0
+    assert ramp(0, 100, 0.3, 0.2) == 0.0 and ramp(19, 100, 0.3, 0.2) == 0.0
+    assert ramp(20, 100, 0.3, 0.2) == 0.0 and ramp(35, 100, 0.3, 0.2) == 0.5 and ramp(50, 100, 0.3, 0.2) == 1.0
+    assert ramp(20, 100, 0.0, 0.2) == 1.0 and ramp(99, 100, 0.3, 0.2) == 1.0
 
 
 def test_optimizer_uses_the_fused_adamw_kernel_with_the_same_update_as_the_default():
     from transformers import BertConfig, BertForSequenceClassification
 
-    from gkd.training.trainer import _optimizer
+    from gkd.training.trainer import make_optimizer
 
     config = DistillConfig.parse({"method": "kd", "teacher": "unused", "data": {"train": "unused.csv"},
                                   "hyperparameters": {"learning_rate": 1e-3}})
@@ -370,11 +386,12 @@ def test_optimizer_uses_the_fused_adamw_kernel_with_the_same_update_as_the_defau
     fused_model = BertForSequenceClassification(bert)
     plain_model = BertForSequenceClassification(bert)
     plain_model.load_state_dict(fused_model.state_dict())
-    fused = _optimizer(fused_model, config)
+    hp = config.hyperparameters
+    fused = make_optimizer(fused_model, hp)
     assert all(group["fused"] for group in fused.param_groups)
     # the same parameter groups, stepped by the default for-each kernel
     plain = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]}
-                               for g in _optimizer(plain_model, config).param_groups], lr=1e-3, foreach=True)
+                               for g in make_optimizer(plain_model, hp).param_groups], lr=1e-3, foreach=True)
     ids = torch.randint(0, 50, (4, 6))
     for _ in range(3):
         for model, optimizer in ((fused_model, fused), (plain_model, plain)):

@@ -388,7 +388,7 @@ def make_callback(ctx: JobContext) -> Any:
 
 
 def build_config(settings: Settings, job_id: str) -> Any:
-    from gkd.config import DataSpec, DistillConfig
+    from gkd.config import DistillConfig
     from gkd.training.trainer import STATE_FILE
 
     with sessionmaker_for(settings.database_url)() as session:
@@ -411,18 +411,16 @@ def build_config(settings: Settings, job_id: str) -> Any:
             if base is None:
                 raise RuntimeError(f"the student's starting model {init['model']} no longer exists")
             student["init"] = {**init, "model": str(storage.materialize(base.path))}
-        return DistillConfig(
-            method=job.method,  # type: ignore[arg-type]
-            teacher=str(storage.materialize(teacher.path)),
-            student=student,  # type: ignore[arg-type]
-            data=DataSpec(train=str(storage.materialize(train.path)),
-                          dev=str(storage.materialize(dev.path)) if dev else None, label_map=job.label_map),
-            hyperparameters=job.hyperparameters,  # type: ignore[arg-type]
-            output_dir=str(work),
-            cache_dir=str(settings.cache_dir),
-            device=settings.worker_device,
-            num_threads=settings.worker_num_threads,
-        )
+        return DistillConfig.parse({
+            "method": job.method,
+            "teacher": str(storage.materialize(teacher.path)),
+            "student": student,
+            "data": {"train": str(storage.materialize(train.path)),
+                     "dev": str(storage.materialize(dev.path)) if dev else None, "label_map": job.label_map},
+            "hyperparameters": job.hyperparameters,
+            "run": {"output_dir": str(work), "cache_dir": str(settings.cache_dir), "device": settings.worker_device,
+                    "num_threads": settings.worker_num_threads, "devices": job.devices or 1},
+        })
 
 
 def run_job(settings: Settings, job_id: str) -> str:
@@ -464,18 +462,13 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
     callback = None
     try:
         try:
-            from gkd.training.trainer import Trainer
+            from gkd.training.parallel import train_distributed
 
             config = build_config(settings, job_id)
             callback = make_callback(ctx)
-            devices = ctx.read(lambda s: s.scalar(select(Job.devices).where(Job.id == job_id))) or 1
-            if devices > 1:  # data-parallel on this worker's GPUs (NCCL) or CPU processes (gloo)
-                from gkd.training.parallel import train_distributed
-
-                result = train_distributed(config, devices, [callback], state_every_steps=settings.state_every_steps)
-            else:
-                trainer = Trainer(config, [callback], state_every_steps=settings.state_every_steps)
-                result = trainer.train(resume=True)
+            # data-parallel on this worker's GPUs (NCCL) or CPU processes (gloo) when the job asks for devices > 1
+            result = train_distributed(config, config.run.devices, [callback],
+                                       state_every_steps=settings.state_every_steps)
             state_uploaded = callback.publish_pending()
         except Exception as exc:  # noqa: BLE001 - any training error ends the job `failed`, with its message
             log.exception("job %s failed", job_id)

@@ -19,8 +19,9 @@ from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_r
 from app.schemas import JobCreate, JobOut, ListResponse
 from app.settings import TERMINAL_STATUSES
 from app.store import notify, request_hash, status_event, transition
-from gkd.config import HIDDEN_STATE_METHODS, InitFromModel
+from gkd.config import InitFromModel
 from gkd.data.labels import LabelMapError, label_map_for
+from gkd.method.properties import method_properties
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -136,7 +137,7 @@ def _check_base_model(body: JobCreate, teacher: TeacherModel, base: TeacherModel
             f"layers 0..{base.num_layers - 1}",
             param="student.init.layers",
         )
-    if body.method in HIDDEN_STATE_METHODS and base.hidden_size != teacher.hidden_size:
+    if method_properties(body.method).needs_teacher_width and base.hidden_size != teacher.hidden_size:
         raise invalid(
             f"{body.method} compares hidden states and needs the teacher's width ({teacher.hidden_size}); "
             f"model {base.name} is {base.hidden_size} wide: use gradient_kd or kd",

@@ -16,11 +16,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gkd.data.readers import Example
+
 BUCKET_CHUNK_BATCHES = 50
 
 
 @dataclass
 class Batch:
+    """Right-padded tensors of some examples of an `EncodedDataset` (`collate`)."""
+
     input_ids: Tensor  # [B, L]
     attention_mask: Tensor  # [B, L]
     token_type_ids: Tensor  # [B, L]
@@ -39,11 +43,14 @@ class Batch:
 
 @dataclass
 class EncodedDataset:
-    """Token ids without padding; labels as ids in the teacher's label order."""
+    """Token ids without padding; labels as ids in the teacher's label order. `pad_to` pads every batch to at least
+    that many columns (fixed shapes, as tokenising with padding="max_length" gives); by default a batch is as wide
+    as its longest row."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]]
     labels: list[int]
+    pad_to: int | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -76,9 +83,18 @@ def encode(
     return EncodedDataset(input_ids, [list(t) for t in type_ids], list(labels))
 
 
+def encode_examples(tokenizer: Any, examples: Sequence[Example], labels: Sequence[str],
+                    max_length: int) -> EncodedDataset:
+    """The labelled, non-empty examples tokenised, with label ids in the order of `labels` (a run's label order)."""
+    index = {name: i for i, name in enumerate(labels)}
+    kept = [e for e in examples if e.text.strip() and e.label is not None]
+    pairs = [e.text_pair for e in kept] if any(e.text_pair for e in kept) else None
+    return encode(tokenizer, [e.text for e in kept], pairs, [index[str(e.label)] for e in kept], max_length)
+
+
 def collate(dataset: EncodedDataset, indices: Sequence[int], pad_id: int = 0) -> Batch:
     """Right-padded tensors for the examples at `indices`."""
-    width = max(len(dataset.input_ids[i]) for i in indices)
+    width = max(max(len(dataset.input_ids[i]) for i in indices), dataset.pad_to or 0)
     size = len(indices)
     input_ids = torch.full((size, width), pad_id, dtype=torch.long)
     type_ids = torch.zeros((size, width), dtype=torch.long)

@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from gkd.config import GRADIENT_METHODS, HIDDEN_STATE_METHODS, Hyperparameters
+from gkd.config import Hyperparameters
 from gkd.data.batching import Batch
 from gkd.method import losses
 from gkd.method.precision import scaled_input_gradients
+from gkd.method.properties import MethodProperties, method_properties
 from gkd.models.families import embedding_module, model_family
 
 
@@ -138,10 +139,10 @@ def student_loss_parts(
     the gradient terms in (`hyperparameters.gradient_warmup_ratio`). At 0 the gradient terms are not computed
     at all (no double backprop), so steps before the ramp cost what a `kd` step costs. `input_gradient_scale` is
     the fp16 loss scale, applied to the input-gradient pass too (`gkd.method.precision`)."""
-    needs_hidden = method in HIDDEN_STATE_METHODS
-    result = forward(student, batch, hidden_states=needs_hidden)
+    spec = method_properties(method)
+    result = forward(student, batch, hidden_states=spec.hidden_states)
     logits = result.logits
-    if method == "ce":
+    if not spec.teacher_logits:
         loss = losses.ce_loss(logits, batch.labels)
         return LossParts(loss, None, {"ce": float(loss.detach())})
     if targets is None:
@@ -151,7 +152,7 @@ def student_loss_parts(
         reduction=hp.kl_reduction,
     )
     terms = {name: float(value.detach()) for name, value in parts.items()}
-    if needs_hidden:
+    if spec.pkd_term:
         assert result.hidden_states is not None and targets.cls_states is not None
         pkd = logits.new_zeros(())
         if layer_pairs:  # a 1-layer student has no intermediate layer to match: the term is 0
@@ -161,16 +162,15 @@ def student_loss_parts(
         loss = loss + hp.beta * pkd
         terms["pkd"] = float(pkd.detach())
     weighted_gradient = None
-    if method in GRADIENT_METHODS and gradient_scale > 0:
-        grad_term = _gradient_term(method, result, batch, targets, layer_pairs, vector_form, input_gradient_scale)
-        weight = (hp.beta if method == "gradient_kd" else hp.gamma) * gradient_scale
-        weighted_gradient = weight * grad_term
+    if spec.input_gradients and gradient_scale > 0:
+        grad_term = _gradient_term(spec, result, batch, targets, layer_pairs, vector_form, input_gradient_scale)
+        weighted_gradient = spec.gradient_term_weight(hp) * gradient_scale * grad_term
         terms["grad"] = float(grad_term.detach())
     return LossParts(loss, weighted_gradient, terms)
 
 
 def _gradient_term(
-    method: str,
+    spec: MethodProperties,
     result: ForwardResult,
     batch: Batch,
     targets: TeacherTargets,
@@ -181,7 +181,7 @@ def _gradient_term(
     """Double backprop: the student's input gradients keep their graph (`create_graph=True`)."""
     signal = losses.confidence_signal(result.logits)
     tensors = [result.embedding_output]
-    if method == "gradient_kd_cls":
+    if spec.cls_gradients:
         assert result.hidden_states is not None
         tensors += [result.hidden_states[k] for k, _ in layer_pairs]
     grads = scaled_input_gradients(signal, tensors, input_gradient_scale, create_graph=True)
@@ -192,7 +192,7 @@ def _gradient_term(
     else:
         assert targets.saliency is not None
         term = losses.saliency_alignment_loss(targets.saliency, grads[0], mask)
-    if method == "gradient_kd_cls" and layer_pairs:
+    if spec.cls_gradients and layer_pairs:
         assert targets.cls_unit_gradients is not None
         teacher_cls = targets.cls_unit_gradients[:, [t for _, t in layer_pairs]]
         term = term + losses.cls_gradient_loss(teacher_cls, [g[:, 0] for g in grads[1:]])

@@ -12,17 +12,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from gkd.config import (
-    HIDDEN_STATE_METHODS,
-    ConfigError,
-    DistillConfig,
-    InitFromModel,
-    InitStrategy,
-    LayerRule,
-    StudentSpec,
-    effective_dropout,
-    embeddings_frozen,
-)
+from gkd.config import ConfigError, DistillConfig, InitFromModel, InitStrategy, LayerRule, StudentSpec
+from gkd.method.properties import method_properties
 from gkd.models.families import ModelError, embedding_module, model_family
 from gkd.models.teacher import Teacher, freeze, load_teacher
 
@@ -110,7 +101,7 @@ def build_student(teacher: Teacher, config: DistillConfig, base: Teacher | None 
         layers = select_layers(spec.init.layers, spec.num_layers, family.num_layers(source.config),
                                source=f"{spec.init.model}", param="student.init.layers")
         teacher_width = model_family(teacher.model).hidden_size(teacher.model.config)
-        if config.method in HIDDEN_STATE_METHODS and family.hidden_size(source.config) != teacher_width:
+        if method_properties(config.method).needs_teacher_width and family.hidden_size(source.config) != teacher_width:
             raise ConfigError(
                 f"{config.method} compares hidden states and needs the teacher's width ({teacher_width}); "
                 f"{spec.init.model} is {family.hidden_size(source.config)} wide: use gradient_kd or kd",
@@ -118,15 +109,14 @@ def build_student(teacher: Teacher, config: DistillConfig, base: Teacher | None 
             )
     else:
         layers = select_teacher_layers(spec, family.num_layers(source.config))
-    dropout = effective_dropout(config)
-    student_config = _student_config(source, spec, dropout, layers)
+    student_config = _student_config(source, spec, spec.dropout, layers)
     torch.manual_seed(config.hyperparameters.seed)
     random.seed(config.hyperparameters.seed)
     student = AutoModelForSequenceClassification.from_config(student_config, attn_implementation="eager")
     same_width = family.hidden_size(student_config) == family.hidden_size(source.config)
     if same_width:
         copy_teacher_weights(source, student, layers, head=spec.head == "teacher" and base is None)
-        if embeddings_frozen(config):
+        if spec.embeddings == "frozen":
             freeze(embedding_module(student))
     return student
 
@@ -147,3 +137,12 @@ def copy_teacher_weights(
         if source_key is not None and source_key in source and source[source_key].shape == target[key].shape:
             update[key] = source[source_key].detach().clone()
     student.load_state_dict(update, strict=False)
+
+
+def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu") -> PreTrainedModel:
+    """A trained student (an exported checkpoint directory) for evaluation: safetensors only, no remote code, eager
+    attention (its input gradients are differentiated), in eval mode."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(directory), attn_implementation="eager", use_safetensors=True, trust_remote_code=False
+    )
+    return model.to(device).eval()

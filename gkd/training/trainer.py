@@ -1,22 +1,20 @@
 """The training loop: AdamW with linear warmup/decay, clipping, accumulation, evaluation, best-checkpoint
-selection, callbacks, and exactly resumable state.
+selection, callbacks, and exactly resumable state (`gkd.training.state`).
+
+A run has four public seams: `setup()` loads everything and returns a `RunState` (the student, its optimiser,
+the encoded data and teacher targets, where the loop stands); `step(run, group)` is one optimisation step over a
+group of micro-batches; `loop(run)` runs the epochs, evaluating and saving as it goes; `finish(run, stopped)`
+exports the final student, tests the best one and returns the `TrainResult`. `train()` is the four in order.
 
 Everything that varies between uses (progress bars, events in a database, cancellation, uploads) is a
-`TrainerCallback`; the loop itself only trains, evaluates and saves.
-
-Resuming is exact: the order of batches is a pure function of (seed, epoch) (`gkd.data.batching`), and the
-saved state holds model, optimiser, scheduler, all RNG states and the position inside the epoch, so
-"2 epochs" and "1 epoch, stop, resume, 1 epoch" end with the same weights.
+`TrainerCallback`; how this process shares the run with others (data parallelism) is a `Parallelism`
+strategy (`gkd.training.strategy`). The loop itself only trains, evaluates and saves.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
-import random
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,32 +23,37 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import PreTrainedModel
 
-from gkd.config import GRADIENT_METHODS, TEACHER_METHODS, ConfigError, DistillConfig, Hyperparameters, layer_map
-from gkd.data.batching import Batch, EncodedDataset, collate, encode, epoch_batches, eval_batches
+from gkd.config import ConfigError, DistillConfig, Hyperparameters
+from gkd.data.batching import Batch, EncodedDataset, collate, encode_examples, epoch_batches, eval_batches
 from gkd.data.labels import LabelMapError, label_map_for
-from gkd.data.readers import Example, label_names
+from gkd.data.readers import label_names
 from gkd.data.splits import Splits, load_splits
-from gkd.evaluation.metrics import EvalAccumulator, accuracy_f1
+from gkd.evaluation.evaluate import evaluate_model
+from gkd.evaluation.metrics import accuracy_f1
 from gkd.export.checkpoint import export_student
 from gkd.method.gradient_cap import GradientCap
-from gkd.method.objective import (
-    TeacherTargets,
-    model_inputs,
-    student_loss_parts,
-    student_saliency_gradients,
-    teacher_targets,
-)
+from gkd.method.objective import TeacherTargets, model_inputs, student_loss_parts, teacher_targets
 from gkd.method.precision import Precision, resolve_precision
+from gkd.method.properties import layer_map, method_properties
 from gkd.models.families import model_family
-from gkd.models.student import build_student
-from gkd.models.teacher import Teacher, load_teacher
+from gkd.models.student import build_student, load_checkpoint
+from gkd.models.teacher import Teacher, describe_teacher, load_teacher
 from gkd.training.allocator import reuse_freed_memory
 from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress
+from gkd.training.state import (
+    STATE_FILE,
+    LoopState,
+    restore_training_state,
+    save_training_state,
+    seed_everything,
+)
+from gkd.training.strategy import SINGLE_PROCESS, Parallelism
 from gkd.training.teacher_cache import TeacherCache, open_or_build, teacher_fingerprint
 
-STATE_FILE = "training_state.pt"
+__all__ = ["STATE_FILE", "RunState", "TrainResult", "Trainer", "gradient_cap", "gradient_ramp", "linear_schedule",
+           "make_optimizer", "resolve_device"]
 
 
 @dataclass
@@ -68,6 +71,45 @@ class TrainResult:
     labels: list[str] = field(default_factory=list)
 
 
+@dataclass
+class RunState:
+    """One run, set up: what `step()` trains and the loop updates. Every field is public and may be read; the
+    benchmarks point `encoded["train"]` and `caches["train"]` at data of their own."""
+
+    teacher: Teacher
+    labels: list[str]
+    encoded: dict[str, EncodedDataset]
+    caches: dict[str, TeacherCache | None]  # per split; None: the teacher runs live (or there is no teacher)
+    pad_id: int
+    student: PreTrainedModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    layer_pairs: list[tuple[int, int]]  # (student layer, teacher layer) of the hidden-state terms
+    vector_form: bool  # compare per-token gradient vectors (equal widths) or saliency scalars
+    precision: Precision
+    scaler: torch.amp.GradScaler  # fp16's loss scale for both backward passes (a pass-through otherwise)
+    cap: GradientCap | None  # the gradient-term cap; its measurement schedule carries across steps
+    total_steps: int
+    num_epochs: int
+    device: torch.device
+    loop: LoopState = field(default_factory=LoopState)
+    resumed_from: int = 0
+    teacher_metrics: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def progress(self) -> TrainingProgress:
+        return TrainingProgress(self.loop.step, self.total_steps, self.loop.epoch, self.num_epochs,
+                                time.perf_counter() - self.started, self.resumed_from)
+
+    def teacher_targets(self, batch: Batch, split: str = "train", with_gradients: bool = True) -> TeacherTargets:
+        """The teacher's targets for `batch` of `split`: from its cache, or computed live."""
+        cache = self.caches.get(split)
+        if cache is not None:
+            return cache.targets(batch, self.device)
+        self.teacher.model.eval()
+        return teacher_targets(self.teacher.model, batch, with_gradients=with_gradients)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -76,28 +118,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _optimizer(model: PreTrainedModel, config: DistillConfig) -> torch.optim.AdamW:
+def make_optimizer(model: PreTrainedModel, hp: Hyperparameters) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases and LayerNorm weights; frozen parameters are left out."""
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
@@ -105,7 +126,6 @@ def _optimizer(model: PreTrainedModel, config: DistillConfig) -> torch.optim.Ada
         if not parameter.requires_grad:
             continue
         (no_decay if parameter.ndim < 2 or "LayerNorm" in name else decay).append(parameter)
-    hp = config.hyperparameters
     groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel updates each tensor in one pass: on the CPU 10x faster than the default for-each
     # kernels (140 -> 14 ms per step for a 3-layer MiniLM student with its 30k-token embedding), same result.
@@ -114,7 +134,9 @@ def _optimizer(model: PreTrainedModel, config: DistillConfig) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=fused or None)
 
 
-def _linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor of step k: a linear warmup, then a linear decay to 0 at `total_steps`."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
@@ -123,9 +145,9 @@ def _linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], flo
     return factor
 
 
-def _ramp(step: int, total_steps: int, warmup_ratio: float, start_ratio: float = 0.0) -> float:
-    """0 for the first `start_ratio` of training, then a linear ramp to 1 over the next `warmup_ratio`
-    (a step to 1 when that ratio is 0)."""
+def gradient_ramp(step: int, total_steps: int, warmup_ratio: float, start_ratio: float = 0.0) -> float:
+    """The gradient terms' weight factor: 0 for the first `start_ratio` of training, then a linear ramp to 1 over
+    the next `warmup_ratio` (a step to 1 when that ratio is 0)."""
     start = start_ratio * total_steps
     if step < start:
         return 0.0
@@ -133,32 +155,17 @@ def _ramp(step: int, total_steps: int, warmup_ratio: float, start_ratio: float =
     return 1.0 if ramp_steps <= 0 else min(1.0, (step - start) / ramp_steps)
 
 
-def gradient_cap(hp: Hyperparameters, every: int | None = None) -> GradientCap | None:
-    """The run's gradient-term cap (None when `gradient_term_cap` is off); `every` overrides its schedule."""
+def gradient_cap(hp: Hyperparameters) -> GradientCap | None:
+    """The run's gradient-term cap (None when `gradient_term_cap` is off)."""
     if hp.gradient_term_cap is None:
         return None
-    return GradientCap(hp.gradient_term_cap, every=every or hp.gradient_term_cap_every,
+    return GradientCap(hp.gradient_term_cap, every=hp.gradient_term_cap_every,
                        per_tensor=hp.gradient_term_cap_per_tensor)
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 class Trainer:
-    """Runs one `DistillConfig`. `examples` may supply the splits in memory (else files are read)."""
+    """Runs one `DistillConfig`. `examples` may supply the splits in memory (else files are read), `teacher` a
+    loaded teacher; `parallel` is this process's part in a data-parallel run (`gkd.training.parallel`)."""
 
     def __init__(
         self,
@@ -168,21 +175,258 @@ class Trainer:
         state_every_steps: int | None = None,
         examples: Splits | None = None,
         teacher: Teacher | None = None,
+        parallel: Parallelism = SINGLE_PROCESS,
     ) -> None:
+        if not parallel.is_main and config.run.cache == "refresh":  # only rank 0 rebuilds
+            config = config.model_copy(update={"run": config.run.model_copy(update={"cache": "auto"})})
         self.config = config
-        self.callbacks = list(callbacks)
+        self.method = method_properties(config.method)
+        self.parallel = parallel
+        self.callbacks = list(callbacks) if parallel.is_main else []
         self.state_every_steps = state_every_steps
         self._examples = examples
         self._teacher = teacher
-        self.output_dir = Path(config.output_dir)
+        self.output_dir = Path(config.run.output_dir)
         self.state_path = self.output_dir / "state" / STATE_FILE
-        self.device = resolve_device(config.device)
+        self.device = parallel.device(resolve_device(config.run.device))
 
-    # ---------------------------------------------------------------- set-up
-    def _load_splits(self) -> Splits:
-        if self._examples is not None:
-            return self._examples
-        return load_splits(self.config.data)
+    # ---------------------------------------------------------------- the run
+    def train(self, resume: bool = True) -> TrainResult:
+        """`setup`, `loop`, `finish`: resumes from `output_dir/state` when `resume` and a state is there."""
+        run = self.setup(resume)
+        stopped = self.loop(run)
+        return self.finish(run, stopped)
+
+    def setup(self, resume: bool = True) -> RunState:
+        """Apply the process settings, read and encode the data, load the teacher and its targets, build the student
+        and its optimiser, and restore the saved training state when `resume` finds one."""
+        config, hp = self.config, self.config.hyperparameters
+        if config.run.num_threads:
+            torch.set_num_threads(config.run.num_threads)
+        if config.run.reuse_freed_memory:
+            reuse_freed_memory()
+        seed_everything(hp.seed)
+        splits = self.load_splits()
+        if not splits.get("train"):
+            raise ConfigError("the training data has no rows", "data.train")
+        teacher = self._teacher or self._load_teacher(splits)
+        self._teacher = teacher
+        splits = self._mapped_labels(teacher.labels, splits)
+        labels = self._labels(teacher.labels, splits)
+        if not teacher.labels and self.method.teacher_logits:
+            raise ConfigError(f"method {config.method!r} needs a fine-tuned teacher with a classifier", "teacher")
+        encoded = {name: encode_examples(teacher.tokenizer, part, labels, hp.max_length)
+                   for name, part in splits.items()}
+        if len(encoded["train"]) == 0:
+            raise ConfigError("no usable training rows (all empty or unlabelled)", "data.train")
+        pad_id = int(teacher.tokenizer.pad_token_id or 0)
+        # no targets or figures from a bare encoder's random head
+        caches = self.teacher_sources(teacher, encoded, pad_id) if teacher.teaches else {}
+        run = self.start(teacher, labels, encoded, caches)
+        if resume and self.state_path.is_file():
+            run.loop = restore_training_state(self.state_path, config, self.device, run.student, run.optimizer,
+                                              run.scheduler)
+            if run.cap is not None and run.loop.gradient_cap:
+                run.cap.load_state_dict(run.loop.gradient_cap)
+        run.resumed_from = run.loop.step
+        if teacher.teaches:
+            run.teacher_metrics = self._teacher_metrics(run)
+        run.started = time.perf_counter()
+        return run
+
+    def start(self, teacher: Teacher, labels: list[str], encoded: dict[str, EncodedDataset],
+              caches: dict[str, TeacherCache | None]) -> RunState:
+        """A fresh `RunState` on data already encoded: the student, its optimiser and schedule, precision and cap."""
+        hp = self.config.hyperparameters
+        student = self.build_student(teacher, labels)
+        optimizer = make_optimizer(student, hp)
+        steps_per_epoch = math.ceil(math.ceil(len(encoded["train"]) / hp.batch_size) / hp.gradient_accumulation_steps)
+        total_steps = steps_per_epoch * hp.epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, linear_schedule(total_steps, int(hp.warmup_ratio * total_steps)))
+        precision = resolve_precision(self.config.run.precision, self.device)
+        teacher_layers = model_family(teacher.model).num_layers(teacher.model.config)
+        return RunState(
+            teacher=teacher, labels=labels, encoded=encoded, caches=caches,
+            pad_id=int(teacher.tokenizer.pad_token_id or 0), student=student, optimizer=optimizer,
+            scheduler=scheduler, layer_pairs=layer_map(teacher_layers, self.config.student.num_layers),
+            vector_form=self._vector_form(student, teacher), precision=precision, scaler=precision.grad_scaler(),
+            cap=gradient_cap(hp), total_steps=total_steps, num_epochs=hp.epochs, device=self.device,
+        )
+
+    def loop(self, run: RunState) -> bool:
+        """Train the remaining epochs, evaluating after each (and every `eval_every_steps`) and saving the state;
+        returns whether a callback stopped the run."""
+        hp = self.config.hyperparameters
+        for callback in self.callbacks:
+            callback.on_train_begin(run.progress())
+        while run.loop.epoch < hp.epochs:
+            groups = self.batch_groups(run)
+            run.student.train()
+            for group in groups[run.loop.step_in_epoch :]:
+                metrics = self.step(run, group)
+                snapshot = run.progress()
+                for callback in self.callbacks:
+                    callback.on_step(snapshot, metrics)
+                if hp.eval_every_steps and run.loop.step % hp.eval_every_steps == 0 \
+                        and run.loop.step_in_epoch < len(groups):
+                    self.evaluate_and_select(run, snapshot)
+                    run.student.train()
+                if self.state_every_steps and run.loop.step % self.state_every_steps == 0:
+                    self.save_state(run, snapshot)
+                # every callback is asked (no short cut), and the answer is the same on every process
+                if self.parallel.any(any([callback.should_stop(snapshot) for callback in self.callbacks])):
+                    return True
+            run.loop.epoch += 1
+            run.loop.step_in_epoch = 0
+            snapshot = run.progress()
+            self.evaluate_and_select(run, snapshot)
+            self.save_state(run, snapshot)
+        return False
+
+    def finish(self, run: RunState, stopped: bool) -> TrainResult:
+        """Save the state of a stopped run; else export `final` and test the best student. Ends the callbacks."""
+        progress = run.progress()
+        loop = run.loop
+        result = TrainResult(
+            stopped=stopped, steps=loop.step, best_dir=None, final_dir=None, best_metrics=loop.best,
+            final_metrics=loop.history[-1]["metrics"] if loop.history else {}, teacher_metrics=run.teacher_metrics,
+            history=loop.history, resumed_from_step=run.resumed_from, labels=run.labels,
+        )
+        if stopped:
+            self.save_state(run, progress)
+        else:
+            result.final_dir = self._export(run, "final", result.final_metrics, progress)
+            if "test" in run.encoded:
+                best = self._load_best() or run.student
+                result.test_metrics = self.evaluate(run, best, "test")
+        best_dir = self.output_dir / "best"
+        result.best_dir = best_dir if best_dir.is_dir() else None
+        for callback in self.callbacks:
+            callback.on_train_end(progress, stopped)
+        return result
+
+    # ---------------------------------------------------------------- one step
+    def batch_groups(self, run: RunState) -> list[list[list[int]]]:
+        """The optimisation steps of the current epoch, each a group of micro-batches (indices into the train split),
+        deterministic in (seed, epoch)."""
+        hp = self.config.hyperparameters
+        batches = epoch_batches(run.encoded["train"].lengths(), hp.batch_size, hp.seed, run.loop.epoch,
+                                bucketing=hp.length_bucketing)
+        return [batches[i : i + hp.gradient_accumulation_steps]
+                for i in range(0, len(batches), hp.gradient_accumulation_steps)]
+
+    def step(self, run: RunState, group: list[list[int]]) -> StepMetrics:
+        """One optimiser step over the micro-batches of `group` (this process's share of them); advances the loop."""
+        hp = self.config.hyperparameters
+        gradient_scale = gradient_ramp(run.loop.step, run.total_steps, hp.gradient_warmup_ratio,
+                                       hp.gradient_start_ratio)
+        cap, scaler, student = run.cap, run.scaler, run.student
+        if cap is not None:
+            cap.next_step()
+        dataset = run.encoded["train"]
+        total_examples = sum(len(indices) for indices in group)
+        sums: dict[str, float] = {}
+        run.optimizer.zero_grad(set_to_none=True)
+        trainable = [p for p in student.parameters() if p.requires_grad]
+        loss_scale = scaler.get_scale()  # once per step: it changes only at update(), and reading it syncs CUDA
+        for indices in self.parallel.share(group):
+            batch = collate(dataset, indices, run.pad_id).to(self.device)
+            # before the gradient terms start (weight 0) a live teacher need not back-propagate either
+            targets = (run.teacher_targets(batch, "train", self.method.input_gradients and gradient_scale > 0)
+                       if self.method.teacher_logits else None)
+            with run.precision.autocast():
+                parts = student_loss_parts(self.config.method, hp, student, batch, targets, run.layer_pairs,
+                                           run.vector_form, gradient_scale=gradient_scale,
+                                           input_gradient_scale=loss_scale)
+            share = len(indices) / total_examples
+            loss, terms = parts.total, dict(parts.terms)
+            if parts.gradient is not None and cap is not None and gradient_scale > 0:
+                # Both parts carry the same loss scale, so the cap's ratio of their gradients is unchanged.
+                terms["grad_cap_scale"] = cap.backward(scaler.scale(parts.base), scaler.scale(parts.gradient),
+                                                       trainable, extra_weight=gradient_scale, weight=share)
+            else:
+                scaler.scale(loss * share).backward()
+            for name, value in {"loss": float(loss.detach()), **terms}.items():
+                sums[name] = sums.get(name, 0.0) + value * share
+        sums = self.parallel.synchronise(student, sums)
+        scaler.unscale_(run.optimizer)  # clip the true gradients (a no-op unless fp16)
+        if hp.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trainable, hp.max_grad_norm)
+        scaler.step(run.optimizer)  # skipped by the scaler when a scaled gradient overflowed
+        scaler.update()
+        learning_rate = float(run.optimizer.param_groups[0]["lr"])
+        run.scheduler.step()
+        loss_value = sums.pop("loss")
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"the loss became {loss_value}; lower the learning rate or beta/gamma")
+        run.loop.step += 1
+        run.loop.step_in_epoch += 1
+        run.loop.gradient_cap = cap.state_dict() if cap is not None else None
+        return StepMetrics(loss=loss_value, terms=sums, learning_rate=learning_rate)
+
+    # ---------------------------------------------------------------- set-up pieces
+    def load_splits(self) -> Splits:
+        """The run's examples (`examples` given to the trainer, else `data`'s files); only the main process keeps
+        dev and test, which only it evaluates."""
+        splits = self._examples if self._examples is not None else load_splits(self.config.data)
+        return splits if self.parallel.is_main else {"train": splits["train"]}
+
+    def build_student(self, teacher: Teacher, labels: list[str]) -> PreTrainedModel:
+        """The student cut from `teacher` (`gkd.models.student`) with the run's labels, on the run's device; every
+        process starts from the main process's weights."""
+        student = build_student(teacher, self.config)
+        student.config.id2label = dict(enumerate(labels))
+        student.config.label2id = {name: i for i, name in enumerate(labels)}
+        student = student.to(self.device)  # type: ignore[arg-type]  # transformers' to() stub is narrower
+        self.parallel.broadcast_parameters(student)
+        return student
+
+    def teacher_sources(
+        self, teacher: Teacher, encoded: dict[str, EncodedDataset], pad_id: int
+    ) -> dict[str, TeacherCache | None]:
+        """One cache per split unless caching is off (then targets are computed live each batch). The main process
+        builds it first; the others then open the same memory-mapped files."""
+        if not self.parallel.is_main:
+            self.parallel.barrier()
+        caches = self._teacher_caches(teacher, encoded, pad_id)
+        if self.parallel.is_main:
+            self.parallel.barrier()
+        return caches
+
+    def _teacher_caches(
+        self, teacher: Teacher, encoded: dict[str, EncodedDataset], pad_id: int
+    ) -> dict[str, TeacherCache | None]:
+        run = self.config.run
+        if run.cache == "off":
+            return {name: None for name in encoded}
+
+        def reporter(stage: str) -> Callable[[int, int], None]:
+            def report(done: int, total: int) -> None:
+                for callback in self.callbacks:
+                    callback.on_prepare(stage, done, total)
+
+            return report
+
+        fingerprint = teacher_fingerprint(teacher.path)
+        return {
+            name: open_or_build(
+                teacher.model, teacher.path, dataset, run.cache_dir, self.config.hyperparameters.max_length,
+                refresh=run.cache == "refresh", device=self.device, pad_id=pad_id,
+                progress=reporter(f"teacher_cache:{name}"), fingerprint=fingerprint,
+            )[0]
+            for name, dataset in encoded.items()
+        }
+
+    def _load_teacher(self, splits: Splits) -> Teacher:
+        info = describe_teacher(self.config.teacher)
+        labels = None if info.labels else label_names(e.label for e in splits["train"] if e.label)
+        if not info.labels and self.method.teacher_logits:
+            raise ConfigError(
+                f"{self.config.teacher} has no classification head; only method 'ce' can start from it",
+                "teacher",
+            )
+        return load_teacher(self.config.teacher, labels=labels, device=self.device)
 
     def _mapped_labels(self, teacher_labels: list[str], splits: Splits) -> Splits:
         """The splits with the data's label names replaced by the teacher's (`data.label_map`, gkd.data.labels)."""
@@ -211,166 +455,6 @@ class Trainer:
             )
         return teacher_labels
 
-    def _encode(self, tokenizer: Any, examples: list[Example], labels: list[str]) -> EncodedDataset:
-        index = {name: i for i, name in enumerate(labels)}
-        kept = [e for e in examples if e.text.strip() and e.label is not None]
-        pairs = [e.text_pair for e in kept] if any(e.text_pair for e in kept) else None
-        return encode(
-            tokenizer, [e.text for e in kept], pairs, [index[str(e.label)] for e in kept],
-            self.config.hyperparameters.max_length,
-        )
-
-    # ---------------------------------------------------------------- main entry
-    def train(self, resume: bool = True) -> TrainResult:
-        config, hp = self.config, self.config.hyperparameters
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
-        if config.reuse_freed_memory:
-            reuse_freed_memory()
-        seed_everything(hp.seed)
-        splits = self._load_splits()
-        if not splits.get("train"):
-            raise ConfigError("the training data has no rows", "data.train")
-        teacher = self._teacher or self._load_teacher(splits)
-        self._teacher = teacher
-        splits = self._mapped_labels(teacher.labels, splits)
-        labels = self._labels(teacher.labels, splits)
-        if not teacher.labels and config.method in TEACHER_METHODS:
-            raise ConfigError(f"method {config.method!r} needs a fine-tuned teacher with a classifier", "teacher")
-        tokenizer = teacher.tokenizer
-        encoded = {name: self._encode(tokenizer, part, labels) for name, part in splits.items()}
-        if len(encoded["train"]) == 0:
-            raise ConfigError("no usable training rows (all empty or unlabelled)", "data.train")
-        pad_id = self._pad_id = int(tokenizer.pad_token_id or 0)
-        has_teacher = teacher.teaches  # no targets or figures from a bare encoder's random head
-        caches = self._teacher_sources(teacher, encoded, pad_id) if has_teacher else {}
-
-        student = self._prepare_student(teacher, labels)
-        vector_form = self._vector_form(student, teacher)
-        pairs = layer_map(model_family(teacher.model).num_layers(teacher.model.config), config.student.num_layers)
-        optimizer = _optimizer(student, config)
-        steps_per_epoch = math.ceil(math.ceil(len(encoded["train"]) / hp.batch_size) / hp.gradient_accumulation_steps)
-        total_steps = steps_per_epoch * hp.epochs
-        warmup = int(hp.warmup_ratio * total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total_steps, warmup))
-
-        loop = _LoopState()
-        if resume and self.state_path.is_file():
-            loop = self._restore(student, optimizer, scheduler)
-        resumed_from = loop.step
-        teacher_metrics = self._teacher_metrics(encoded.get("dev"), caches.get("dev"), labels) if has_teacher else {}
-        start = time.perf_counter()
-
-        def progress() -> TrainingProgress:
-            return TrainingProgress(loop.step, total_steps, loop.epoch, hp.epochs,
-                                    time.perf_counter() - start, resumed_from)
-
-        for callback in self.callbacks:
-            callback.on_train_begin(progress())
-
-        stopped = False
-        lengths = encoded["train"].lengths()
-        amp = self._amp()  # fp16: one dynamic loss scale for both backward passes (gkd.method.precision)
-        cap = gradient_cap(hp)
-        if cap is not None and loop.gradient_cap:
-            cap.load_state_dict(loop.gradient_cap)
-        while loop.epoch < hp.epochs and not stopped:
-            batches = epoch_batches(lengths, hp.batch_size, hp.seed, loop.epoch, bucketing=hp.length_bucketing)
-            groups = [batches[i : i + hp.gradient_accumulation_steps]
-                      for i in range(0, len(batches), hp.gradient_accumulation_steps)]
-            student.train()
-            for group in groups[loop.step_in_epoch :]:
-                metrics = self._optimisation_step(
-                    student, optimizer, scheduler, group, encoded["train"], caches.get("train"), teacher,
-                    pad_id, pairs, vector_form, amp,
-                    gradient_scale=_ramp(loop.step, total_steps, hp.gradient_warmup_ratio,
-                                         hp.gradient_start_ratio),
-                    cap=cap,
-                )
-                loop.step += 1
-                loop.step_in_epoch += 1
-                loop.gradient_cap = cap.state_dict() if cap is not None else None
-                snapshot = progress()
-                for callback in self.callbacks:
-                    callback.on_step(snapshot, metrics)
-                if hp.eval_every_steps and loop.step % hp.eval_every_steps == 0 and loop.step_in_epoch < len(groups):
-                    self._evaluate_and_select(student, tokenizer, labels, encoded, caches, loop, snapshot, vector_form)
-                    student.train()
-                if self.state_every_steps and loop.step % self.state_every_steps == 0:
-                    self._save_state(student, optimizer, scheduler, loop, snapshot)
-                if any(callback.should_stop(snapshot) for callback in self.callbacks):
-                    stopped = True
-                    break
-            if stopped:
-                break
-            loop.epoch += 1
-            loop.step_in_epoch = 0
-            snapshot = progress()
-            self._evaluate_and_select(student, tokenizer, labels, encoded, caches, loop, snapshot, vector_form)
-            self._save_state(student, optimizer, scheduler, loop, snapshot)
-
-        final_progress = progress()
-        result = TrainResult(
-            stopped=stopped, steps=loop.step, best_dir=None, final_dir=None, best_metrics=loop.best,
-            final_metrics=loop.history[-1]["metrics"] if loop.history else {}, teacher_metrics=teacher_metrics,
-            history=loop.history, resumed_from_step=resumed_from, labels=labels,
-        )
-        if stopped:
-            self._save_state(student, optimizer, scheduler, loop, final_progress)
-        else:
-            result.final_dir = self._export(student, tokenizer, labels, "final", loop.history[-1]["metrics"]
-                                            if loop.history else {}, final_progress)
-            if "test" in encoded:
-                best = self._load_best(labels) or student
-                result.test_metrics = self.evaluate(best, encoded["test"], caches.get("test"), labels, vector_form)
-        best_dir = self.output_dir / "best"
-        result.best_dir = best_dir if best_dir.is_dir() else None
-        for callback in self.callbacks:
-            callback.on_train_end(final_progress, stopped)
-        return result
-
-    # ---------------------------------------------------------------- pieces
-    def _load_teacher(self, splits: Splits) -> Teacher:
-        from gkd.models.teacher import describe_teacher
-
-        info = describe_teacher(self.config.teacher)
-        labels = None if info.labels else label_names(e.label for e in splits["train"] if e.label)
-        if not info.labels and self.config.method != "ce":
-            raise ConfigError(
-                f"{self.config.teacher} has no classification head; only method 'ce' can start from it",
-                "teacher",
-            )
-        return load_teacher(self.config.teacher, labels=labels, device=self.device)
-
-    def _teacher_sources(
-        self, teacher: Teacher, encoded: dict[str, EncodedDataset], pad_id: int
-    ) -> dict[str, TeacherCache | None]:
-        """One cache per split unless caching is off (then targets are computed live each batch)."""
-        if self.config.cache == "off":
-            return {name: None for name in encoded}
-        def reporter(stage: str) -> Callable[[int, int], None]:
-            def report(done: int, total: int) -> None:
-                for callback in self.callbacks:
-                    callback.on_prepare(stage, done, total)
-
-            return report
-
-        fingerprint = teacher_fingerprint(teacher.path)
-        return {
-            name: open_or_build(
-                teacher.model, teacher.path, dataset, self.config.cache_dir, self.config.hyperparameters.max_length,
-                refresh=self.config.cache == "refresh", device=self.device, pad_id=pad_id,
-                progress=reporter(f"teacher_cache:{name}"), fingerprint=fingerprint,
-            )[0]
-            for name, dataset in encoded.items()
-        }
-
-    def _prepare_student(self, teacher: Teacher, labels: list[str]) -> PreTrainedModel:
-        student = build_student(teacher, self.config)
-        student.config.id2label = dict(enumerate(labels))
-        student.config.label2id = {name: i for i, name in enumerate(labels)}
-        return student.to(self.device)  # type: ignore[arg-type]  # transformers' to() stub is narrower
-
     def _vector_form(self, student: PreTrainedModel, teacher: Teacher) -> bool:
         form = self.config.hyperparameters.saliency_form
         # Each model's own family: a student started from another encoder may name its width differently.
@@ -378,165 +462,52 @@ class Trainer:
                       == model_family(teacher.model).hidden_size(teacher.model.config))
         return same_width if form == "auto" else form == "vector"
 
-    def _amp(self) -> tuple[Precision, torch.amp.GradScaler]:
-        """The run's precision on its device and its loss scaler (a pass-through unless fp16)."""
-        precision = resolve_precision(self.config.precision, self.device)
-        return precision, precision.grad_scaler()
+    # ---------------------------------------------------------------- evaluation and checkpoints
+    def evaluate(self, run: RunState, model: PreTrainedModel, split: str = "dev") -> dict[str, float]:
+        """Accuracy, macro-F1 and, with a teacher, teacher agreement and saliency agreement of `model` on `split`."""
+        teaches = run.teacher.teaches
 
-    def _targets(
-        self, cache: TeacherCache | None, teacher: Teacher, batch: Batch, with_gradients: bool = True
-    ) -> TeacherTargets:
-        if cache is not None:
-            return cache.targets(batch, self.device)
-        teacher.model.eval()
-        return teacher_targets(teacher.model, batch, with_gradients=with_gradients)
+        def targets(batch: Batch) -> TeacherTargets:
+            return run.teacher_targets(batch, split)
 
-    def _optimisation_step(
-        self,
-        student: PreTrainedModel,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        group: list[list[int]],
-        dataset: EncodedDataset,
-        cache: TeacherCache | None,
-        teacher: Teacher,
-        pad_id: int,
-        pairs: list[tuple[int, int]],
-        vector_form: bool,
-        amp: tuple[Precision, torch.amp.GradScaler],
-        *,
-        gradient_scale: float,
-        cap: GradientCap | None,
-    ) -> StepMetrics:
-        """One optimiser step over the micro-batches of `group`. `cap` is the run's `gradient_cap(hp)` (None:
-        no cap): it keeps its measurement schedule across steps, so it is made once, not per step. `amp` is the
-        run's precision and loss scaler (`_amp`): the scaler's state carries over from step to step."""
-        precision, scaler = amp
-        hp = self.config.hyperparameters
-        if cap is not None:
-            cap.next_step()
-        method = self.config.method
-        needs_teacher = method in TEACHER_METHODS
-        needs_grads = method in GRADIENT_METHODS
-        total_examples = sum(len(indices) for indices in group)
-        sums: dict[str, float] = {}
-        optimizer.zero_grad(set_to_none=True)
-        trainable = [p for p in student.parameters() if p.requires_grad]
-        loss_scale = scaler.get_scale()  # once per step: it changes only at update(), and reading it syncs CUDA
-        for indices in self._micro_batches(group):
-            batch = collate(dataset, indices, pad_id).to(self.device)
-            # before the gradient terms start (weight 0) a live teacher need not back-propagate either
-            targets = (self._targets(cache, teacher, batch, needs_grads and gradient_scale > 0)
-                       if needs_teacher else None)
-            with precision.autocast():
-                parts = student_loss_parts(method, hp, student, batch, targets, pairs, vector_form,
-                                           gradient_scale=gradient_scale, input_gradient_scale=loss_scale)
-            share = len(indices) / total_examples
-            loss, terms = parts.total, dict(parts.terms)
-            if parts.gradient is not None and cap is not None and gradient_scale > 0:
-                # Both parts carry the same loss scale, so the cap's ratio of their gradients is unchanged.
-                terms["grad_cap_scale"] = cap.backward(scaler.scale(parts.base), scaler.scale(parts.gradient),
-                                                       trainable, extra_weight=gradient_scale, weight=share)
-            else:
-                scaler.scale(loss * share).backward()
-            for name, value in {"loss": float(loss.detach()), **terms}.items():
-                sums[name] = sums.get(name, 0.0) + value * share
-        sums = self._synchronise(student, sums)
-        scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
-        if hp.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(trainable, hp.max_grad_norm)
-        scaler.step(optimizer)  # skipped by the scaler when a scaled gradient overflowed
-        scaler.update()
-        learning_rate = float(optimizer.param_groups[0]["lr"])
-        scheduler.step()
-        loss_value = sums.pop("loss")
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"the loss became {loss_value}; lower the learning rate or beta/gamma")
-        return StepMetrics(loss=loss_value, terms=sums, learning_rate=learning_rate)
+        return evaluate_model(model, run.encoded[split], run.labels, device=self.device, pad_id=run.pad_id,
+                              targets=targets if teaches else None, vector_form=run.vector_form)
 
-    def _micro_batches(self, group: list[list[int]]) -> list[list[int]]:
-        """The micro-batches this process computes of one optimisation step (all of them here)."""
-        return group
-
-    def _synchronise(self, student: PreTrainedModel, sums: dict[str, float]) -> dict[str, float]:
-        """Combine gradients and logged loss terms across processes before the optimiser step (none here)."""
-        return sums
-
-    def evaluate(
-        self,
-        student: PreTrainedModel,
-        dataset: EncodedDataset,
-        cache: TeacherCache | None,
-        labels: list[str],
-        vector_form: bool = True,
-        teacher: Teacher | None = None,
-        batch_size: int = 64,
-    ) -> dict[str, float]:
-        """Accuracy, macro-F1 and, with teacher targets, teacher agreement and saliency agreement."""
-        student.eval()
-        teacher = teacher or self._teacher
-        accumulator = EvalAccumulator(num_labels=len(labels), vector_form=vector_form)
-        pad_id = getattr(self, "_pad_id", 0)
-        for indices in eval_batches(dataset.lengths(), batch_size):
-            batch = collate(dataset, indices, pad_id).to(self.device)
-            logits, grads = student_saliency_gradients(student, batch)
-            targets = None
-            if cache is not None:
-                targets = cache.targets(batch, self.device)
-            elif teacher is not None and teacher.teaches:
-                targets = teacher_targets(teacher.model, batch)
-            accumulator.add(batch, logits, grads, targets)
-        return accumulator.result()
-
-    def _teacher_metrics(
-        self, dataset: EncodedDataset | None, cache: TeacherCache | None, labels: list[str]
-    ) -> dict[str, float]:
+    def _teacher_metrics(self, run: RunState) -> dict[str, float]:
         """The teacher's dev accuracy (from the cache, or one no-grad pass when caching is off)."""
-        if dataset is None or len(dataset) == 0 or self._teacher is None:
+        dataset = run.encoded.get("dev")
+        if dataset is None or len(dataset) == 0:
             return {}
+        cache = run.caches.get("dev")
         if cache is not None:
             predictions = np.asarray(cache.logits[np.arange(len(dataset))]).argmax(axis=-1)
         else:
             predictions = np.zeros(len(dataset), dtype=np.int64)
-            model = self._teacher.model
+            model = run.teacher.model
             with torch.no_grad():
                 for indices in eval_batches(dataset.lengths(), 64):
-                    batch = collate(dataset, indices, self._pad_id).to(self.device)
+                    batch = collate(dataset, indices, run.pad_id).to(self.device)
                     logits = model(**model_inputs(model, batch)).logits
                     predictions[indices] = logits.argmax(dim=-1).cpu().numpy()
-        return accuracy_f1(predictions, np.asarray(dataset.labels), len(labels))
+        return accuracy_f1(predictions, np.asarray(dataset.labels), len(run.labels))
 
-    def _evaluate_and_select(
-        self,
-        student: PreTrainedModel,
-        tokenizer: Any,
-        labels: list[str],
-        encoded: dict[str, EncodedDataset],
-        caches: dict[str, TeacherCache | None],
-        loop: _LoopState,
-        progress: TrainingProgress,
-        vector_form: bool,
-    ) -> None:
-        dev = encoded.get("dev")
+    def evaluate_and_select(self, run: RunState, progress: TrainingProgress) -> None:
+        """Evaluate on dev; export `best` when accuracy improved."""
+        dev = run.encoded.get("dev")
         if dev is None or len(dev) == 0:
             return
-        metrics = self.evaluate(student, dev, caches.get("dev"), labels, vector_form)
-        loop.history.append({"step": loop.step, "epoch": progress.epoch, "metrics": metrics})
+        metrics = self.evaluate(run, run.student, "dev")
+        run.loop.history.append({"step": run.loop.step, "epoch": progress.epoch, "metrics": metrics})
         for callback in self.callbacks:
             callback.on_evaluate(progress, metrics)
-        if not loop.best or metrics["accuracy"] > loop.best.get("accuracy", -1.0):
-            loop.best = {**metrics, "step": float(loop.step)}
-            self._export(student, tokenizer, labels, "best", metrics, progress)
+        if not run.loop.best or metrics["accuracy"] > run.loop.best.get("accuracy", -1.0):
+            run.loop.best = {**metrics, "step": float(run.loop.step)}
+            self._export(run, "best", metrics, progress)
 
-    def _export(
-        self,
-        student: PreTrainedModel,
-        tokenizer: Any,
-        labels: list[str],
-        kind: str,
-        metrics: dict[str, float],
-        progress: TrainingProgress,
-    ) -> Path:
+    def _export(self, run: RunState, kind: str, metrics: dict[str, float], progress: TrainingProgress) -> Path:
+        directory = self.output_dir / kind
+        if not self.parallel.is_main:
+            return directory
         card = {
             "method": self.config.method,
             "checkpoint": kind,
@@ -546,75 +517,19 @@ class Trainer:
             "config": self.config.model_dump(mode="json"),
             "paper": "Gradient Knowledge Distillation, Wang, Li, Sun, arXiv 2211.01071",
         }
-        directory = export_student(student, tokenizer, labels, self.output_dir / kind, card)
+        export_student(run.student, run.teacher.tokenizer, run.labels, directory, card)
         for callback in self.callbacks:
             callback.on_checkpoint(progress, "best" if kind == "best" else "final", directory)
         return directory
 
-    def _load_best(self, labels: list[str]) -> PreTrainedModel | None:
+    def _load_best(self) -> PreTrainedModel | None:
         best = self.output_dir / "best"
-        if not best.is_dir():
-            return None
-        model = AutoModelForSequenceClassification.from_pretrained(str(best), attn_implementation="eager")
-        return model.to(self.device)
+        return load_checkpoint(best, self.device) if best.is_dir() else None
 
-    def _save_state(
-        self,
-        student: PreTrainedModel,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        loop: _LoopState,
-        progress: TrainingProgress,
-    ) -> None:
-        state = {
-            "model": student.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(),
-            "loop": loop.as_dict(),
-            "config": self.config.model_dump(mode="json"),
-        }
-        save_atomic(state, self.state_path)
+    def save_state(self, run: RunState, progress: TrainingProgress) -> None:
+        """Write the resumable training state (the main process only) and tell the callbacks."""
+        if not self.parallel.is_main:
+            return
+        save_training_state(self.state_path, self.config, run.loop, run.student, run.optimizer, run.scheduler)
         for callback in self.callbacks:
             callback.on_checkpoint(progress, "state", self.state_path)
-
-    def _restore(
-        self,
-        student: PreTrainedModel,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ) -> _LoopState:
-        state = torch.load(self.state_path, map_location=self.device, weights_only=False)
-        saved = state.get("config", {})
-        current = self.config.model_dump(mode="json")
-        for key in ("method", "student", "hyperparameters"):
-            if saved.get(key) != current.get(key):
-                raise ConfigError(
-                    f"the saved training state in {self.state_path.parent} was made with another {key}; "
-                    "use a new output_dir or delete the state",
-                    key,
-                )
-        student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        return _LoopState.from_dict(state["loop"])
-
-
-@dataclass
-class _LoopState:
-    epoch: int = 0
-    step: int = 0
-    step_in_epoch: int = 0
-    best: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    gradient_cap: dict[str, Any] | None = None  # GradientCap.state_dict(): its measurement schedule
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
-                "best": self.best, "history": self.history, "gradient_cap": self.gradient_cap}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> _LoopState:
-        return cls(**data)
-
