@@ -8,13 +8,11 @@ per-token saliency vectors (scalar form, any width), plus the overlap of their t
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor
-from transformers import PreTrainedModel
 
 from gkd.data.batching import Batch
 from gkd.method import losses
-from gkd.method.objective import TeacherTargets, model_inputs
+from gkd.method.objective import TeacherTargets
 
 TOP_K = 3
 
@@ -85,7 +83,3 @@ class EvalAccumulator:
             metrics[f"saliency_top{TOP_K}_overlap"] = self.topk_sum / self.topk_count
         return metrics
 
-
-def predictions_of(model: PreTrainedModel, batch: Batch) -> Tensor:
-    with torch.no_grad():
-        return model(**model_inputs(model, batch)).logits.argmax(dim=-1)
