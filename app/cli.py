@@ -1,5 +1,5 @@
 """Service commands, contributed to `gkd` through the `gkd.commands` entry-point group:
-`serve`, `worker`, `db upgrade`, `keys create|revoke`, `models import`.
+`serve`, `db upgrade`, `keys create|revoke`, `models import` (`gkd worker` is the worker's: worker/cli.py).
 
 Without the entry points (a source checkout), `python -m app.cli COMMAND ...` runs the same commands.
 """
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import click
 
-from app.settings import Settings
+from app.store.settings import Settings
 from gkd.client.cli import models_list, models_upload
 
 LOCAL_TENANT = "local"
+WORKER_MODULE = "worker.cli"  # `gkd serve` starts the local worker by module name: the API never imports it
 BUILTIN_BASE = "all-MiniLM-L6-v2"
 EXAMPLE_TEACHER = "example-teacher"
 
@@ -46,7 +47,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (idempotent)."""
-    from app.db import upgrade
+    from app.store.db import upgrade
 
     settings = _settings()
     upgrade(settings.database_url, revision)
@@ -74,8 +75,8 @@ def keys() -> None:
 @click.option("--tenant", required=True, help="Tenant name; created if it does not exist.")
 def keys_create(tenant: str) -> None:
     """Create an API key and print it (once: only its hash is stored)."""
-    from app.db import session_scope, upgrade
-    from app.store import create_key
+    from app.store.db import session_scope, upgrade
+    from app.store.keys import create_key
 
     settings = _settings()
     upgrade(settings.database_url)
@@ -89,8 +90,8 @@ def keys_create(tenant: str) -> None:
 @click.argument("key_or_prefix")
 def keys_revoke(key_or_prefix: str) -> None:
     """Revoke a key, given in full or by its displayed prefix."""
-    from app.db import session_scope
-    from app.store import revoke_key
+    from app.store.db import session_scope
+    from app.store.keys import revoke_key
 
     settings = _settings()
     try:
@@ -118,9 +119,9 @@ def models() -> None:
 @click.option("--tenant", default=None, help="Owner tenant; omit to make the model global (all tenants).")
 def models_import(path: Path, name: str, tenant: str | None) -> None:
     """Register a local Hugging Face directory (safetensors) as a teacher, in place."""
-    from app.db import session_scope, upgrade
     from app.registry import RegistryError, import_directory
-    from app.store import get_or_create_tenant
+    from app.store.db import session_scope, upgrade
+    from app.store.keys import get_or_create_tenant
 
     settings = _settings()
     upgrade(settings.database_url)
@@ -140,46 +141,13 @@ models.add_command(models_list)
 models.add_command(models_upload)
 
 
-# ------------------------------------------------------------------------------------------- worker
-
-
-def worker_argv(settings: Settings, *, name: str = "gkd@%h", loglevel: str = "INFO") -> list[str]:
-    from worker.celery_app import worker_queues
-
-    return [
-        "worker",
-        "--pool=solo",
-        "--concurrency=1",
-        f"--queues={','.join(worker_queues(settings))}",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        f"--hostname={name}",
-        f"--loglevel={loglevel}",
-    ]
-
-
-@click.command()
-@click.option("--loglevel", default="INFO", show_default=True)
-@click.option("--name", default="gkd@%h", show_default=True, help="Celery node name.")
-def worker(loglevel: str, name: str) -> None:
-    """Run one Celery worker (solo pool: one job at a time) against GKD_DATABASE_URL / GKD_BROKER_URL."""
-    from app.db import upgrade
-    from worker.celery_app import celery
-
-    settings: Settings = celery.conf.gkd_settings
-    settings.ensure_dirs()
-    upgrade(settings.database_url)
-    celery.worker_main(worker_argv(settings, name=name, loglevel=loglevel))
-
-
 # -------------------------------------------------------------------------------------------- serve
 
 
 def ensure_local_key(settings: Settings) -> str:
     """The plain key of tenant `local`, kept in <home>/local_api_key (0600) so every start prints the same."""
-    from app.db import session_scope
-    from app.store import create_key, tenant_for_key
+    from app.store.db import session_scope
+    from app.store.keys import create_key, tenant_for_key
 
     key_file = settings.home / "local_api_key"
     with session_scope(settings.database_url) as session:
@@ -197,8 +165,8 @@ def ensure_local_key(settings: Settings) -> str:
 
 def register_builtin_models(settings: Settings) -> list[str]:
     """The packaged MiniLM base encoder and, when built, the example teacher, as global models."""
-    from app.db import session_scope
     from app.registry import RegistryError, import_directory
+    from app.store.db import session_scope
 
     found: list[str] = []
     candidates: list[tuple[str, Path]] = []
@@ -252,8 +220,8 @@ def serve(host: str | None, port: int | None, no_worker: bool) -> None:
     """Run the API (and one local worker): migrations, built-in models, a local key, then uvicorn."""
     import uvicorn
 
-    from app.db import upgrade
     from app.main import create_app
+    from app.store.db import upgrade
 
     settings = _settings()
     if host:
@@ -270,7 +238,7 @@ def serve(host: str | None, port: int | None, no_worker: bool) -> None:
     if not no_worker:
         env = {**os.environ, "GKD_HOME": str(settings.home), "GKD_DATABASE_URL": settings.database_url,
                "GKD_BROKER_URL": settings.broker_url}
-        cmd = [sys.executable, "-m", "app.cli", "worker", "--name", "gkd-local@%h"]
+        cmd = [sys.executable, "-m", WORKER_MODULE, "--name", "gkd-local@%h"]
         worker_proc = subprocess.Popen(cmd, env=env)
 
     click.echo(f"gkd API on {url}  (docs: {url}/docs)")
@@ -292,10 +260,10 @@ def serve(host: str | None, port: int | None, no_worker: bool) -> None:
 
 @click.group()
 def cli() -> None:
-    """Service commands (also available as `gkd serve`, `gkd worker`, ... when installed)."""
+    """Service commands (also available as `gkd serve`, `gkd db`, ... when installed)."""
 
 
-for _command in (serve, worker, db, keys, models):
+for _command in (serve, db, keys, models):
     cli.add_command(_command)
 
 if __name__ == "__main__":

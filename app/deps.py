@@ -12,12 +12,12 @@ from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from app.db import sessionmaker_for
 from app.errors import ApiError
-from app.orm import Tenant
 from app.reads import Reads
-from app.settings import Settings
-from app.store import hash_key, tenant_for_key
+from app.store.db import sessionmaker_for
+from app.store.keys import hash_key, tenant_for_key
+from app.store.orm import Tenant
+from app.store.settings import Settings
 from app.tenant_cache import TenantCache
 
 

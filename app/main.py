@@ -13,7 +13,7 @@ from app import dashboard, errors
 from app.reads import Reads
 from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, saliency
 from app.schemas import JobCreate
-from app.settings import Settings
+from app.store.settings import Settings
 from app.tenant_cache import TenantCache
 
 
@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         settings.ensure_dirs()
         if settings.migrate_on_start:
-            from app.db import upgrade
+            from app.store.db import upgrade
 
             await run_in_threadpool(upgrade, settings.database_url)
         yield
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @functools.cache
     def celery_producer():  # type: ignore[no-untyped-def]
-        from worker.celery_app import make_celery
+        from app.store.queue import make_celery
 
         return make_celery(settings)
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from sqlalchemy import Connection, Engine, Select, inspect, select
 from sqlalchemy.exc import DBAPIError
 
-from app.db import engine_for, make_engine
+from app.store.db import engine_for, make_engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -9,10 +9,11 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.ids import new_id
-from app.orm import TeacherModel, utcnow
-from app.settings import Settings
-from app.storage import ArchiveError, extract_archive, get_storage
+from app.store.ids import new_id
+from app.store.orm import TeacherModel, utcnow
+from app.store.settings import Settings
+from app.store.storage import get_storage
+from app.store.storage.archive import ArchiveError, extract_archive
 
 FAMILY_COLUMNS = ("family", "num_attention_heads", "max_position_embeddings", "embedding_size")
 

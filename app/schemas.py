@@ -8,9 +8,10 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.orm import Checkpoint, Dataset, Job, JobEvent, TeacherModel
-from gkd.config import DataSpec, DistillConfig, Hyperparameters, LabelName, Method, StorableText, StudentSpec
+from app.store.orm import Checkpoint, Dataset, Job, JobEvent, TeacherModel
+from gkd.config import DataSpec, DistillConfig, Hyperparameters, LabelName, StorableText, StudentSpec
 from gkd.data.validation import ValidationReport
+from gkd.method.properties import Method
 
 T = TypeVar("T")
 
@@ -167,7 +168,7 @@ class JobOut(BaseModel):
             error=row.error,
             attempts=row.attempts,
             versions={"gkd": None, "torch": None, "transformers": None, **(row.versions or {})},
-            device=row.device or "auto",
+            device=row.queue_kind or "auto",
             devices=row.devices or 1,
         )
 

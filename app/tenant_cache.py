@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from sqlalchemy.orm import make_transient_to_detached
 
-from app.orm import Tenant
+from app.store.orm import Tenant
 
 
 class _Entry(NamedTuple):

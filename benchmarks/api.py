@@ -3,9 +3,9 @@
     python -m benchmarks.api                     # PostgreSQL + Redis, 4 uvicorn workers, 100 streams, 10 s/endpoint
     python -m benchmarks.api --tiny              # seconds: 1 worker, 4 streams, 1 s per endpoint (smoke test)
 
-Set-up, all on 127.0.0.1: a fresh PostgreSQL database (created, migrated with `app.db.upgrade`, dropped at the
+Set-up, all on 127.0.0.1: a fresh PostgreSQL database (created, migrated with `app.store.db.upgrade`, dropped at the
 end), GKD_BROKER_URL pointing at Redis (so SSE streams also subscribe to Redis wake-ups, as in production),
-one tenant with an API key (`app.store.create_key`), a teacher and a dataset row, and `--jobs` jobs inserted
+one tenant with an API key (`app.store.keys.create_key`), a teacher and a dataset row, and `--jobs` jobs inserted
 through the ORM with their events (running, succeeded, failed, queued; no training). Then
 `uvicorn --factory app.main:create_app --workers N --no-access-log` on a free loopback port.
 
@@ -111,7 +111,7 @@ def free_port() -> int:
 
 def fresh_database(server: str) -> contextlib.AbstractContextManager[str]:
     """A new, migrated PostgreSQL database; dropped (WITH FORCE) on exit."""
-    from app.db import temporary_postgres_database
+    from tests.support.postgres import temporary_postgres_database
 
     return temporary_postgres_database(server, prefix="gkd_bench")
 
@@ -128,10 +128,10 @@ class Seeded:
 
 def seed(url: str, jobs: int, running: int, events_per_job: int) -> Seeded:
     """One tenant + key, a teacher and a dataset row, `jobs` jobs (the first `running` running) and their events."""
-    from app.db import session_scope
-    from app.ids import new_id
-    from app.orm import Dataset, Job, JobEvent, TeacherModel, utcnow
-    from app.store import create_key
+    from app.store.db import session_scope
+    from app.store.ids import new_id
+    from app.store.keys import create_key
+    from app.store.orm import Dataset, Job, JobEvent, TeacherModel, utcnow
 
     cycle = ("succeeded", "succeeded", "failed", "queued", "cancelled")
     with session_scope(url) as session:
@@ -641,7 +641,7 @@ def render(report: dict[str, Any], markdown: bool) -> str:
 
 
 def default_sse_poll(name: str = "sse_poll_seconds") -> float:
-    from app.settings import Settings
+    from app.store.settings import Settings
 
     return float(Settings.model_fields[name].default)
 

@@ -9,7 +9,7 @@ in even ones), medians:
   library  `gkd.training.trainer.Trainer(config).train()` in this process: load the teacher, read and encode the data,
            open the teacher cache, train, evaluate, export the best and final checkpoints to disk;
   service  a real API (`uvicorn --factory app.main:create_app`, one process) and a real Celery worker
-           (`python -m app.cli worker`, started before any timing) on PostgreSQL + Redis (`--stack postgresql`,
+           (`python -m worker.cli`, started before any timing) on PostgreSQL + Redis (`--stack postgresql`,
            the default when both listen on loopback) or SQLite + the embedded broker (`--stack sqlite`, what
            `gkd serve` runs). The dataset is uploaded first (POST /v1/datasets, timed apart); the clock runs
            from POST /v1/jobs, through the job's SSE stream until its `succeeded` event, to a downloaded and
@@ -51,7 +51,7 @@ from benchmarks import common
 common.set_module_name("benchmarks.end_to_end")
 
 from benchmarks.api import PG_SERVER, REDIS_URL, Server, fresh_database, reachable  # noqa: E402
-from worker.celery_app import forget_redis_queue  # noqa: E402
+from tests.support.broker import forget_redis_queue  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_OVERHEAD = 0.10
@@ -211,7 +211,7 @@ def service_env(home: Path, database_url: str, broker_url: str, queue: str, cach
 @contextlib.contextmanager
 def database(stack: str, home: Path) -> Iterator[tuple[str, str]]:
     """(database URL, broker URL): a fresh PostgreSQL database + Redis, or SQLite + the embedded broker."""
-    from app.db import upgrade
+    from app.store.db import upgrade
 
     if stack == "postgresql":
         with fresh_database(PG_SERVER) as url:
@@ -230,7 +230,7 @@ class Worker:
     def start(self) -> None:
         with self.log.open("ab") as handle:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker", "--name", f"bench-e2e-{secrets.token_hex(3)}@%h",
+                [sys.executable, "-m", "worker.cli", "--name", f"bench-e2e-{secrets.token_hex(3)}@%h",
                  "--loglevel", "INFO"],
                 cwd=REPO, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
             )
@@ -389,9 +389,9 @@ def run_service(args: argparse.Namespace, client: Any, teacher_id: str, train_cs
 
 def register(database_url: str, teacher: Path) -> tuple[str, str]:
     """A fresh tenant's API key and the teacher registered in place for it (as `gkd models import`)."""
-    from app.db import session_scope
     from app.registry import import_directory
-    from app.store import create_key
+    from app.store.db import session_scope
+    from app.store.keys import create_key
 
     with session_scope(database_url) as session:
         plain, key = create_key(session, f"bench-e2e-{secrets.token_hex(4)}")

@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from `config.attributes['url']` (set by app.db.upgrade) or, for the
+"""Alembic environment: the URL comes from `config.attributes['url']` (set by app.store.db.upgrade) or, for the
 plain `alembic` command, from GKD settings."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from app.orm import Base
+from app.store.orm import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -15,7 +15,7 @@ target_metadata = Base.metadata
 def _url() -> str:
     url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
     if not url:
-        from app.settings import Settings
+        from app.store.settings import Settings
 
         settings = Settings()
         settings.ensure_dirs()

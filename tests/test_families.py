@@ -319,11 +319,12 @@ def test_saliency_and_evaluate_work_for_every_family(teacher_dirs: dict[str, Pat
                                                      family: str):
     """The dashboard's saliency computation and `gkd evaluate`, with the teacher as its own student: the two
     saliency maps are the same map (cosine 1) and the predictions agree everywhere."""
-    from app.routes.saliency import _compute
     from gkd.evaluation.evaluate import evaluate_directory
+    from gkd.evaluation.saliency import SaliencyModels, explain
 
     directory = teacher_dirs[family]
-    examples = _compute(directory, directory, ["a good and moving film", "dull"], None, ["positive", None], 16)
+    models = SaliencyModels.load(directory, directory)
+    examples = explain(models, ["a good and moving film", "dull"], None, ["positive", None], 16)
     assert [len(e.tokens) for e in examples] == [len(e.teacher) for e in examples] == [len(e.student) for e in
                                                                                        examples]
     assert all(e.agreement == pytest.approx(1.0, abs=1e-4) for e in examples)

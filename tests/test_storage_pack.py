@@ -1,4 +1,4 @@
-"""app.storage.pack_directory: the sha256 and size it reports are those of the archive it wrote."""
+"""app.store.storage.archive.pack_directory: the sha256 and size it reports are those of the archive it wrote."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.storage import _HashingWriter, pack_directory
+from app.store.storage.archive import _HashingWriter, pack_directory
 
 
 def test_reported_sha256_and_size_match_the_archive_across_many_blocks(tmp_path: Path) -> None:

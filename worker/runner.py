@@ -1,7 +1,8 @@
 """Running one job: claim it, train it with `gkd.training.trainer.Trainer`, record events/checkpoints, finish it.
 
 Every database write is one short transaction, retried on OperationalError with backoff
-(`app.db.with_retries`), and followed by a Redis wake-up for SSE streams when configured.
+(`app.store.db.with_retries`), and followed by a Redis wake-up for SSE streams when configured. Status moves are
+the store's (`app.store.jobs`); the worker only says which one it wants.
 """
 
 from __future__ import annotations
@@ -14,24 +15,26 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.db import sessionmaker_for, with_retries
-from app.ids import new_id
-from app.orm import Checkpoint, Dataset, Job, TeacherModel, utcnow
-from app.settings import TERMINAL_STATUSES, Settings
-from app.storage import get_storage, pack_directory
-from app.store import append_event, notify, status_event, transition
+from app.store import jobs
+from app.store.db import sessionmaker_for, with_retries
+from app.store.events import append_event, notify
+from app.store.ids import new_id
+from app.store.job_config import config_for_job, work_dir
+from app.store.orm import Checkpoint, Job, utcnow
+from app.store.queue import send_job, send_run_job
+from app.store.settings import Settings
+from app.store.storage import get_storage
+from app.store.storage.archive import pack_directory
 from worker.publisher import BackgroundPublisher
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("running", "cancelling")
 # Set when this worker is asked to shut down (SIGTERM): the running job stops after its current step, saves
 # its training state and goes back to the queue for another worker (`worker.tasks`, docs/deploy.md).
 DRAIN = threading.Event()
@@ -39,11 +42,6 @@ DRAIN = threading.Event()
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def work_dir(job_id: str) -> str:
-    """A job's scratch, relative to the storage root: the trainer's output_dir (exported directories, state)."""
-    return f"jobs/{job_id}/work"
 
 
 @dataclass(frozen=True)
@@ -54,12 +52,6 @@ class PackedArchive:
     sha256: str
     size_bytes: int
     step: int
-
-
-@dataclass
-class Claim:
-    attempt: int
-    resumed: bool
 
 
 class JobContext:
@@ -95,50 +87,12 @@ class JobContext:
         return with_retries(once, attempts=self.settings.db_retry_attempts, what="job read")
 
     # ------------------------------------------------------------------------------------- claim
-    def claim(self, worker: str) -> Claim | None:
-        settings = self.settings
+    def claim(self, worker: str) -> jobs.Claim | None:
+        from gkd.versions import versions
 
-        def tx(session: Session) -> Claim | None:
-            job = session.get(Job, self.job_id, with_for_update=True)
-            if job is None:
-                log.warning("job %s does not exist; dropping the task", self.job_id)
-                return None
-            now = utcnow()
-            stale = job.heartbeat_at is None or job.heartbeat_at < now - timedelta(
-                seconds=settings.stale_after_seconds
-            )
-            if job.status in TERMINAL_STATUSES or (job.status in ACTIVE and not stale):
-                return None  # finished, or another worker holds it: a duplicate delivery
-            if job.status == "cancelling":
-                transition(session, job.id, "cancelled", from_statuses=("cancelling",),
-                           message="job cancelled (its worker was lost)")
-                return None
-            if job.attempts >= settings.max_attempts:
-                transition(
-                    session, job.id, "failed", from_statuses=("queued", "running"),
-                    message=f"job failed: gave up after {job.attempts} attempts",
-                    values={"error": f"the job's worker was lost {job.attempts} times; gave up after "
-                                     f"{settings.max_attempts} attempts"},
-                )
-                return None
-            from gkd.versions import versions
-
-            seen_status, attempt = job.status, job.attempts + 1
-            claimed = session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.status == seen_status, Job.attempts == job.attempts)
-                .values(status="running", attempts=attempt, worker=worker, heartbeat_at=now,
-                        started_at=job.started_at or now, versions=versions(), error=None)
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if claimed != 1:
-                return None
-            if seen_status == "queued":
-                status_event(session, job.id, "running", f"job running on {worker} (attempt {attempt})")
-            else:
-                append_event(session, job.id, "log", f"worker {worker} resumes the job (attempt {attempt})",
-                             {"attempt": attempt, "worker": worker})
-            return Claim(attempt=attempt, resumed=seen_status != "queued")
+        def tx(session: Session) -> jobs.Claim | None:
+            return jobs.claim(session, self.job_id, worker, max_attempts=self.settings.max_attempts,
+                              stale_after_seconds=self.settings.stale_after_seconds, versions=versions())
 
         return self.write(tx, "claim")
 
@@ -146,7 +100,7 @@ class JobContext:
         def tx(session: Session) -> None:
             session.execute(
                 update(Job)
-                .where(Job.id == self.job_id, Job.worker == worker, Job.status.in_(ACTIVE))
+                .where(Job.id == self.job_id, Job.worker == worker, Job.status.in_(jobs.ACTIVE_STATUSES))
                 .values(heartbeat_at=utcnow())
                 .execution_options(synchronize_session=False)
             )
@@ -162,47 +116,21 @@ class JobContext:
     def status(self) -> str | None:
         return self.read(lambda s: s.scalar(select(Job.status).where(Job.id == self.job_id)))
 
-    def finish(self, status: str, message: str, *, error: str | None = None,
+    def finish(self, status: jobs.Outcome, message: str, *, error: str | None = None,
                metrics: dict[str, Any] | None = None) -> str:
         """Move to a terminal status; a pending cancel turns success into `cancelled`. Returns the status."""
-
-        def tx(session: Session) -> str:
-            values: dict[str, Any] = {"heartbeat_at": utcnow()}
-            if error is not None:
-                values["error"] = error
-            if metrics is not None:
-                values["metrics"] = metrics
-            if status == "succeeded" and transition(session, self.job_id, "succeeded", from_statuses=("running",),
-                                                    message=message, values=values):
-                return "succeeded"
-            if status in ("succeeded", "cancelled") and transition(
-                session, self.job_id, "cancelled", from_statuses=ACTIVE, message="job cancelled", values=values
-            ):
-                return "cancelled"
-            if status == "failed" and transition(session, self.job_id, "failed", from_statuses=ACTIVE,
-                                                 message=message, values=values):
-                return "failed"
-            current = session.scalar(select(Job.status).where(Job.id == self.job_id))
-            return str(current)
-
-        return self.write(tx, f"finish {status}")
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if error is not None:
+            values["error"] = error
+        if metrics is not None:
+            values["metrics"] = metrics
+        return self.write(lambda session: jobs.finish(session, self.job_id, status, message, values),
+                          f"finish {status}")
 
     def requeue(self, worker: str, step: int) -> str | None:
         """A draining worker hands the job back: `running` -> `queued`, the attempt not counted. Returns the
-        job's device kind (its queue) or None when the job is no longer running (e.g. being cancelled)."""
-
-        def tx(session: Session) -> str | None:
-            job = session.get(Job, self.job_id)
-            if job is None or not transition(
-                session, self.job_id, "queued", from_statuses=("running",),
-                message=f"worker {worker} is shutting down; the job is queued again and resumes from step {step}",
-                values={"worker": None, "attempts": max(0, job.attempts - 1), "heartbeat_at": None,
-                        "enqueued_at": utcnow()},
-            ):
-                return None
-            return job.device
-
-        return self.write(tx, "requeue")
+        job's queue kind, or None when the job is no longer running (e.g. being cancelled)."""
+        return self.write(lambda session: jobs.hand_back(session, self.job_id, worker, step), "requeue")
 
 
 class Heartbeat(threading.Thread):
@@ -279,7 +207,7 @@ def make_callback(ctx: JobContext) -> Any:
                     session.execute(update(Job).where(Job.id == ctx.job_id).values(heartbeat_at=now)
                                     .execution_options(synchronize_session=False))
                 status = session.scalar(select(Job.status).where(Job.id == ctx.job_id))
-                if status != "running":
+                if status != jobs.RUNNING:
                     session.rollback()
                     return False
                 session.execute(
@@ -387,60 +315,22 @@ def make_callback(ctx: JobContext) -> Any:
     return JobCallback()
 
 
-def build_config(settings: Settings, job_id: str) -> Any:
-    from gkd.config import DistillConfig
-    from gkd.training.trainer import STATE_FILE
-
-    with sessionmaker_for(settings.database_url)() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        teacher = session.get(TeacherModel, job.teacher_id)
-        train = session.get(Dataset, job.training_dataset_id)
-        dev = session.get(Dataset, job.validation_dataset_id) if job.validation_dataset_id else None
-        if teacher is None or train is None:
-            raise RuntimeError("the job's teacher or training dataset no longer exists")
-        storage = get_storage(settings)  # a bucket's objects are downloaded to this worker's storage directory
-        work = settings.storage / work_dir(job_id)
-        state = (work / "state" / STATE_FILE).relative_to(settings.storage).as_posix()
-        if storage.kind != "local" and storage.exists(state):
-            storage.materialize(state, refresh=True)  # the latest state, whoever saved it
-        student = dict(job.student)
-        init = student.get("init")
-        if isinstance(init, dict) and "model" in init:  # another encoder the student starts from, by id
-            base = session.get(TeacherModel, init["model"])
-            if base is None:
-                raise RuntimeError(f"the student's starting model {init['model']} no longer exists")
-            student["init"] = {**init, "model": str(storage.materialize(base.path))}
-        return DistillConfig.parse({
-            "method": job.method,
-            "teacher": str(storage.materialize(teacher.path)),
-            "student": student,
-            "data": {"train": str(storage.materialize(train.path)),
-                     "dev": str(storage.materialize(dev.path)) if dev else None, "label_map": job.label_map},
-            "hyperparameters": job.hyperparameters,
-            "run": {"output_dir": str(work), "cache_dir": str(settings.cache_dir), "device": settings.worker_device,
-                    "num_threads": settings.worker_num_threads, "devices": job.devices or 1},
-        })
-
-
 def run_job(settings: Settings, job_id: str) -> str:
     """Claim and run one job; returns the status it ended with (or 'skipped')."""
     ctx = JobContext(settings, job_id)
     worker = worker_name()
     if DRAIN.is_set():  # shutting down: this delivery (perhaps our own hand-back) goes to another worker
-        from app.enqueue import send_run_job
         from worker.celery_app import celery
 
-        device = ctx.read(lambda s: s.scalar(select(Job.device).where(Job.id == job_id)))
-        send_run_job(celery, settings, job_id, device)
+        ctx.read(lambda session: send_job(celery, settings, session, job_id))
         return "requeued"
     claim = ctx.claim(worker)
     if claim is None:
-        if ctx.status() in TERMINAL_STATUSES:  # e.g. failed just now by the attempt limit: its scratch can go
+        if ctx.status() in jobs.TERMINAL_STATUSES:  # e.g. failed just now by the attempt limit: its scratch can go
             discard_work(settings, job_id)
         return "skipped"
     status = _run_claimed(ctx, worker)
-    if status in TERMINAL_STATUSES:
+    if status in jobs.TERMINAL_STATUSES:
         discard_work(settings, job_id)
     return status
 
@@ -464,7 +354,7 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
         try:
             from gkd.training.parallel import train_distributed
 
-            config = build_config(settings, job_id)
+            config = config_for_job(settings, job_id)
             callback = make_callback(ctx)
             # data-parallel on this worker's GPUs (NCCL) or CPU processes (gloo) when the job asks for devices > 1
             result = train_distributed(config, config.run.devices, [callback],
@@ -484,12 +374,11 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             if not state_uploaded:
                 log.warning("job %s: the newest training state is not in the bucket; the next worker resumes "
                             "from an earlier one", job_id)
-            device = ctx.requeue(worker, result.steps)
-            if device is not None:
-                from app.enqueue import send_run_job
+            kind = ctx.requeue(worker, result.steps)
+            if kind is not None:
                 from worker.celery_app import celery
 
-                send_run_job(celery, settings, job_id, device)  # if this fails, the sweeper re-enqueues it
+                send_run_job(celery, settings, job_id, kind)  # if this fails, the sweeper re-enqueues it
                 return "requeued"
         if result.stopped or callback.cancel_seen:
             return ctx.finish("cancelled", "job cancelled", metrics=metrics)

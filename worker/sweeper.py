@@ -1,6 +1,6 @@
 """Periodic re-enqueueing of jobs nobody took (broker was down) and of jobs whose worker died.
 
-Runs as a daemon thread inside each worker process; see `app.enqueue.sweep` for why several are fine.
+Runs as a daemon thread inside each worker process; see `app.store.queue.sweep` for why several are fine.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import ClassVar
 
 from celery import Celery
 
-from app.db import sessionmaker_for
-from app.enqueue import sweep
-from app.settings import Settings
+from app.store.db import sessionmaker_for
+from app.store.queue import sweep
+from app.store.settings import Settings
 
 log = logging.getLogger(__name__)
 

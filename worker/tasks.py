@@ -7,8 +7,9 @@ import logging
 
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from app.settings import Settings
-from worker.celery_app import RUN_JOB, celery
+from app.store.queue import RUN_JOB
+from app.store.settings import Settings
+from worker.celery_app import celery
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,11 @@ from sqlalchemy import select
 
 from app.deps import CurrentTenant, SessionDep, SettingsDep
 from app.errors import not_found
-from app.orm import Checkpoint
 from app.routes.common import get_job
 from app.schemas import CheckpointOut
-from app.storage import get_storage, resolve
+from app.store.orm import Checkpoint
+from app.store.storage import get_storage
+from app.store.storage.local import resolve
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/checkpoints", tags=["checkpoints"])
 

@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 
 from app.deps import Page
 from app.errors import invalid, not_found
-from app.ids import looks_like
-from app.orm import Dataset, Job, TeacherModel, Tenant
 from app.reads import row_select
+from app.store.ids import looks_like
+from app.store.orm import Dataset, Job, TeacherModel, Tenant
 
 T = TypeVar("T")
 

@@ -11,13 +11,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
 from app.errors import ApiError, conflict
-from app.ids import new_id
-from app.orm import Dataset, Job, utcnow
 from app.reads import row_select
 from app.routes.common import PagedQuery, get_dataset, paginate
 from app.schemas import DatasetOut, Deleted, ListResponse
-from app.settings import TERMINAL_STATUSES
-from app.storage import get_storage
+from app.store.ids import new_id
+from app.store.jobs import TERMINAL_STATUSES
+from app.store.orm import Dataset, Job, utcnow
+from app.store.storage import get_storage
 from app.uploads import multipart_openapi, receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])

@@ -19,14 +19,15 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from app.db import sessionmaker_for
 from app.deps import CurrentTenant, SessionDep, SettingsDep
 from app.errors import invalid
-from app.orm import Job, JobEvent
 from app.routes.common import get_job
 from app.schemas import EventOut
-from app.settings import TERMINAL_STATUSES, Settings
-from app.store import event_dict, is_terminal_event
+from app.store.db import sessionmaker_for
+from app.store.events import event_dict
+from app.store.jobs import TERMINAL_STATUSES, is_terminal_event
+from app.store.orm import Job, JobEvent
+from app.store.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/events", tags=["events"])
 

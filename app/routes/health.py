@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from app.db import engine_for
 from app.deps import SettingsDep
-from app.settings import Settings
+from app.store.db import engine_for
+from app.store.settings import Settings
 
 router = APIRouter(tags=["health"])
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import hashlib
+import json
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy import bindparam, select
@@ -10,23 +12,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.deps import CurrentTenant, PageDep, ReadsDep, SessionDep, SettingsDep
-from app.enqueue import enqueue_committed_job
 from app.errors import ApiError, conflict, invalid
-from app.ids import new_id
-from app.orm import Job, TeacherModel, Tenant, utcnow
 from app.reads import row_select
 from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_row, paginate
 from app.schemas import JobCreate, JobOut, ListResponse
-from app.settings import TERMINAL_STATUSES
-from app.store import notify, request_hash, status_event, transition
-from gkd.config import InitFromModel
+from app.store import jobs
+from app.store.events import notify
+from app.store.ids import new_id
+from app.store.job_config import check_job_body
+from app.store.orm import Job, TeacherModel, Tenant, utcnow
+from app.store.queue import enqueue_committed_job
+from gkd.config import ConfigError, InitFromModel
 from gkd.data.labels import LabelMapError, label_map_for
 from gkd.method.properties import method_properties
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-JobStatus = Literal["validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-
 
 def _label_map(body: JobCreate, teacher: TeacherModel, train_labels: list[str],
                dev_labels: list[str] | None) -> dict[str, str]:
@@ -79,19 +79,9 @@ def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels:
                 f"teacher layers {outside} do not exist; the teacher has layers 0..{teacher.num_layers - 1}",
                 param="student.init",
             )
-    # The library's cross-field checks (method vs. widths etc.), with placeholder paths.
-    from gkd.config import ConfigError, DistillConfig
-
+    # The library's cross-field checks (method vs. widths etc.): the worker's config, with placeholder paths.
     try:
-        DistillConfig.parse(
-            {
-                "method": body.method,
-                "teacher": "teacher",
-                "student": body.student.model_dump(),
-                "data": {"train": "train"},
-                "hyperparameters": body.hyperparameters.model_dump(),
-            }
-        )
+        check_job_body(body.method, body.student.model_dump(), body.hyperparameters.model_dump(), body.label_map)
     except ConfigError as exc:
         raise invalid(exc.message, param=exc.param) from exc
     return mapping
@@ -145,6 +135,10 @@ def _check_base_model(body: JobCreate, teacher: TeacherModel, base: TeacherModel
         )
 
 
+def _request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _existing_for_key(session: Session, tenant: Tenant, key: str, digest: str) -> Job | None:
     job = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
     if job is not None and job.request_hash != digest:
@@ -165,7 +159,7 @@ def create_job(
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobOut:
-    digest = request_hash(body.model_dump(mode="json"))
+    digest = _request_hash(body.model_dump(mode="json"))
     if idempotency_key:
         existing = _existing_for_key(session, tenant, idempotency_key, digest)
         if existing is not None:
@@ -187,7 +181,7 @@ def create_job(
     job = Job(
         id=new_id("job"),
         tenant_id=tenant.id,
-        status="queued",
+        status=jobs.INITIAL_STATUS,
         method=body.method,
         teacher_id=teacher.id,
         training_dataset_id=train.id,
@@ -205,13 +199,13 @@ def create_job(
         idempotency_key=idempotency_key or None,
         request_hash=digest,
         created_at=utcnow(),
-        device=body.device,
+        queue_kind=body.device,
         devices=body.devices,
     )
     session.add(job)
     try:
         session.flush()
-        status_event(session, job.id, "queued", "job queued")
+        jobs.record_created(session, job.id)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -238,7 +232,7 @@ async def list_jobs(
     tenant: CurrentTenant,
     reads: ReadsDep,
     page: PageDep,
-    status: Annotated[JobStatus | None, Query()] = None,
+    status: Annotated[jobs.JobStatus | None, Query()] = None,
 ) -> Response:
     query, params = (_JOBS, {"tenant_id": tenant.id}) if status is None else (
         _JOBS_WITH_STATUS, {"tenant_id": tenant.id, "status": status})
@@ -257,20 +251,14 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, settings
     job = get_job(session, tenant, job_id)
     session.rollback()
     # Conditional updates: whichever of API and worker moves the job first wins, the other sees it.
-    moved = transition(
-        session, job.id, "cancelled", from_statuses=("validating", "queued"), message="job cancelled before it started"
-    ) or transition(
-        session, job.id, "cancelling", from_statuses=("running",),
-        message="cancellation requested; waiting for the worker",
-    )
-    if moved:
+    if jobs.request_cancel(session, job.id):
         session.commit()
         notify(settings.notify_url, job.id)
     else:
         session.rollback()
         current = session.get(Job, job.id, populate_existing=True)
         assert current is not None
-        if current.status in TERMINAL_STATUSES:
+        if current.status in jobs.TERMINAL_STATUSES:
             raise ApiError(409, f"job {job.id} already finished with status {current.status!r}",
                            code="job_finished")
     current = session.get(Job, job.id, populate_existing=True)

@@ -12,13 +12,11 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select
 
 from app.deps import SessionDep, SettingsDep
-from app.orm import Job, utcnow
-from app.settings import Settings
+from app.store.jobs import QUEUED, STATUSES
+from app.store.orm import Job, utcnow
+from app.store.settings import Settings
 
 router = APIRouter(tags=["health"])
-
-STATUSES = ("validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-
 
 def _queue_lengths(settings: Settings) -> dict[str, int]:
     if not settings.broker_url.startswith(("redis://", "rediss://")):
@@ -44,8 +42,8 @@ def metrics(session: SessionDep, settings: SettingsDep) -> PlainTextResponse:
     counts = {status: 0 for status in STATUSES}
     counts.update({s: n for s, n in session.execute(select(Job.status, func.count()).group_by(Job.status)).all()})
     waiting = dict(session.execute(
-        select(Job.device, func.count()).where(Job.status == "queued").group_by(Job.device)).all())
-    oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == "queued"))
+        select(Job.queue_kind, func.count()).where(Job.status == QUEUED).group_by(Job.queue_kind)).all())
+    oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == QUEUED))
     lines = ["# HELP gkd_jobs Jobs by status.", "# TYPE gkd_jobs gauge"]
     lines += [f'gkd_jobs{{status="{_label(s)}"}} {n}' for s, n in sorted(counts.items())]
     lines += ["# HELP gkd_jobs_queued Queued jobs by requested device kind.", "# TYPE gkd_jobs_queued gauge"]

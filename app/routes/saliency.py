@@ -1,16 +1,17 @@
 """Per-token input-gradient saliency of a checkpoint next to its teacher's, for a few examples.
 
 `GET  /v1/jobs/{id}/checkpoints/{cid}/saliency?limit=5` explains the first dev examples of the job (its
-validation dataset, or the dev split the trainer held out of the training data);
+validation dataset, or the dev split the trainer held out of the training data: `gkd.data.splits.dev_split`);
 `POST /v1/jobs/{id}/checkpoints/{cid}/saliency` with `{"texts": [...]}` explains texts of your own.
 
-Saliency is the library's: the gradient of each model's confidence w.r.t. its embedding output
-(`gkd.method.objective`), reduced per token and L2-normalised over the sequence (`gkd.method.losses.token_saliency`).
-torch and transformers are imported inside the handlers only, so the API starts fast.
+The computation is the library's (`gkd.evaluation.saliency`); this route finds the job's files, keeps the last
+loaded models, and runs one computation at a time. torch and transformers are imported inside the handlers only,
+so the API starts fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import threading
@@ -25,10 +26,11 @@ from sqlalchemy.orm import Session
 
 from app.deps import CurrentTenant, SessionDep, SettingsDep
 from app.errors import ApiError, conflict, not_found
-from app.orm import Checkpoint, Dataset, Job, TeacherModel
 from app.routes.common import get_job
-from app.settings import Settings
-from app.storage import ArchiveError, extract_archive, get_storage
+from app.store.orm import Checkpoint, Dataset, Job, TeacherModel
+from app.store.settings import Settings
+from app.store.storage import get_storage
+from app.store.storage.archive import ArchiveError, extract_archive
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/saliency", tags=["checkpoints"])
 
@@ -147,8 +149,7 @@ def _student_dir(settings: Settings, checkpoint: Checkpoint) -> Path:
 
 def _dev_examples(session: Session, settings: Settings, job: Job, limit: int) -> tuple[list[Any], str]:
     from gkd.config import DataSpec
-    from gkd.data.readers import read_examples
-    from gkd.data.splits import split_train_dev
+    from gkd.data.splits import dev_split
 
     source_id = job.validation_dataset_id or job.training_dataset_id
     dataset = session.get(Dataset, source_id)
@@ -158,76 +159,26 @@ def _dev_examples(session: Session, settings: Settings, job: Job, limit: int) ->
             f"the dataset {source_id} of job {job.id} was deleted; POST your own texts instead",
             code="dataset_missing",
         )
-    examples = [e for e in read_examples(path).examples if e.text.strip()]
-    if job.validation_dataset_id:
-        return examples[:limit], "validation_dataset"
-    spec = DataSpec(train=str(path))
-    _train, dev = split_train_dev(examples, spec.dev_fraction, spec.split_seed)
-    return dev[:limit], "dev_split"
-
-
-def _load_pair(teacher_dir: Path, student_dir: Path) -> tuple[Any, Any, Any]:
-    """(teacher model, student model, tokenizer), kept for the next request on the same checkpoint."""
-    key = (str(teacher_dir), str(student_dir))
-    if key in _loaded:
-        _loaded.move_to_end(key)
-        return _loaded[key]
-    from transformers import AutoModelForSequenceClassification
-
-    from gkd.models.teacher import load_teacher, load_tokenizer
-
-    teacher = load_teacher(teacher_dir)
-    student = AutoModelForSequenceClassification.from_pretrained(
-        str(student_dir), attn_implementation="eager", use_safetensors=True, trust_remote_code=False
-    )
-    student.eval()
-    loaded = (teacher.model, student, load_tokenizer(student_dir))
-    _loaded[key] = loaded
-    while len(_loaded) > _LOADED_MAX:
-        _loaded.popitem(last=False)
-    return loaded
+    # The trainer's own dev split of this job (with a validation dataset, only that file is read).
+    spec = DataSpec(train=str(path), dev=str(path) if job.validation_dataset_id else None)
+    examples = [e for e in dev_split(spec) if e.text.strip()]
+    return examples[:limit], "validation_dataset" if job.validation_dataset_id else "dev_split"
 
 
 def _compute(teacher_dir: Path, student_dir: Path, texts: list[str], pairs: list[str | None] | None,
              gold: list[str | None], max_length: int) -> list[SaliencyExample]:
-    import torch
+    from gkd.evaluation.saliency import SaliencyModels, explain
 
-    from gkd.data.batching import collate, encode
-    from gkd.method.losses import token_saliency
-    from gkd.method.objective import student_saliency_gradients, teacher_targets
-
+    key = (str(teacher_dir), str(student_dir))
     with _lock:  # one computation at a time: bounded memory and CPU in the API process
-        teacher, student, tokenizer = _load_pair(teacher_dir, student_dir)
-        labels = [student.config.id2label[i] for i in range(student.config.num_labels)]
-        index = {name: i for i, name in enumerate(labels)}
-        dataset = encode(tokenizer, texts, pairs, [index.get(str(g), 0) for g in gold], max_length)
-        batch = collate(dataset, list(range(len(texts))), int(tokenizer.pad_token_id or 0))
-        targets = teacher_targets(teacher, batch)
-        logits, grads = student_saliency_gradients(student, batch)
-        assert targets.saliency is not None
-        teacher_sal = targets.saliency.float()
-        student_sal = token_saliency(grads, batch.attention_mask).float()
-        teacher_probs = torch.softmax(targets.logits.float(), dim=-1)
-        student_probs = torch.softmax(logits.float(), dim=-1)
-    out = []
-    for row in range(len(texts)):
-        n = len(dataset.input_ids[row])
-        t, s = teacher_sal[row, :n], student_sal[row, :n]
-        cos = float((t * s).sum() / (t.norm() * s.norm()).clamp_min(1e-12))
-        tp, sp = teacher_probs[row], student_probs[row]
-        out.append(SaliencyExample(
-            text=texts[row],
-            text_pair=pairs[row] if pairs else None,
-            label=gold[row],
-            tokens=tokenizer.convert_ids_to_tokens(dataset.input_ids[row]),
-            teacher=[round(float(v), 5) for v in t],
-            student=[round(float(v), 5) for v in s],
-            teacher_prediction=Prediction(label=str(teacher.config.id2label[int(tp.argmax())]),
-                                          confidence=round(float(tp.max()), 5)),
-            student_prediction=Prediction(label=labels[int(sp.argmax())], confidence=round(float(sp.max()), 5)),
-            agreement=round(cos, 5),
-        ))
-    return out
+        models = _loaded.get(key)
+        if models is None:
+            models = _loaded[key] = SaliencyModels.load(teacher_dir, student_dir)
+            while len(_loaded) > _LOADED_MAX:
+                _loaded.popitem(last=False)
+        _loaded.move_to_end(key)
+        explained = explain(models, texts, pairs, gold, max_length)
+    return [SaliencyExample.model_validate(dataclasses.asdict(item)) for item in explained]
 
 
 def _max_length(job: Job, requested: int | None) -> int:

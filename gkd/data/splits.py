@@ -77,8 +77,8 @@ def split_train_dev(
 
 def load_splits(spec: DataSpec) -> Splits:
     """The examples of a run's `data` section: `train`, `dev` (the dev file, else `dev_fraction` of the training
-    rows split off with `split_seed`) and, when given, `test`. Training and every tool that shows a run's dev
-    examples read them here, so they see the same rows."""
+    rows split off with `split_seed`) and, when given, `test`. Training and every view of a run's dev examples
+    (`dev_split`) take them from here, so they see the same rows."""
     train = read_examples(spec.train).examples
     splits: Splits = {}
     if spec.dev:
@@ -88,3 +88,10 @@ def load_splits(spec: DataSpec) -> Splits:
     if spec.test:
         splits["test"] = read_examples(spec.test).examples
     return splits
+
+
+def dev_split(spec: DataSpec) -> list[Example]:
+    """The dev examples `load_splits` gives a run, reading only the file they come from."""
+    if spec.dev:
+        return read_examples(spec.dev).examples
+    return split_train_dev(read_examples(spec.train).examples, spec.dev_fraction, spec.split_seed)[1]

@@ -38,7 +38,7 @@ def _drop(handle: object) -> None:
 
 
 def fuzz(url: str, home: Path, examples: int) -> bool:
-    from app.settings import Settings
+    from app.store.settings import Settings
     from tests.client.conftest import Server
     from tests.reliability.test_schema import fuzz as run
     from tests.service.conftest import new_key
@@ -62,7 +62,7 @@ def kill_loop(url: str, home: Path, kills: int) -> bool:
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.settings import Settings
+    from app.store.settings import Settings
     from tests.factories import make_tiny_teacher
     from tests.reliability.conftest import WORKER_ENV, RedisServer, Stack, TcpProxy, job_of, wait_for, worker_pid
     from tests.reliability.test_worker_crash import final_tensors
@@ -118,7 +118,7 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=5)
     args = parser.parse_args()
     url, handle = _database()
-    from app.db import upgrade
+    from app.store.db import upgrade
 
     upgrade(url)
     try:
@@ -126,7 +126,7 @@ def main() -> int:
             ok_fuzz = fuzz(url, Path(tmp), args.examples)
             ok_kill = kill_loop(url, Path(tmp), args.kills)
     finally:
-        from app.db import engine_for
+        from app.store.db import engine_for
 
         engine_for(url).dispose()
         _drop(handle)

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.settings import Settings
+from app.store.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_DATASET_BYTES = 32 * 1024
@@ -110,7 +110,7 @@ def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     settings = Settings(home=home, database_url=f"sqlite:///{home / 'gkd.db'}", broker_url="",
                         task_queue=f"client-test-{secrets.token_hex(4)}", migrate_on_start=False)
     settings.ensure_dirs()
-    from app.db import upgrade
+    from app.store.db import upgrade
 
     upgrade(settings.database_url)
     return settings
@@ -135,7 +135,7 @@ def spare_server(service_settings: Settings, tmp_path: Path) -> Iterator[Server]
 def worker(service_settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     log = (service_settings.home / "worker.log").open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker", "--name", f"client-test-{secrets.token_hex(3)}@%h"],
+        [sys.executable, "-m", "worker.cli", "--name", f"client-test-{secrets.token_hex(3)}@%h"],
         cwd=REPO, env=service_env(service_settings), stdout=log, stderr=subprocess.STDOUT,
     )
     log.close()
@@ -148,8 +148,8 @@ def worker(service_settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def make_key(settings: Settings) -> str:
-    from app.db import session_scope
-    from app.store import create_key
+    from app.store.db import session_scope
+    from app.store.keys import create_key
 
     with session_scope(settings.database_url) as session:
         plain, _ = create_key(session, f"client-{secrets.token_hex(6)}")
@@ -178,9 +178,9 @@ def tiny_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def register_teacher(settings: Settings, api_key: str, path: Path, name: str = "tiny") -> str:
     """Register `path` as a teacher of the key's tenant (what `gkd models import --tenant` does)."""
-    from app.db import session_scope
     from app.registry import import_directory
-    from app.store import tenant_for_key
+    from app.store.db import session_scope
+    from app.store.keys import tenant_for_key
 
     with session_scope(settings.database_url) as session:
         tenant = tenant_for_key(session, api_key)

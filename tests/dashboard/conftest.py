@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db import session_scope, upgrade
 from app.main import create_app
-from app.settings import Settings
-from app.store import create_key
+from app.store.db import session_scope, upgrade
+from app.store.keys import create_key
+from app.store.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "dashboard"
@@ -34,7 +34,7 @@ def new_key(settings: Settings) -> str:
 
 def register_teacher(settings: Settings, key: str, path: Path, name: str = "tiny") -> str:
     from app.registry import import_directory
-    from app.store import tenant_for_key
+    from app.store.keys import tenant_for_key
 
     with session_scope(settings.database_url) as session:
         tenant = tenant_for_key(session, key)

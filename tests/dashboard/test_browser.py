@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.settings import Settings
+from app.store.settings import Settings
 from tests.dashboard.conftest import (
     ARTIFACTS,
     CHROMIUM,
@@ -45,7 +45,7 @@ UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str]]:
-    from app.db import upgrade
+    from app.store.db import upgrade
     from tests.client.conftest import Server, service_env
 
     home = tmp_path_factory.mktemp("dash-service")
@@ -55,7 +55,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings
     upgrade(settings.database_url)
     log = (home / "worker.log").open("ab")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker", "--name", f"dash-test-{secrets.token_hex(3)}@%h"],
+        [sys.executable, "-m", "worker.cli", "--name", f"dash-test-{secrets.token_hex(3)}@%h"],
         cwd=REPO, env=service_env(settings), stdout=log, stderr=subprocess.STDOUT,
     )
     log.close()

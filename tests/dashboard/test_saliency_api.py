@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.settings import Settings
+from app.store.settings import Settings
 from tests.dashboard.conftest import TrainedJob, new_key, submit_job
 
 

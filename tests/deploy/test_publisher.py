@@ -14,7 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.storage import Storage, get_storage
+from app.store.storage import get_storage
+from app.store.storage.local import Storage
 from tests.deploy.test_storage import s3_settings
 from tests.service.conftest import new_key, register_teacher, upload_dataset
 from worker.publisher import BackgroundPublisher
@@ -193,7 +194,8 @@ def test_close_finishes_the_checkpoints_but_drops_a_waiting_state(tmp_path: Path
 def test_a_drained_job_waits_for_its_newest_state_in_the_bucket(
     tmp_path: Path, s3_server: dict[str, Any], bucket: str, sqlite_url: str, tiny_teacher: Path
 ) -> None:
-    from worker.runner import JobContext, make_callback, work_dir
+    from app.store.job_config import work_dir
+    from worker.runner import JobContext, make_callback
 
     settings = s3_settings(tmp_path / "api", s3_server, bucket, sqlite_url)
     headers = {"Authorization": f"Bearer {new_key(settings)}"}
@@ -223,7 +225,7 @@ def test_a_drained_job_waits_for_its_newest_state_in_the_bucket(
 @pytest.fixture
 def slow_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every upload to the (moto) bucket takes 0.3 s longer, as across a network: uploads queue up."""
-    from app.storage_s3 import S3Storage
+    from app.store.storage.s3 import S3Storage
 
     upload = S3Storage.publish_file
 
@@ -261,8 +263,8 @@ def test_a_job_with_a_bucket_records_each_checkpoint_once_it_is_uploaded(
 
     from sqlalchemy import select
 
-    from app.db import session_scope
-    from app.orm import Checkpoint, Job, JobEvent
+    from app.store.db import session_scope
+    from app.store.orm import Checkpoint, Job, JobEvent
     from worker.runner import run_job
 
     job_id = submit_job(tmp_path, s3_server, bucket, sqlite_url, tiny_teacher, epochs=3, rows=60)
@@ -293,9 +295,10 @@ def test_a_job_drained_with_a_bucket_hands_back_its_newest_state(
     the stop finds the previous one still going up)."""
     from sqlalchemy import select
 
-    from app.db import session_scope
-    from app.orm import Job
-    from worker.runner import DRAIN, run_job, work_dir
+    from app.store.db import session_scope
+    from app.store.job_config import work_dir
+    from app.store.orm import Job
+    from worker.runner import DRAIN, run_job
 
     job_id = submit_job(tmp_path, s3_server, bucket, sqlite_url, tiny_teacher, epochs=20, rows=200)
     worker_settings = s3_settings(tmp_path / "worker", s3_server, bucket, sqlite_url, state_every_steps=1,

@@ -14,12 +14,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db import session_scope
-from app.ids import new_id
 from app.main import create_app
-from app.orm import Checkpoint
-from app.settings import Settings
-from app.storage import Storage, get_storage
+from app.store.db import session_scope
+from app.store.ids import new_id
+from app.store.orm import Checkpoint
+from app.store.settings import Settings
+from app.store.storage import get_storage
+from app.store.storage.local import Storage
 from tests.service.conftest import new_key, register_teacher, upload_dataset
 
 MiB = 1024 * 1024
@@ -107,10 +108,10 @@ def test_api_and_worker_with_a_bucket(tmp_path: Path, s3_server: dict[str, Any],
         job_id = response.json()["id"]
 
         # The worker runs on another machine: its own storage directory, the same database and bucket.
-        from worker.runner import build_config
+        from app.store.job_config import config_for_job
 
         worker_settings = s3_settings(tmp_path / "worker", s3_server, bucket, sqlite_url)
-        config = build_config(worker_settings, job_id)
+        config = config_for_job(worker_settings, job_id)
         train = Path(config.data.train)
         assert train.is_relative_to(worker_settings.storage) and train.read_bytes() == (
             settings.storage / train.relative_to(worker_settings.storage)).read_bytes()

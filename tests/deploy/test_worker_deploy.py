@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db import session_scope, upgrade
 from app.main import create_app
-from app.orm import Job, JobEvent
-from app.settings import Settings
+from app.store.db import session_scope, upgrade
+from app.store.orm import Job, JobEvent
+from app.store.queue import queue_for
+from app.store.settings import Settings
 from tests.factories import sentiment_rows
 from tests.service.conftest import csv_bytes, new_key, register_teacher
-from worker.celery_app import queue_for, worker_kinds, worker_queues
+from worker.celery_app import worker_kinds, worker_queues
 from worker.metrics import WorkerMetrics, serve_metrics
 
 

@@ -24,7 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.settings import Settings
+from app.store.settings import Settings
 from tests.service.conftest import _reachable, postgresql_url, tiny_teacher  # noqa: F401 - fixtures
 from tests.service.test_end_to_end import start_worker
 
@@ -273,8 +273,8 @@ def all_events(api: TestClient, headers: dict, job_id: str) -> list[dict]:
 
 def worker_pid(settings: Settings, job_id: str) -> int:
     """The pid of the worker holding the job (`jobs.worker` is "host:pid"; the API does not show it)."""
-    from app.db import session_scope
-    from app.orm import Job
+    from app.store.db import session_scope
+    from app.store.orm import Job
 
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db import session_scope
-from app.enqueue import send_run_job
-from app.orm import Job
+from app.store.db import session_scope
+from app.store.orm import Job
+from app.store.queue import send_run_job
 from tests.reliability.conftest import Stack, all_events, job_of, report, wait_for
 from tests.service.conftest import new_key, register_teacher
 from tests.service.test_end_to_end import submit, upload

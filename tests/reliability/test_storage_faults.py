@@ -1,7 +1,7 @@
 """Promise 9: a storage write error while a checkpoint is saved. The job fails cleanly (status `failed` with
 the error, gapless events, no checkpoint row, no half-written file), and a checkpoint archive is only ever
-visible complete: it is written to a temporary name, fsynced and renamed (`app.storage.pack_directory`), so
-a failure part-way leaves any earlier checkpoint intact.
+visible complete: it is written to a temporary name, fsynced and renamed
+(`app.store.storage.archive.pack_directory`), so a failure part-way leaves any earlier checkpoint intact.
 
 The fault is real, not injected: a plain file sits where the job's `checkpoints/` directory must be created
 (on a full disk the same OSError path is taken with ENOSPC, which the second test injects in-process).
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.storage import pack_directory, sha256_file
+from app.store.storage.archive import pack_directory
+from app.store.storage.local import sha256_file
 from tests.reliability.conftest import Stack, all_events, job_of, report, wait_for
 from tests.service.conftest import new_key, register_teacher
 from tests.service.test_end_to_end import submit, upload

@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.db import session_scope
-from app.orm import ApiKey
-from app.store import revoke_key, tenant_for_key
+from app.store.db import session_scope
+from app.store.keys import revoke_key, tenant_for_key
+from app.store.orm import ApiKey
 from tests.reliability.conftest import Stack, job_of, report, wait_for
 from tests.service.conftest import new_key, register_teacher
 from tests.service.test_end_to_end import submit, upload
@@ -138,7 +138,7 @@ def test_keys_are_hashed_compared_in_constant_time_and_revocable(stack: Stack, a
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("app.store.hmac.compare_digest", spy)
+    monkeypatch.setattr("app.store.keys.hmac.compare_digest", spy)
     with session_scope(stack.settings.database_url) as session:
         assert tenant_for_key(session, plain) is not None
         assert tenant_for_key(session, plain[:-1] + ("A" if plain[-1] != "A" else "B")) is None

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db import session_scope, temporary_postgres_database, upgrade
 from app.main import create_app
-from app.settings import Settings
-from app.store import create_key
+from app.store.db import session_scope, upgrade
+from app.store.keys import create_key
+from app.store.settings import Settings
+from tests.support.postgres import temporary_postgres_database
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -92,7 +93,7 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tenant_id_of(settings: Settings, headers: dict[str, str]) -> str:
-    from app.store import tenant_for_key
+    from app.store.keys import tenant_for_key
 
     with session_scope(settings.database_url) as session:
         tenant = tenant_for_key(session, headers["Authorization"].removeprefix("Bearer "))

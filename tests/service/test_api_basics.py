@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from app.db import session_scope
 from app.main import create_app
-from app.settings import Settings
-from app.store import revoke_key
+from app.store.db import session_scope
+from app.store.keys import revoke_key
+from app.store.settings import Settings
 
 
 def assert_error(response, status: int, type_: str, param: str | None = "ANY") -> dict:
@@ -99,7 +99,7 @@ def test_api_start_up_does_not_import_torch(tmp_path) -> None:
         "import sys, tempfile\n"
         "from fastapi.testclient import TestClient\n"
         "from app.main import create_app\n"
-        "from app.settings import Settings\n"
+        "from app.store.settings import Settings\n"
         "with TestClient(create_app(Settings(home=tempfile.mkdtemp(), broker_url='memory://'))) as c:\n"
         "    assert c.get('/readyz').status_code == 200\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"

@@ -46,7 +46,7 @@ def test_keys_and_models(env: dict, tiny_teacher: Path) -> None:
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.settings import Settings
+    from app.store.settings import Settings
 
     # No key cache, so the revocation below is refused on the very next request (the cache: test_api_basics).
     with TestClient(create_app(Settings(api_key_cache_seconds=0)), raise_server_exceptions=False) as client:

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db import upgrade
 from app.main import create_app
-from app.settings import Settings
+from app.store.db import upgrade
+from app.store.settings import Settings
 from tests.service.conftest import REDIS_URL, _reachable, new_key, register_teacher
 from tests.service.test_end_to_end import follow, start_worker, submit, upload
-from worker.celery_app import forget_redis_queue
+from tests.support.broker import forget_redis_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 

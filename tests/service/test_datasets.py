@@ -7,9 +7,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.orm import Dataset
-from app.settings import Settings
+from app.store.db import session_scope
+from app.store.orm import Dataset
+from app.store.settings import Settings
 from tests.factories import sentiment_rows
 from tests.service.conftest import csv_bytes, tenant_id_of, upload_dataset
 from tests.service.test_api_basics import assert_error

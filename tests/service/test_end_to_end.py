@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.settings import Settings
+from app.store.settings import Settings
 from tests.factories import LABELS, make_tiny_teacher, sentiment_rows
 from tests.service.conftest import (
     REDIS_URL,
@@ -27,7 +27,7 @@ from tests.service.conftest import (
     new_key,
     register_teacher,
 )
-from worker.celery_app import forget_redis_queue
+from tests.support.broker import forget_redis_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -64,7 +64,7 @@ def start_worker(settings: Settings, log: Path, **extra: str) -> subprocess.Pope
     }
     handle = log.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker", "--name", f"test-{secrets.token_hex(3)}@%h"],
+        [sys.executable, "-m", "worker.cli", "--name", f"test-{secrets.token_hex(3)}@%h"],
         cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
     )
 
@@ -81,7 +81,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     settings = Settings(home=home, database_url=database_url, broker_url=broker_url,
                         task_queue=f"test-{secrets.token_hex(4)}", sse_poll_seconds=0.2,
                         broker_polling_seconds=0.2)
-    from app.db import upgrade
+    from app.store.db import upgrade
 
     upgrade(settings.database_url)
     log = home / "worker.log"

@@ -9,12 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.db import session_scope
-from app.enqueue import sweep
 from app.main import create_app
-from app.orm import Job, JobEvent
-from app.settings import Settings
-from app.store import append_event
+from app.store.db import session_scope
+from app.store.events import append_event
+from app.store.orm import Job, JobEvent
+from app.store.queue import sweep
+from app.store.settings import Settings
 from tests.factories import sentiment_rows
 from tests.service.conftest import register_teacher, upload_dataset
 from tests.service.test_api_basics import assert_error
@@ -198,7 +198,7 @@ def test_broker_down_leaves_job_queued_and_sweeper_enqueues(settings: Settings, 
         job = session.get(Job, job_id)
         assert job is not None and job.status == "queued" and job.enqueued_at is None
 
-    from worker.celery_app import make_celery
+    from app.store.queue import make_celery
 
     # A sweep while the broker is still down sends nothing and leaves the job for the next sweep.
     settings.requeue_after_seconds = 0.001
@@ -262,7 +262,7 @@ def test_a_student_can_start_from_another_registered_encoder(client: TestClient,
     job = response.json()
     assert job["student"]["init"] == {"model": base, "layers": "every_other"}  # the name resolved to the id
 
-    from worker.runner import build_config
+    from app.store.job_config import config_for_job as build_config
 
     config = build_config(settings, job["id"])  # the worker reads the model's directory, not its name
     assert Path(config.student.init.model).resolve() == base_encoders["same"].resolve()
@@ -306,7 +306,7 @@ def test_integer_labels_meet_a_teacher_through_label_map(client: TestClient, aut
     mapped = client.post("/v1/jobs", headers=auth, json={**setup, "training_dataset": dataset,
                                                           "label_map": {"0": "negative", "1": "positive"}})
     assert mapped.status_code == 201, mapped.text
-    from worker.runner import build_config
+    from app.store.job_config import config_for_job as build_config
 
     assert build_config(settings, mapped.json()["id"]).data.label_map == {"0": "negative", "1": "positive"}
     wrong = assert_error(client.post("/v1/jobs", headers=auth, json={**setup, "training_dataset": dataset,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db import session_scope
 from app.registry import import_directory
-from app.settings import Settings
+from app.store.db import session_scope
+from app.store.settings import Settings
 from tests.service.conftest import register_teacher
 from tests.service.test_api_basics import assert_error
 

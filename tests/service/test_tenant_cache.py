@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import inspect
 
-from app.orm import Tenant
+from app.store.orm import Tenant
 from app.tenant_cache import TenantCache
 
 

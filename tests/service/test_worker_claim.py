@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from app.db import session_scope
-from app.orm import Job, JobEvent, utcnow
-from app.settings import Settings
+from app.store.db import session_scope
+from app.store.orm import Job, JobEvent, utcnow
+from app.store.settings import Settings
 from tests.service.conftest import register_teacher, upload_dataset
 from worker.runner import JobContext
 

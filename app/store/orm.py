@@ -123,7 +123,8 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
-    device: Mapped[str] = mapped_column(String(8), default="auto", server_default="auto")  # auto|cpu|gpu
+    # The worker queue the job goes to: auto|cpu|gpu (the job body's `device`; column `device`, migration 0002).
+    queue_kind: Mapped[str] = mapped_column("device", String(8), default="auto", server_default="auto")
     devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # data-parallel processes
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))

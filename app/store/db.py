@@ -107,27 +107,3 @@ def upgrade(url: str, revision: str = "head") -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
-
-
-@contextmanager
-def temporary_postgres_database(server: str, prefix: str = "gkd_tmp") -> Iterator[str]:
-    """A new, migrated PostgreSQL database on `server` (a URL without the database); dropped on exit.
-
-    For tests and benchmarks that must not touch anyone else's data."""
-    import secrets
-
-    from sqlalchemy import create_engine, text
-
-    name = f"{prefix}_{secrets.token_hex(4)}"
-    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"{server}/{name}"
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()

@@ -1,4 +1,4 @@
-"""S3-compatible object storage (AWS S3, MinIO, Ceph, R2...) behind `app.storage.Storage` (GKD_STORAGE=s3).
+"""S3-compatible object storage (AWS S3, MinIO, Ceph, R2...) behind `app.store.storage.local.Storage` (GKD_STORAGE=s3).
 
 Objects are keyed `<GKD_S3_PREFIX><relative path>`; a directory (a teacher model) is the set of objects under
 `<key>/`. Uploads above `GKD_S3_MULTIPART_THRESHOLD_BYTES` are multipart (boto3's transfer manager, parts
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from app.storage import Storage, resolve
+from app.store.storage.local import Storage, resolve
 
 
 class S3Storage(Storage):

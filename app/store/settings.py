@@ -13,8 +13,6 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GKD_", extra="ignore")

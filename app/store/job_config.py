@@ -1,0 +1,79 @@
+"""A job's `DistillConfig`, built in one place: from the job body with placeholder paths when the API validates it
+(`check_job_body`), and from the job's row with its files fetched from storage when the worker runs it
+(`config_for_job`). The library's own checks (method against widths, saliency form...) run in both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.store.db import sessionmaker_for
+from app.store.orm import Dataset, Job, TeacherModel
+from app.store.settings import Settings
+from app.store.storage import get_storage
+from gkd.config import DistillConfig
+
+
+def job_config(*, method: str, student: dict[str, Any], hyperparameters: dict[str, Any],
+               label_map: dict[str, str] | None, teacher: str, train: str, dev: str | None,
+               run: dict[str, Any] | None = None) -> DistillConfig:
+    """The `DistillConfig` of a job's settings and file paths; `gkd.config.ConfigError` names a bad field."""
+    return DistillConfig.parse({
+        "method": method,
+        "teacher": teacher,
+        "student": student,
+        "data": {"train": train, "dev": dev, "label_map": label_map},
+        "hyperparameters": hyperparameters,
+        "run": run or {},
+    })
+
+
+def check_job_body(method: str, student: dict[str, Any], hyperparameters: dict[str, Any],
+                   label_map: dict[str, str] | None) -> DistillConfig:
+    """The body's settings as the worker will build them, with placeholder paths (the API's validation)."""
+    return job_config(method=method, student=student, hyperparameters=hyperparameters, label_map=label_map,
+                      teacher="teacher", train="train", dev=None)
+
+
+def work_dir(job_id: str) -> str:
+    """A job's scratch, relative to the storage root: the trainer's output_dir (exported directories, state)."""
+    return f"jobs/{job_id}/work"
+
+
+def config_for_job(settings: Settings, job_id: str) -> DistillConfig:
+    """The job's config for this worker: teacher, datasets and a starting model fetched to local paths (from a
+    bucket when GKD_STORAGE=s3, with the latest training state), run settings from the worker's settings."""
+    with sessionmaker_for(settings.database_url)() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return _config_for(settings, session, job)
+
+
+def _config_for(settings: Settings, session: Session, job: Job) -> DistillConfig:
+    teacher = session.get(TeacherModel, job.teacher_id)
+    train = session.get(Dataset, job.training_dataset_id)
+    dev = session.get(Dataset, job.validation_dataset_id) if job.validation_dataset_id else None
+    if teacher is None or train is None:
+        raise RuntimeError("the job's teacher or training dataset no longer exists")
+    from gkd.training.state import STATE_FILE  # torch: imported by the worker only
+
+    storage = get_storage(settings)  # a bucket's objects are downloaded to this worker's storage directory
+    work = settings.storage / work_dir(job.id)
+    state = (work / "state" / STATE_FILE).relative_to(settings.storage).as_posix()
+    if storage.kind != "local" and storage.exists(state):
+        storage.materialize(state, refresh=True)  # the latest state, whoever saved it
+    student = dict(job.student)
+    init = student.get("init")
+    if isinstance(init, dict) and "model" in init:  # another encoder the student starts from, by id
+        base = session.get(TeacherModel, init["model"])
+        if base is None:
+            raise RuntimeError(f"the student's starting model {init['model']} no longer exists")
+        student["init"] = {**init, "model": str(storage.materialize(base.path))}
+    return job_config(
+        method=job.method, student=student, hyperparameters=job.hyperparameters, label_map=job.label_map,
+        teacher=str(storage.materialize(teacher.path)), train=str(storage.materialize(train.path)),
+        dev=str(storage.materialize(dev.path)) if dev else None,
+        run={"output_dir": str(work), "cache_dir": str(settings.cache_dir), "device": settings.worker_device,
+             "num_threads": settings.worker_num_threads, "devices": job.devices or 1},
+    )

@@ -1,0 +1,176 @@
+"""The job state machine: every status, every legal move between them, and the writes that make a move.
+
+    validating -> queued -> running -> succeeded | failed | cancelled
+                     ^         |  \\-> cancelling -> cancelled | failed
+                     +---------+  (a draining worker hands the job back)
+
+Terminal statuses never change. Each move is one conditional UPDATE (`transition`), so the API and workers racing
+on the same job cannot both win, and it records the status event in the same transaction. The API routes, the
+worker and the sweeper ask this module; no other module writes a job's status.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, get_args
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.store.events import append_event, status_event
+from app.store.orm import Job, JobEvent, utcnow
+
+log = logging.getLogger(__name__)
+
+JobStatus = Literal["validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[str, ...] = get_args(JobStatus)
+VALIDATING, QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = STATUSES
+TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ACTIVE_STATUSES = (RUNNING, CANCELLING)  # a worker holds the job (and sends heartbeats)
+INITIAL_STATUS = QUEUED  # what POST /v1/jobs creates
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    VALIDATING: frozenset({QUEUED, CANCELLED, FAILED}),
+    QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),
+    RUNNING: frozenset({QUEUED, CANCELLING, SUCCEEDED, FAILED, CANCELLED}),
+    CANCELLING: frozenset({CANCELLED, FAILED}),
+    **{status: frozenset() for status in TERMINAL_STATUSES},
+}
+assert set(TRANSITIONS) == set(STATUSES)
+
+
+def is_terminal_event(event: JobEvent) -> bool:
+    """Whether `event` records the job's last status (an event stream ends after it)."""
+    return event.type == "status" and event.data.get("status") in TERMINAL_STATUSES
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    new_status: str,
+    *,
+    from_statuses: tuple[str, ...],
+    message: str = "",
+    values: dict[str, Any] | None = None,
+) -> bool:
+    """Atomically move a job from one of `from_statuses` to `new_status` and record the status event.
+
+    A conditional UPDATE, so two processes racing on the same job cannot both win. Only moves of `TRANSITIONS`
+    are accepted (anything else is a programming error: `ValueError`)."""
+    illegal = [status for status in from_statuses if new_status not in TRANSITIONS[status]]
+    if illegal:
+        raise ValueError(f"a job cannot move from {illegal} to {new_status!r}")
+    changes: dict[str, Any] = {"status": new_status, **(values or {})}
+    if new_status in TERMINAL_STATUSES:
+        changes.setdefault("finished_at", utcnow())
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(from_statuses))
+        .values(**changes)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    status_event(session, job_id, new_status, message)
+    return True
+
+
+def record_created(session: Session, job_id: str) -> None:
+    """The status event of a job just inserted with `INITIAL_STATUS` (same transaction)."""
+    status_event(session, job_id, INITIAL_STATUS, f"job {INITIAL_STATUS}")
+
+
+def request_cancel(session: Session, job_id: str) -> bool:
+    """Cancel a job that has not started, or ask its worker to stop (`cancelling`); False when it had finished."""
+    return transition(
+        session, job_id, CANCELLED, from_statuses=(VALIDATING, QUEUED), message="job cancelled before it started"
+    ) or transition(
+        session, job_id, CANCELLING, from_statuses=(RUNNING,), message="cancellation requested; waiting for the worker"
+    )
+
+
+@dataclass
+class Claim:
+    attempt: int
+    resumed: bool
+
+
+def claim(session: Session, job_id: str, worker: str, *, max_attempts: int, stale_after_seconds: float,
+          versions: dict[str, str]) -> Claim | None:
+    """Take a job for `worker`: a queued one, or one whose worker stopped sending heartbeats (it resumes). None for a
+    duplicate delivery; a job whose worker was lost while cancelling ends `cancelled`, one that used up its attempts
+    ends `failed`. Runs inside the caller's transaction, holding the job's row."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        log.warning("job %s does not exist; dropping the task", job_id)
+        return None
+    now = utcnow()
+    if job.status in TERMINAL_STATUSES or (job.status in ACTIVE_STATUSES and not _stale(job.heartbeat_at, now,
+                                                                                         stale_after_seconds)):
+        return None  # finished, or another worker holds it: a duplicate delivery
+    if job.status == CANCELLING:
+        transition(session, job.id, CANCELLED, from_statuses=(CANCELLING,),
+                   message="job cancelled (its worker was lost)")
+        return None
+    if job.attempts >= max_attempts:
+        transition(
+            session, job.id, FAILED, from_statuses=(QUEUED, RUNNING),
+            message=f"job failed: gave up after {job.attempts} attempts",
+            values={"error": f"the job's worker was lost {job.attempts} times; gave up after "
+                             f"{max_attempts} attempts"},
+        )
+        return None
+    seen_status, attempt = job.status, job.attempts + 1
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == seen_status, Job.attempts == job.attempts)
+        .values(status=RUNNING, attempts=attempt, worker=worker, heartbeat_at=now,
+                started_at=job.started_at or now, versions=versions, error=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if claimed != 1:
+        return None
+    if seen_status == QUEUED:
+        status_event(session, job.id, RUNNING, f"job running on {worker} (attempt {attempt})")
+    else:  # a stale `running` job: this worker resumes it
+        append_event(session, job.id, "log", f"worker {worker} resumes the job (attempt {attempt})",
+                     {"attempt": attempt, "worker": worker})
+    return Claim(attempt=attempt, resumed=seen_status != QUEUED)
+
+
+def _stale(heartbeat_at: datetime | None, now: datetime, stale_after_seconds: float) -> bool:
+    return heartbeat_at is None or heartbeat_at < now - timedelta(seconds=stale_after_seconds)
+
+
+Outcome = Literal["succeeded", "failed", "cancelled"]
+
+
+def finish(session: Session, job_id: str, outcome: Outcome, message: str, values: dict[str, Any]) -> str:
+    """End a running job with `outcome`; a pending cancel turns success into `cancelled`. Returns the status the job
+    has afterwards (unchanged when it had already left the active statuses)."""
+    if outcome == SUCCEEDED and transition(session, job_id, SUCCEEDED, from_statuses=(RUNNING,), message=message,
+                                           values=values):
+        return SUCCEEDED
+    if outcome in (SUCCEEDED, CANCELLED) and transition(
+        session, job_id, CANCELLED, from_statuses=ACTIVE_STATUSES, message="job cancelled", values=values
+    ):
+        return CANCELLED
+    if outcome == FAILED and transition(session, job_id, FAILED, from_statuses=ACTIVE_STATUSES, message=message,
+                                        values=values):
+        return FAILED
+    return str(session.scalar(select(Job.status).where(Job.id == job_id)))
+
+
+def hand_back(session: Session, job_id: str, worker: str, step: int) -> str | None:
+    """A draining worker gives its running job back to the queue, the attempt not counted. Returns the job's queue
+    kind, or None when the job is no longer running (e.g. being cancelled)."""
+    job = session.get(Job, job_id)
+    if job is None or not transition(
+        session, job_id, QUEUED, from_statuses=(RUNNING,),
+        message=f"worker {worker} is shutting down; the job is queued again and resumes from step {step}",
+        values={"worker": None, "attempts": max(0, job.attempts - 1), "heartbeat_at": None, "enqueued_at": utcnow()},
+    ):
+        return None
+    return job.queue_kind

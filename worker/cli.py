@@ -1,0 +1,45 @@
+"""`gkd worker`: one Celery worker, contributed to `gkd` through the `gkd.commands` entry-point group.
+
+Without the entry points (a source checkout), `python -m worker.cli` runs the same command; `gkd serve` starts it
+that way, by module name, so the API never imports the worker.
+"""
+
+from __future__ import annotations
+
+import click
+
+from app.store.db import upgrade
+from app.store.settings import Settings
+
+
+def worker_argv(settings: Settings, *, name: str = "gkd@%h", loglevel: str = "INFO") -> list[str]:
+    from worker.celery_app import worker_queues
+
+    return [
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        f"--queues={','.join(worker_queues(settings))}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        f"--hostname={name}",
+        f"--loglevel={loglevel}",
+    ]
+
+
+@click.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--name", default="gkd@%h", show_default=True, help="Celery node name.")
+def worker(loglevel: str, name: str) -> None:
+    """Run one Celery worker (solo pool: one job at a time) against GKD_DATABASE_URL / GKD_BROKER_URL."""
+    from worker.celery_app import celery
+
+    settings: Settings = celery.conf.gkd_settings
+    settings.ensure_dirs()
+    upgrade(settings.database_url)
+    celery.worker_main(worker_argv(settings, name=name, loglevel=loglevel))
+
+
+if __name__ == "__main__":
+    worker()
