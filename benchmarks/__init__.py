@@ -1,5 +1,5 @@
 """Benchmarks of shared/docs/BENCHMARKS.md: `python -m benchmarks.train_step`, `python -m benchmarks.quality`.
 
 Each script prints a table and writes JSON + Markdown under `benchmarks/results/`. None is a unit test;
-`tests/test_benchmarks.py` runs each on tiny settings so they do not rot.
+`tests/benchmarks/test_benchmarks.py` runs each on tiny settings so they do not rot.
 """

@@ -8,8 +8,9 @@ numbers, the last lines of output on failure) even when an earlier one failed:
                memory, cached vs uncached and bf16 vs fp32;
   distill      `gkd distill examples/movie_reviews_gradient_kd.yaml` on CUDA, 1 epoch on the first 2,000
                training rows (dev and test whole): dev/test accuracy and wall time;
-  ddp          two data-parallel processes (`gkd.training.parallel`) against one process, as tests/deploy/test_ddp.py
-               does with gloo on the CPU: NCCL when it accepts the machine, else gloo on CUDA tensors (said so);
+  ddp          two data-parallel processes (`gkd.training.parallel`) against one process, as
+               tests/training/test_parallel.py does with gloo on the CPU: NCCL when it accepts the machine, else
+               gloo on CUDA tensors (said so);
   worker_job   the service on SQLite + the embedded broker, a worker consuming only the `gpu` queue, one job
                with `"device": "gpu"` until `succeeded`; the checkpoint card says which device trained it.
 
@@ -378,8 +379,8 @@ def headline(table: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- 3. gkd distill
 def tiny_inputs(root: Path, train: int = 48, held_out: int = 16) -> dict[str, Path]:
-    """A tiny random teacher and train/dev/test CSVs (tests/factories.py)."""
-    from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
+    """A tiny random teacher and train/dev/test CSVs (tests/support/factories.py)."""
+    from tests.support.factories import make_tiny_teacher, sentiment_rows, write_csv
 
     root.mkdir(parents=True, exist_ok=True)
     files = {"teacher": make_tiny_teacher(root / "teacher", num_layers=2)}
@@ -430,7 +431,7 @@ def distill(work: Path, out: Path, dry_run: bool) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- 4. two data-parallel processes
 def ddp_config(files: dict[str, Path], root: Path, name: str, device: str) -> Any:
-    """tests/deploy/test_ddp.py's run: gradient_kd, whole micro-batches per rank (exact), fp32."""
+    """tests/training/test_parallel.py's run: gradient_kd, whole micro-batches per rank (exact), fp32."""
     from gkd.config import DistillConfig
 
     return DistillConfig.parse({

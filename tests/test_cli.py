@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from gkd.cli import main
-from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
+from tests.support.factories import make_tiny_teacher, sentiment_rows, write_csv
 
 
 def _config(tmp_path: Path, **overrides: object) -> Path:
@@ -96,7 +96,7 @@ def test_distill_leaves_metrics_and_a_step_log_and_keeps_stdout_for_json(tmp_pat
 def test_a_fine_tune_from_a_bare_encoder_reports_no_teacher_figures(tmp_path: Path) -> None:
     from transformers import BertModel
 
-    from tests.factories import tiny_bert_config, write_tokenizer
+    from tests.support.factories import tiny_bert_config, write_tokenizer
 
     encoder = tmp_path / "encoder"
     BertModel(tiny_bert_config(2, 32)).save_pretrained(str(encoder), safe_serialization=True)

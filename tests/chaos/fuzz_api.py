@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 
 
 def _database() -> tuple[str, object]:
-    from tests.service.conftest import PG_SERVER
+    from tests.support.service import PG_SERVER
 
     name = f"gkd_chaos_{secrets.token_hex(4)}"
     admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
@@ -39,9 +39,9 @@ def _drop(handle: object) -> None:
 
 def fuzz(url: str, home: Path, examples: int) -> bool:
     from app.store.settings import Settings
-    from tests.client.conftest import Server
     from tests.reliability.test_schema import fuzz as run
-    from tests.service.conftest import new_key
+    from tests.support.servers import Server
+    from tests.support.service import new_key
 
     settings = Settings(home=home / "fuzz", database_url=url, broker_url="memory://", migrate_on_start=False)
     settings.ensure_dirs()
@@ -63,11 +63,11 @@ def kill_loop(url: str, home: Path, kills: int) -> bool:
 
     from app.main import create_app
     from app.store.settings import Settings
-    from tests.factories import make_tiny_teacher
-    from tests.reliability.conftest import WORKER_ENV, RedisServer, Stack, TcpProxy, job_of, wait_for, worker_pid
+    from tests.reliability.conftest import WORKER_ENV, RedisServer, Stack, TcpProxy, worker_pid
     from tests.reliability.test_worker_crash import final_tensors
-    from tests.service.conftest import new_key, register_teacher
-    from tests.service.test_end_to_end import submit, upload
+    from tests.support.factories import make_tiny_teacher
+    from tests.support.servers import wait_for
+    from tests.support.service import job_of, new_key, register_teacher, submit, upload
 
     WORKER_ENV["GKD_MAX_ATTEMPTS"] = str(kills + 2)
     redis = RedisServer(home / "redis").start()

@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from gkd import client as gc
-from tests.client.conftest import REPO, Server, make_key, register_teacher, write_rows
+from tests.client.conftest import write_rows
+from tests.support.servers import REPO, Server
+from tests.support.service import new_key, register_teacher
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +34,12 @@ class Finished:
 
 
 @pytest.fixture(scope="module")
-def finished(server: Server, worker: object, tiny_teacher_dir: Path,
+def finished(server: Server, worker: object, tiny_teacher: Path,
              tmp_path_factory: pytest.TempPathFactory) -> Finished:
-    key = make_key(server.settings)
+    key = new_key(server.settings)
     tmp = tmp_path_factory.mktemp("flow")
     with gc.Client(server.url, key, timeout=20) as client:
-        teacher = register_teacher(server.settings, key, tiny_teacher_dir)
+        teacher = register_teacher(server.settings, key, tiny_teacher)
         train = client.datasets.upload(write_rows(tmp / "train.csv", 32))
         dev = client.datasets.upload(write_rows(tmp / "dev.csv", 16, seed=1))
         job = client.jobs.create(teacher=teacher, training_dataset=train.id, validation_dataset=dev.id,
@@ -140,7 +142,7 @@ def test_stream_reconnects_without_loss_or_duplicates(server: Server, finished: 
 
 
 def test_stream_survives_an_api_server_restart(spare_server: Server, worker: object, finished: Finished,
-                                               tiny_teacher_dir: Path, tmp_path: Path) -> None:
+                                               tiny_teacher: Path, tmp_path: Path) -> None:
     spare_server.start()
     with gc.Client(spare_server.url, finished.key, timeout=20) as client:
         train = client.datasets.upload(write_rows(tmp_path / "t.csv", 32))

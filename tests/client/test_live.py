@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from gkd import client as gc
-from tests.client.conftest import MAX_DATASET_BYTES, Server, register_teacher, write_rows
+from tests.client.conftest import write_rows
+from tests.support.servers import MAX_DATASET_BYTES, Server
+from tests.support.service import register_teacher
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,7 @@ def test_upload_file_get_list_delete(client: gc.Client, tmp_path: Path) -> None:
 
 def test_upload_dataframe(client: gc.Client) -> None:
     pandas = pytest.importorskip("pandas")
-    from tests.factories import sentiment_rows
+    from tests.support.factories import sentiment_rows
 
     frame = pandas.DataFrame(sentiment_rows(16))
     dataset = client.datasets.upload(frame, name="frame")
@@ -77,9 +79,9 @@ def test_list_auto_paginates(client: gc.Client, tmp_path: Path) -> None:
     assert [d.id for d in client.datasets.list(limit=2)] == created[::-1]  # newest first, each once
 
 
-def test_bad_hyperparameter_and_teacher(client: gc.Client, server: Server, api_key: str, tiny_teacher_dir: Path,
+def test_bad_hyperparameter_and_teacher(client: gc.Client, server: Server, api_key: str, tiny_teacher: Path,
                                         tmp_path: Path) -> None:
-    teacher = register_teacher(server.settings, api_key, tiny_teacher_dir)
+    teacher = register_teacher(server.settings, api_key, tiny_teacher)
     models = list(client.models.list())
     assert teacher in [m.id for m in models]
     mine = client.models.find("tiny")
@@ -95,9 +97,9 @@ def test_bad_hyperparameter_and_teacher(client: gc.Client, server: Server, api_k
         client.models.find("no-such-teacher")
 
 
-def test_cancel_finished_job_is_conflict(client: gc.Client, server: Server, api_key: str, tiny_teacher_dir: Path,
+def test_cancel_finished_job_is_conflict(client: gc.Client, server: Server, api_key: str, tiny_teacher: Path,
                                          tmp_path: Path) -> None:
-    teacher = register_teacher(server.settings, api_key, tiny_teacher_dir)
+    teacher = register_teacher(server.settings, api_key, tiny_teacher)
     dataset = client.datasets.upload(write_rows(tmp_path / "t.csv", 16))
     job = client.jobs.create(teacher=teacher, training_dataset=dataset, student={"num_layers": 1},
                              hyperparameters={"epochs": 1, "batch_size": 8, "max_length": 16},

@@ -12,9 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.store.db import session_scope, upgrade
-from app.store.keys import create_key
+from app.store.db import upgrade
 from app.store.settings import Settings
+from tests.support.factories import csv_bytes, sentiment_rows
+from tests.support.service import new_key, register_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "dashboard"
@@ -24,42 +25,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 TRAINING = {"epochs": 1, "batch_size": 8, "max_length": 16}
-
-
-def new_key(settings: Settings) -> str:
-    with session_scope(settings.database_url) as session:
-        plain, _ = create_key(session, f"dash-{secrets.token_hex(6)}")
-    return plain
-
-
-def register_teacher(settings: Settings, key: str, path: Path, name: str = "tiny") -> str:
-    from app.registry import import_directory
-    from app.store.keys import tenant_for_key
-
-    with session_scope(settings.database_url) as session:
-        tenant = tenant_for_key(session, key)
-        assert tenant is not None
-        return import_directory(session, path, name, tenant_id=tenant.id).id
-
-
-def sentiment_csv(n: int = 48, seed: int = 0) -> bytes:
-    import csv
-    import io
-
-    from tests.factories import sentiment_rows
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["text", "label"])
-    writer.writeheader()
-    writer.writerows(sentiment_rows(n, seed=seed))
-    return buffer.getvalue().encode()
-
-
-@pytest.fixture(scope="session")
-def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.factories import make_tiny_teacher
-
-    return make_tiny_teacher(tmp_path_factory.mktemp("dash-teacher") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +54,14 @@ def submit_job(client: TestClient, settings: Settings, key: str, teacher_dir: Pa
                dev: bool = False) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {key}"}
     teacher = register_teacher(settings, key, teacher_dir)
-    train = client.post("/v1/datasets", headers=headers, files={"file": ("train.csv", sentiment_csv(), "text/csv")})
+    train = client.post("/v1/datasets", headers=headers,
+                        files={"file": ("train.csv", csv_bytes(sentiment_rows(48)), "text/csv")})
     assert train.status_code == 201, train.text
     body: dict[str, Any] = {"teacher": teacher, "training_dataset": train.json()["id"], "method": "gradient_kd",
                             "student": {"num_layers": 1}, "hyperparameters": TRAINING}
     if dev:
         dev_ds = client.post("/v1/datasets", headers=headers,
-                             files={"file": ("dev.csv", sentiment_csv(12, seed=3), "text/csv")})
+                             files={"file": ("dev.csv", csv_bytes(sentiment_rows(12, seed=3)), "text/csv")})
         assert dev_ds.status_code == 201, dev_ds.text
         body["validation_dataset"] = dev_ds.json()["id"]
     response = client.post("/v1/jobs", headers=headers, json=body)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import subprocess
-import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,15 +18,10 @@ import httpx
 import pytest
 
 from app.store.settings import Settings
-from tests.dashboard.conftest import (
-    ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    REPO,
-    new_key,
-    register_teacher,
-    sentiment_csv,
-)
+from tests.dashboard.conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.support.factories import csv_bytes, sentiment_rows
+from tests.support.servers import Server, start_worker, stop
+from tests.support.service import new_key, register_teacher
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,29 +39,19 @@ UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str]]:
     from app.store.db import upgrade
-    from tests.client.conftest import Server, service_env
 
     home = tmp_path_factory.mktemp("dash-service")
     settings = Settings(home=home, database_url=f"sqlite:///{home / 'gkd.db'}", broker_url="",
                         task_queue=f"dash-test-{secrets.token_hex(4)}", migrate_on_start=False)
     settings.ensure_dirs()
     upgrade(settings.database_url)
-    log = (home / "worker.log").open("ab")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "--name", f"dash-test-{secrets.token_hex(3)}@%h"],
-        cwd=REPO, env=service_env(settings), stdout=log, stderr=subprocess.STDOUT,
-    )
-    log.close()
+    worker = start_worker(settings, home / "worker.log", name="dash-test")
     server = Server(settings, home / "api.log").start()
     try:
         yield settings, server.url
     finally:
         server.stop()
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop(worker)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +119,7 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     assert page.evaluate("localStorage.length") == 0
 
     # --- datasets: upload and read the validation report
-    csv_body = sentiment_csv(48)
+    csv_body = csv_bytes(sentiment_rows(48))
     first_row = csv_body.decode().splitlines()[1]
     data_file = tmp_path / "reviews.csv"
     data_file.write_bytes(csv_body + f"{first_row}\n{first_row}\n".encode())

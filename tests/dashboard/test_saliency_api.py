@@ -8,7 +8,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from app.store.settings import Settings
-from tests.dashboard.conftest import TrainedJob, new_key, submit_job
+from tests.dashboard.conftest import TrainedJob, submit_job
+from tests.support.service import new_key
 
 
 def _url(trained: TrainedJob, kind: str = "final") -> str:

@@ -1,5 +1,5 @@
-"""Fixtures of the deployment tests: the service tests' SQLite database and tiny teacher, and an
-S3-compatible server (moto's server mode on a free loopback port, started and stopped by the tests)."""
+"""Fixtures of the deployment tests: an S3-compatible server (moto's server mode on a free loopback port, started
+and stopped by the tests); the SQLite database and the tiny teacher are the root conftest's."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from gkd.training.parallel import free_port
-from tests.service.conftest import sqlite_url, tiny_teacher  # noqa: F401 - fixtures re-used here
+from tests.support.servers import free_port
 
 
 @pytest.fixture(scope="session")

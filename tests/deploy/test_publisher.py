@@ -17,7 +17,7 @@ from app.main import create_app
 from app.store.storage import get_storage
 from app.store.storage.local import Storage
 from tests.deploy.test_storage import s3_settings
-from tests.service.conftest import new_key, register_teacher, upload_dataset
+from tests.support.service import new_key, register_teacher, upload_dataset
 from worker.publisher import BackgroundPublisher
 
 RELATIVE = "jobs/j/work/state/training_state.pt"
@@ -238,7 +238,7 @@ def slow_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def submit_job(tmp_path: Path, s3_server: dict[str, Any], bucket: str, sqlite_url: str, tiny_teacher: Path,
                epochs: int, rows: int) -> str:
-    from tests.factories import sentiment_rows
+    from tests.support.factories import sentiment_rows
 
     settings = s3_settings(tmp_path / "api", s3_server, bucket, sqlite_url)
     headers = {"Authorization": f"Bearer {new_key(settings)}"}

@@ -21,7 +21,7 @@ from app.store.orm import Checkpoint
 from app.store.settings import Settings
 from app.store.storage import get_storage
 from app.store.storage.local import Storage
-from tests.service.conftest import new_key, register_teacher, upload_dataset
+from tests.support.service import new_key, register_teacher, upload_dataset
 
 MiB = 1024 * 1024
 
@@ -144,7 +144,7 @@ def test_api_and_worker_with_a_bucket(tmp_path: Path, s3_server: dict[str, Any],
 
 
 def dataset_tenant(settings: Settings, headers: dict[str, str]) -> str:
-    from tests.service.conftest import tenant_id_of
+    from tests.support.service import tenant_id_of
 
     return tenant_id_of(settings, headers)
 

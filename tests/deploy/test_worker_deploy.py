@@ -19,8 +19,8 @@ from app.store.db import session_scope, upgrade
 from app.store.orm import Job, JobEvent
 from app.store.queue import queue_for
 from app.store.settings import Settings
-from tests.factories import sentiment_rows
-from tests.service.conftest import csv_bytes, new_key, register_teacher
+from tests.support.factories import csv_bytes, sentiment_rows
+from tests.support.service import new_key, register_teacher
 from worker.celery_app import worker_kinds, worker_queues
 from worker.metrics import WorkerMetrics, serve_metrics
 
@@ -88,7 +88,7 @@ def test_api_metrics_and_job_device_routing(tmp_path: Path, sqlite_url: str, tin
 
 @pytest.mark.slow
 def test_sigterm_drains_the_job_and_another_worker_resumes_it(tmp_path: Path, tiny_teacher: Path) -> None:
-    from tests.service.test_end_to_end import start_worker
+    from tests.support.servers import start_worker
 
     home = tmp_path / "home"
     settings = Settings(home=home, database_url=f"sqlite:///{home / 'gkd.db'}", broker_url="",

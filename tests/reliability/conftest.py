@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,27 +24,10 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.store.settings import Settings
-from tests.service.conftest import _reachable, postgresql_url, tiny_teacher  # noqa: F401 - fixtures
-from tests.service.test_end_to_end import start_worker
+from tests.support.servers import free_port, start_worker, wait_for
+from tests.support.service import reachable
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05, tail=None):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail() if tail else ''}")
-        time.sleep(interval)
 
 
 # ------------------------------------------------------------------------------------------------- Redis
@@ -75,7 +57,7 @@ class RedisServer:
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_for(lambda: _reachable(self.port), 10, "redis-server to listen")
+        wait_for(lambda: reachable(self.port), 10, "redis-server to listen")
         return self
 
     def stop(self) -> None:
@@ -83,7 +65,7 @@ class RedisServer:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
         self.process = None
-        wait_for(lambda: not _reachable(self.port), 10, "redis-server to stop")
+        wait_for(lambda: not reachable(self.port), 10, "redis-server to stop")
 
 
 # ----------------------------------------------------------------------------------------------- TCP proxy
@@ -254,23 +236,6 @@ def api(stack: Stack) -> Iterator[TestClient]:
         yield client
 
 
-def job_of(api: TestClient, headers: dict, job_id: str) -> dict:
-    response = api.get(f"/v1/jobs/{job_id}", headers=headers)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def all_events(api: TestClient, headers: dict, job_id: str) -> list[dict]:
-    events: list[dict] = []
-    after = 0
-    while True:
-        page = api.get(f"/v1/jobs/{job_id}/events?after={after}&limit=1000", headers=headers).json()
-        events.extend(page["data"])
-        if not page["has_more"]:
-            return events
-        after = events[-1]["seq"]
-
-
 def worker_pid(settings: Settings, job_id: str) -> int:
     """The pid of the worker holding the job (`jobs.worker` is "host:pid"; the API does not show it)."""
     from app.store.db import session_scope
@@ -295,7 +260,7 @@ def report(line: str) -> None:
 def live_server(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """`uvicorn app.main:create_app` as a real process on the stack's PostgreSQL (memory broker: nothing
     consumes its tasks), with its own storage directory and a 32 KiB dataset limit."""
-    from tests.client.conftest import Server
+    from tests.support.servers import Server
 
     home = tmp_path_factory.mktemp("live-home")
     settings = Settings(home=home, database_url=stack.settings.database_url, broker_url="memory://",

@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from app.store.db import session_scope
 from app.store.orm import Job
 from app.store.queue import send_run_job
-from tests.reliability.conftest import Stack, all_events, job_of, report, wait_for
-from tests.service.conftest import new_key, register_teacher
-from tests.service.test_end_to_end import submit, upload
+from tests.reliability.conftest import Stack, report
+from tests.support.servers import wait_for
+from tests.support.service import all_events, job_of, new_key, register_teacher, submit, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 

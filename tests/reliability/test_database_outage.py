@@ -11,19 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.reliability.conftest import (
-    METRICS_EVERY,
-    PG_HOST,
-    PG_PORT,
-    Stack,
-    TcpProxy,
-    all_events,
-    job_of,
-    report,
-    wait_for,
-)
-from tests.service.conftest import new_key, register_teacher
-from tests.service.test_end_to_end import submit, upload
+from tests.reliability.conftest import METRICS_EVERY, PG_HOST, PG_PORT, Stack, TcpProxy, report
+from tests.support.servers import wait_for
+from tests.support.service import all_events, job_of, new_key, register_teacher, submit, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 

@@ -2,7 +2,7 @@
 authenticated as a fresh tenant: no 5xx and no response that violates the schema, for every operation.
 Bounded here (GKD_SCHEMA_EXAMPLES, default 25 per operation); tests/chaos/fuzz_api.py runs a larger budget.
 
-The data parsers have their own property tests in tests/test_data.py (random bytes, near-valid text, wrong
+The data parsers have their own property tests in tests/data/test_data.py (random bytes, near-valid text, wrong
 encodings, NUL bytes, huge fields, mixed int/str labels, round trips), so nothing is added for them here.
 """
 
@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.service.conftest import new_key
+from tests.support.service import new_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 

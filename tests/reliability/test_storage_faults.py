@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 
 from app.store.storage.archive import pack_directory
 from app.store.storage.local import sha256_file
-from tests.reliability.conftest import Stack, all_events, job_of, report, wait_for
-from tests.service.conftest import new_key, register_teacher
-from tests.service.test_end_to_end import submit, upload
+from tests.reliability.conftest import Stack, report
+from tests.support.servers import wait_for
+from tests.support.service import all_events, job_of, new_key, register_teacher, submit, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 

@@ -18,9 +18,9 @@ from sqlalchemy import select
 from app.store.db import session_scope
 from app.store.keys import revoke_key, tenant_for_key
 from app.store.orm import ApiKey
-from tests.reliability.conftest import Stack, job_of, report, wait_for
-from tests.service.conftest import new_key, register_teacher
-from tests.service.test_end_to_end import submit, upload
+from tests.reliability.conftest import Stack, report
+from tests.support.servers import wait_for
+from tests.support.service import job_of, new_key, register_teacher, submit, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.client.conftest import MAX_DATASET_BYTES
 from tests.reliability.conftest import report
-from tests.service.conftest import new_key
+from tests.support.servers import MAX_DATASET_BYTES
+from tests.support.service import new_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 

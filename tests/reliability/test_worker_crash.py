@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.reliability.conftest import Stack, all_events, job_of, report, wait_for, worker_pid
-from tests.service.conftest import new_key, register_teacher
-from tests.service.test_end_to_end import submit, upload
+from tests.reliability.conftest import Stack, report, worker_pid
+from tests.support.servers import wait_for
+from tests.support.service import all_events, job_of, new_key, register_teacher, submit, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -15,8 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import cli
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.servers import REPO, free_port
 
 
 @pytest.fixture
@@ -60,14 +58,8 @@ def test_keys_and_models(env: dict, tiny_teacher: Path) -> None:
     assert code != 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _serve_once(home: Path) -> tuple[str, str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GKD_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     env.pop("GKD_DATABASE_URL", None)
     env.pop("GKD_BROKER_URL", None)

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.store.db import upgrade
 from app.store.settings import Settings
-from tests.service.conftest import REDIS_URL, _reachable, new_key, register_teacher
-from tests.service.test_end_to_end import follow, start_worker, submit, upload
 from tests.support.broker import forget_redis_queue
+from tests.support.servers import start_worker
+from tests.support.service import REDIS_URL, follow, new_key, reachable, register_teacher, submit, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -35,7 +35,7 @@ def test_killed_worker_job_resumes(tmp_path: Path, tiny_teacher: Path, backend: 
     home = tmp_path / "home"
     urls: dict[str, str] = {}
     if backend == "postgresql+redis":
-        if not _reachable(6379):
+        if not reachable(6379):
             pytest.skip("Redis is not listening on 127.0.0.1:6379")
         urls = {"database_url": request.getfixturevalue("postgresql_url"), "broker_url": REDIS_URL}
     settings = Settings(home=home, task_queue=f"crash-{secrets.token_hex(4)}", sse_poll_seconds=0.2,

@@ -10,9 +10,9 @@ from sqlalchemy import func, select
 from app.store.db import session_scope
 from app.store.orm import Dataset
 from app.store.settings import Settings
-from tests.factories import sentiment_rows
-from tests.service.conftest import csv_bytes, tenant_id_of, upload_dataset
 from tests.service.test_api_basics import assert_error
+from tests.support.factories import csv_bytes, sentiment_rows
+from tests.support.service import tenant_id_of, upload_dataset
 
 
 def stored_files(settings: Settings) -> list[Path]:

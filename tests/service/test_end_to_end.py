@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import secrets
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -19,20 +17,12 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.store.settings import Settings
-from tests.factories import LABELS, make_tiny_teacher, sentiment_rows
-from tests.service.conftest import (
-    REDIS_URL,
-    _reachable,
-    csv_bytes,
-    new_key,
-    register_teacher,
-)
 from tests.support.broker import forget_redis_queue
+from tests.support.factories import LABELS, csv_bytes, make_tiny_teacher, sentiment_rows
+from tests.support.servers import start_worker
+from tests.support.service import REDIS_URL, follow, new_key, reachable, register_teacher, submit, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 class Stack:
     def __init__(self, settings: Settings, process: subprocess.Popen, log: Path) -> None:
@@ -42,38 +32,11 @@ class Stack:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
 
-def start_worker(settings: Settings, log: Path, **extra: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "GKD_HOME": str(settings.home),
-        "GKD_DATABASE_URL": settings.database_url,
-        "GKD_BROKER_URL": settings.broker_url,
-        "GKD_TASK_QUEUE": settings.task_queue,
-        "GKD_WORKER_NUM_THREADS": "1",
-        "GKD_WORKER_DEVICE": "cpu",
-        "GKD_METRICS_EVERY_STEPS": "1",
-        "GKD_HEARTBEAT_SECONDS": "1",
-        "GKD_CANCEL_CHECK_SECONDS": "0",
-        "GKD_BROKER_POLLING_SECONDS": "0.2",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO),
-        **extra,
-    }
-    handle = log.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "--name", f"test-{secrets.token_hex(3)}@%h"],
-        cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
-    )
-
-
 @pytest.fixture(scope="module", params=["postgresql+redis", "sqlite+embedded"])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("stack")
     if request.param == "postgresql+redis":
-        if not _reachable(6379):
+        if not reachable(6379):
             pytest.skip("Redis is not listening on 127.0.0.1:6379")
         database_url, broker_url = request.getfixturevalue("postgresql_url"), REDIS_URL
     else:
@@ -101,46 +64,6 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 def api(stack: Stack) -> Iterator[TestClient]:
     with TestClient(create_app(stack.settings), raise_server_exceptions=False) as client:
         yield client
-
-
-def follow(client: TestClient, headers: dict, job_id: str, timeout: float = 150.0) -> list[dict]:
-    """Read the SSE stream to its end; returns the events."""
-    events: list[dict] = []
-    deadline = time.monotonic() + timeout
-    with client.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=headers, timeout=timeout) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        current: dict[str, str] = {}
-        for line in response.iter_lines():
-            assert time.monotonic() < deadline, "stream did not end"
-            if line.startswith("id: "):
-                current["id"] = line[4:]
-            elif line.startswith("data: "):
-                event = json.loads(line[6:])
-                assert str(event["seq"]) == current.get("id")
-                events.append(event)
-    return events
-
-
-def submit(client: TestClient, headers: dict, teacher: str, dataset: str, validation_dataset: str | None = None,
-           **hyper: object) -> dict:
-    body = {
-        "teacher": teacher,
-        "method": "gradient_kd",
-        "student": {"num_layers": 1},
-        "training_dataset": dataset,
-        "validation_dataset": validation_dataset,
-        "hyperparameters": {"epochs": 1, "batch_size": 8, "max_length": 16, **hyper},
-    }
-    response = client.post("/v1/jobs", headers=headers, json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def upload(client: TestClient, headers: dict, n: int) -> str:
-    response = client.post("/v1/datasets", headers=headers, files={"file": ("train.csv", csv_bytes(sentiment_rows(n)))})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
 
 
 def test_job_succeeds_and_checkpoint_loads(stack: Stack, api: TestClient, tiny_teacher: Path,

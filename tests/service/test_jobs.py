@@ -15,9 +15,9 @@ from app.store.events import append_event
 from app.store.orm import Job, JobEvent
 from app.store.queue import sweep
 from app.store.settings import Settings
-from tests.factories import sentiment_rows
-from tests.service.conftest import register_teacher, upload_dataset
 from tests.service.test_api_basics import assert_error
+from tests.support.factories import sentiment_rows
+from tests.support.service import register_teacher, upload_dataset
 
 
 @pytest.fixture
@@ -229,7 +229,7 @@ def base_encoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     whose vocabulary is larger than the teacher's."""
     from transformers import BertForSequenceClassification
 
-    from tests.factories import make_tiny_teacher, tiny_bert_config, write_tokenizer
+    from tests.support.factories import make_tiny_teacher, tiny_bert_config, write_tokenizer
 
     root = tmp_path_factory.mktemp("bases")
     same = make_tiny_teacher(root / "same", num_layers=3, hidden=48, seed=1)
@@ -287,7 +287,7 @@ def test_a_student_can_start_from_another_registered_encoder(client: TestClient,
 
 def test_integer_labels_meet_a_teacher_through_label_map(client: TestClient, auth: dict, settings: Settings,
                                                          setup: dict, tmp_path: Path) -> None:
-    from tests.factories import make_tiny_teacher
+    from tests.support.factories import make_tiny_teacher
 
     numbered = [{**row, "label": "1" if row["label"] == "positive" else "0"} for row in sentiment_rows(24)]
     dataset = upload_dataset(client, auth, numbered, name="numbered.csv")["id"]

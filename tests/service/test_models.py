@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from app.registry import import_directory
 from app.store.db import session_scope
 from app.store.settings import Settings
-from tests.service.conftest import register_teacher
 from tests.service.test_api_basics import assert_error
+from tests.support.service import register_teacher
 
 
 def tar_of(directory: Path, prefix: str = "", extra: list[tarfile.TarInfo] | None = None,
@@ -147,7 +147,7 @@ def test_zip_with_symlink_is_refused(client: TestClient, auth: dict, settings: S
 ])
 def test_uploaded_teacher_shows_its_family_facts(client: TestClient, auth: dict, tmp_path: Path, family: str,
                                                  facts: dict) -> None:
-    from tests.factories import make_tiny_family_teacher
+    from tests.support.factories import make_tiny_family_teacher
 
     teacher = make_tiny_family_teacher(tmp_path / family, family)
     response = upload(client, auth, "teacher.tar.gz", tar_of(teacher))
@@ -158,7 +158,7 @@ def test_uploaded_teacher_shows_its_family_facts(client: TestClient, auth: dict,
 
 
 def test_upload_of_an_unsupported_family_is_refused(client: TestClient, auth: dict, tmp_path: Path) -> None:
-    from tests.factories import make_tiny_gpt2
+    from tests.support.factories import make_tiny_gpt2
 
     response = upload(client, auth, "teacher.tar.gz", tar_of(make_tiny_gpt2(tmp_path / "gpt2")))
     assert response.status_code == 422, response.text

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from app.store.db import session_scope
 from app.store.orm import Job, JobEvent, utcnow
 from app.store.settings import Settings
-from tests.service.conftest import register_teacher, upload_dataset
+from tests.support.service import register_teacher, upload_dataset
 from worker.runner import JobContext
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gradient_probe, quality, train_step
-from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
+from tests.support.factories import make_tiny_teacher, sentiment_rows, write_csv
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from gkd.config import ConfigError, DistillConfig
 from gkd.models.teacher import load_teacher
 from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress
 from gkd.training.trainer import STATE_FILE, Trainer
-from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
+from tests.support.factories import make_tiny_teacher, sentiment_rows, write_csv
 
 
 class Recorder(TrainerCallback):

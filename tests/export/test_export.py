@@ -14,7 +14,7 @@ from gkd.export.checkpoint import CARD_NAME, export_student, read_card
 from gkd.models.student import build_student
 from gkd.models.teacher import check_model_dir, load_teacher
 from gkd.training.trainer import STATE_FILE, Trainer
-from tests.factories import LABELS, make_tiny_teacher, sentiment_rows, write_csv
+from tests.support.factories import LABELS, make_tiny_teacher, sentiment_rows, write_csv
 
 SENTENCES = ["the movie was good", "a dull and boring script with too much music", "it is"]
 

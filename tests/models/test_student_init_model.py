@@ -14,7 +14,7 @@ from gkd.models.families import ModelError
 from gkd.models.student import build_student
 from gkd.models.teacher import load_teacher
 from gkd.training.trainer import Trainer
-from tests.factories import (
+from tests.support.factories import (
     make_tiny_family_teacher,
     make_tiny_teacher,
     sentiment_rows,

@@ -437,7 +437,7 @@ def test_split_does_not_depend_on_hash_randomisation() -> None:
         "ex = [Example(str(i), None, 'xyz'[i % 3]) for i in range(60)]\n"
         "print([e.text for e in split_train_dev(ex, 0.25, 3)[1]])\n"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     outputs = set()
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(root)}

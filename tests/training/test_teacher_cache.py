@@ -16,7 +16,7 @@ from gkd.method.properties import layer_map
 from gkd.models.student import build_student
 from gkd.models.teacher import Teacher, load_teacher
 from gkd.training.teacher_cache import build_cache, open_or_build
-from tests.factories import LABELS, make_tiny_teacher, sentiment_rows
+from tests.support.factories import LABELS, make_tiny_teacher, sentiment_rows
 
 MAX_LENGTH = 32
 

@@ -6,6 +6,8 @@ Face directory (config.json, model.safetensors, tokenizer files), exactly what u
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 from pathlib import Path
 from typing import Any
@@ -78,8 +80,6 @@ def sentiment_rows(n: int = 48, seed: int = 0) -> list[dict[str, str]]:
 
 
 def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
-    import csv
-
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -160,3 +160,12 @@ def make_tiny_gpt2(directory: Path) -> Path:
     GPT2ForSequenceClassification(config).save_pretrained(str(directory), safe_serialization=True)
     write_tokenizer(directory)
     return directory
+
+
+def csv_bytes(rows: list[dict[str, str]]) -> bytes:
+    """`rows` as the bytes of a CSV file with a header (what an upload sends)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()

@@ -9,26 +9,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
 from benchmarks import api, api_profile, end_to_end
+from tests.support.service import reachable
 
 pytestmark = pytest.mark.slow  # each starts uvicorn (and a Celery worker)
-
-
-def _reachable(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.mark.services
 @pytest.mark.parametrize("driver", ["httpx", "wrk"])
 def test_api_benchmark_tiny(driver: str, tmp_path: Path) -> None:
-    if not (_reachable(5432) and _reachable(6379)):
+    if not (reachable(5432) and reachable(6379)):
         pytest.skip("PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are needed")
     if driver == "wrk" and shutil.which("wrk") is None:
         pytest.skip("wrk is not installed")
@@ -56,7 +50,7 @@ def test_api_benchmark_tiny(driver: str, tmp_path: Path) -> None:
 
 @pytest.mark.services
 def test_api_profile_tiny(tmp_path: Path) -> None:
-    if not (_reachable(5432) and _reachable(6379)):
+    if not (reachable(5432) and reachable(6379)):
         pytest.skip("PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are needed")
     if api_profile.py_spy() is None:
         pytest.skip("py-spy is not installed")

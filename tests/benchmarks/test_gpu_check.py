@@ -15,7 +15,7 @@ import torch
 
 from benchmarks import gpu_check
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 

@@ -11,7 +11,7 @@ from gkd.config import ConfigError, DistillConfig
 from gkd.models.families import embedding_module
 from gkd.models.student import build_student, select_teacher_layers
 from gkd.models.teacher import Teacher, load_teacher
-from tests.factories import make_tiny_teacher
+from tests.support.factories import make_tiny_teacher
 
 TEACHER_LAYERS = 4
 

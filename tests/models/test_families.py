@@ -25,7 +25,7 @@ from gkd.models.families import ModelError
 from gkd.models.student import build_student
 from gkd.models.teacher import Teacher, check_model_dir, describe_teacher, load_teacher
 from gkd.training.trainer import Trainer
-from tests.factories import (
+from tests.support.factories import (
     FAMILY_TYPES,
     make_tiny_family_teacher,
     make_tiny_gpt2,

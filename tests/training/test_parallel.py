@@ -14,7 +14,7 @@ from gkd.config import DistillConfig
 from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress
 from gkd.training.parallel import train_distributed
 from gkd.training.trainer import STATE_FILE, Trainer
-from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
+from tests.support.factories import make_tiny_teacher, sentiment_rows, write_csv
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from gkd.method import losses
 from gkd.method.objective import student_loss_parts, teacher_targets
 from gkd.method.precision import Precision, resolve_precision, scaled_input_gradients
 from gkd.models.teacher import load_teacher
-from tests.factories import make_tiny_teacher
+from tests.support.factories import make_tiny_teacher
 
 FP16_SMALLEST_NORMAL = 6.1e-5
 

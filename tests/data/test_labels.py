@@ -10,7 +10,7 @@ import pytest
 from gkd.config import ConfigError, DistillConfig
 from gkd.data.labels import LabelMapError, label_map_for
 from gkd.training.trainer import Trainer
-from tests.factories import make_tiny_teacher, sentiment_rows, write_csv
+from tests.support.factories import make_tiny_teacher, sentiment_rows, write_csv
 
 
 def test_names_that_match_need_no_map() -> None:
