@@ -19,7 +19,7 @@ per-tensor cap bounds that too.
 
 Measuring `c` needs the two parameter gradients apart: two passes back through the student's forward
 graph instead of one, about a third of a cached `gradient_kd` step at real lengths
-(benchmarks/results/train_step_bucketed_cap_every_step.md).
+(benchmarks/results/archive/2026-11-29-lagged-cap/train_step_bucketed_cap_every_step.md).
 `GradientCap` measures it every `every` optimisation steps and in between back-propagates
 `base + c * extra` once, with `c` from the last measured norm ratio (corrected for the term's current
 weight, which the warm-up ramp changes). The per-tensor rule cannot be applied to a summed gradient, so
