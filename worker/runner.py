@@ -308,7 +308,7 @@ def make_callback(ctx: JobContext) -> Any:
             now = time.monotonic()
             if now - self.last_check >= ctx.settings.cancel_check_seconds:
                 self.last_check = now
-                if ctx.status() != "running":
+                if ctx.status() != jobs.RUNNING:
                     self.cancel_seen = True
             return self.cancel_seen
 
@@ -365,7 +365,7 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             if callback is not None:
                 callback.stop_publishing()  # its checkpoint events come before the terminal status
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            return ctx.finish("failed", f"job failed: {message}", error=f"{type(exc).__name__}: {message}")
+            return ctx.finish(jobs.FAILED, f"job failed: {message}", error=f"{type(exc).__name__}: {message}")
         metrics = {
             "latest": {**callback.latest, **_clean(dict(result.final_metrics))},
             "best": _clean(dict(result.best_metrics)) or callback.best,
@@ -381,8 +381,8 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
                 send_run_job(celery, settings, job_id, kind)  # if this fails, the sweeper re-enqueues it
                 return "requeued"
         if result.stopped or callback.cancel_seen:
-            return ctx.finish("cancelled", "job cancelled", metrics=metrics)
-        return ctx.finish("succeeded", f"job succeeded after {result.steps} steps", metrics=metrics)
+            return ctx.finish(jobs.CANCELLED, "job cancelled", metrics=metrics)
+        return ctx.finish(jobs.SUCCEEDED, f"job succeeded after {result.steps} steps", metrics=metrics)
     finally:
         if callback is not None:
             callback.stop_publishing()  # before the scratch is removed, locally and in the bucket
