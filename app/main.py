@@ -6,6 +6,7 @@ import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from celery import Celery
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -13,6 +14,7 @@ from app import dashboard, errors
 from app.reads import Reads
 from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, saliency
 from app.schemas import JobCreate
+from app.store.queue import make_celery
 from app.store.settings import Settings
 from app.tenant_cache import TenantCache
 
@@ -40,9 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.reads = Reads(settings.database_url, settings.read_threads)
 
     @functools.cache
-    def celery_producer():  # type: ignore[no-untyped-def]
-        from app.store.queue import make_celery
-
+    def celery_producer() -> Celery:
+        """The producer that sends jobs by task name (`app.store.queue`), built on first use."""
         return make_celery(settings)
 
     app.state.celery = celery_producer
