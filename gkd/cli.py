@@ -1,6 +1,6 @@
 """The `gkd` command line.
 
-Library commands live here (`distill`, `evaluate`, `example-teacher`). Service commands (`serve`,
+Library commands live here (`distill`, `evaluate`, `example-teacher`, `teacher finetune`). Service commands (`serve`,
 `worker`, `db`, `keys`, `models`, ...) are contributed through the `gkd.commands` entry-point group,
 so the library never imports the service and works where only `gkd` is installed.
 """
@@ -60,7 +60,7 @@ def main() -> None:
     """gkd: Gradient Knowledge Distillation (arXiv 2211.01071) of text classifiers.
 
     \b
-    Library:  gkd example-teacher | gkd distill CONFIG | gkd evaluate MODEL_DIR DATA
+    Library:  gkd example-teacher | gkd teacher finetune | gkd distill CONFIG | gkd evaluate MODEL_DIR DATA
     Service:  gkd serve | gkd worker | gkd keys create --tenant NAME | gkd models import PATH
     """
 
@@ -181,6 +181,62 @@ def example_teacher(home: str, train_rows: int, epochs: int, max_length: int, fo
                f"test accuracy {card.get('test_accuracy') or float('nan'):.4f}, "
                f"trained on {card.get('train_rows')} rows x {card.get('epochs')} epoch(s)")
     click.echo(f"  data: {', '.join(str(p) for p in files.values())}")
+
+
+@main.group()
+def teacher() -> None:
+    """Make a teacher: fine-tune a bare pretrained encoder on your labelled data."""
+
+
+@teacher.command("finetune")
+@click.option("--base", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Hugging Face directory of the pretrained encoder (or a classifier to fine-tune further).")
+@click.option("--data", "train", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Training file: CSV, TSV, JSONL or Parquet with text[, text_pair], label.")
+@click.option("--dev", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Dev file that picks the best epoch (default: a seeded 10 % of --data).")
+@click.option("--test", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Test file, evaluated once with the best epoch.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where the teacher goes (replaced when it exists).")
+@click.option("--epochs", default=3, show_default=True)
+@click.option("--learning-rate", default=5e-5, show_default=True)
+@click.option("--max-length", default=128, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--seed", default=42, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the teacher's card as JSON (the bar goes to stderr).")
+def teacher_finetune(base: Path, train: Path, dev: Path | None, test: Path | None, out: Path, epochs: int,
+                     learning_rate: float, max_length: int, batch_size: int, seed: int, as_json: bool) -> None:
+    """Fine-tune BASE on labelled data and keep the best-on-dev epoch as a teacher in OUT.
+
+    \b
+    gkd teacher finetune --base ENCODER_DIR --data train.csv --dev dev.csv --out var/models/my-teacher
+    """
+    from gkd.training.finetune import finetune_teacher
+    from gkd.training.progress import ProgressPrinter
+
+    printer = ProgressPrinter(to_stderr=as_json)
+    try:
+        result = finetune_teacher(base, train, out, dev=dev, test=test, epochs=epochs, learning_rate=learning_rate,
+                                  max_length=max_length, batch_size=batch_size, seed=seed, callbacks=[printer])
+    except ConfigError as exc:
+        _fail(exc.message)
+        return
+    except (ValueError, OSError, RuntimeError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps(result.card, indent=2))
+        return
+    card = result.card
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:.1f} %"
+
+    click.echo(f"teacher: {result.directory}")
+    click.echo(f"  labels {', '.join(card['labels'])}; dev accuracy {pct(card.get('dev_accuracy'))}, "
+               f"test accuracy {pct(card.get('test_accuracy'))}")
+    click.echo(f"  distil from it: gkd distill CONFIG --set teacher={result.directory}")
 
 
 # Client commands (HTTP, gkd.client); `gkd models list|upload` join the service's `models` group (app/cli.py).

