@@ -151,7 +151,7 @@ class Hyperparameters(_Strict):
 
     epochs: int = Field(4, ge=1, le=100, description="Passes over the training data.")
     batch_size: int = Field(32, ge=1, le=1024, description="Examples per optimisation step.")
-    learning_rate: float = Field(5e-5, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of steps of linear learning-rate warmup.")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping norm; null disables.")
@@ -178,6 +178,10 @@ class Hyperparameters(_Strict):
     )
     gradient_start_ratio: float = Field(
         0.2, ge=0.0, lt=1.0, description="Fraction of the steps trained before the gradient terms start.",
+    )
+    accuracy_guard: bool = Field(
+        True, description="Start the gradient terms once the student agrees with the teacher, and back them off when "
+        "agreement falls (docs/methods.md); false keeps the paper's fixed schedule.",
     )
     gradient_term_cap: float | None = Field(
         1.0, gt=0.0, le=1e6,

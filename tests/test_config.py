@@ -23,13 +23,14 @@ def error_of(**overrides) -> ConfigError:
     return info.value
 
 
-def test_minimal_config_has_the_authors_defaults():
+def test_minimal_config_has_the_documented_defaults():
     config = parse()
     hp = config.hyperparameters
     assert config.method == "gradient_kd"
     assert (hp.learning_rate, hp.batch_size, hp.epochs, hp.temperature, hp.alpha, hp.seed, hp.max_length) == (
-        5e-5, 32, 4, 5.0, 0.5, 42, 128,
+        1e-4, 32, 4, 5.0, 0.5, 42, 128,
     )
+    assert hp.accuracy_guard is True
     assert hp.kl_reduction == "mean"
     assert config.student.init == "bottom"
     assert config.run.device == "auto" and config.run.cache == "auto" and config.run.devices == 1

@@ -178,6 +178,7 @@ def make_callback(ctx: JobContext) -> Any:
             stored = ctx.read(lambda s: s.scalar(select(Job.metrics).where(Job.id == ctx.job_id))) or {}
             self.latest: dict[str, Any] = dict(stored.get("latest") or {})
             self.best: dict[str, Any] = dict(stored.get("best") or {})
+            self.warnings: list[str] = list(stored.get("warnings") or [])  # codes of `warning` events
             self.best_archive: PackedArchive | None = None  # the `best` archive this attempt packed
             storage = get_storage(ctx.settings)
             # With a bucket, checkpoints and the training state go up in the background while training goes on.
@@ -212,7 +213,7 @@ def make_callback(ctx: JobContext) -> Any:
                     return False
                 session.execute(
                     update(Job).where(Job.id == ctx.job_id)
-                    .values(progress=progress.as_dict(), metrics={"latest": self.latest, "best": self.best},
+                    .values(progress=progress.as_dict(), metrics=self.metrics(),
                             heartbeat_at=now)
                     .execution_options(synchronize_session=False)
                 )
@@ -220,6 +221,21 @@ def make_callback(ctx: JobContext) -> Any:
 
             if not ctx.write(tx, "metrics"):
                 self.cancel_seen = True
+
+        def metrics(self) -> dict[str, Any]:
+            """The job's `metrics` column: latest and best figures, and the codes of its warnings (if any)."""
+            return {"latest": self.latest, "best": self.best, **({"warnings": self.warnings} if self.warnings else {})}
+
+        def on_warning(self, progress: Any, code: str, message: str) -> None:
+            if code not in self.warnings:
+                self.warnings.append(code)
+
+            def tx(session: Session) -> None:
+                append_event(session, ctx.job_id, "warning", message, {"code": code, "step": progress.step})
+                session.execute(update(Job).where(Job.id == ctx.job_id).values(metrics=self.metrics())
+                                .execution_options(synchronize_session=False))
+
+            ctx.write(tx, "warning")
 
         def on_train_begin(self, progress: Any) -> None:
             if progress.resumed_from_step:

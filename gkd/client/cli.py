@@ -473,7 +473,7 @@ def watch_job(client: Client, job_id: str, *, as_json: bool = False, file: Any =
                     postfix["loss"] = f"{data['loss']:.4f}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.refresh()
-            elif event.type in ("status", "checkpoint") or (event.type == "log" and event.message):
+            elif event.type in ("status", "checkpoint", "warning") or (event.type == "log" and event.message):
                 bar.write(f"[{event.seq}] {event.type}: {event.message}", file=out)
     finally:
         bar.close()

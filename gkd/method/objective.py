@@ -152,6 +152,8 @@ def student_loss_parts(
         reduction=hp.kl_reduction,
     )
     terms = {name: float(value.detach()) for name, value in parts.items()}
+    # the student's agreement with the teacher's predicted labels: what the trainer's accuracy guard watches
+    terms["agree"] = float((logits.detach().argmax(dim=-1) == targets.logits.argmax(dim=-1)).float().mean())
     if spec.pkd_term:
         assert result.hidden_states is not None and targets.cls_states is not None
         pkd = logits.new_zeros(())

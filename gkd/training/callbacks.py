@@ -72,6 +72,9 @@ class TrainerCallback:
     def on_evaluate(self, progress: TrainingProgress, metrics: dict[str, float]) -> None:
         """Called after each evaluation on the dev split with accuracy, macro_f1, agreements."""
 
+    def on_warning(self, progress: TrainingProgress, code: str, message: str) -> None:
+        """Called when the run finds something the user must hear about (`gkd.training.run_warnings`)."""
+
     def on_checkpoint(self, progress: TrainingProgress, kind: CheckpointKind, path: Path) -> None:
         """Called after a checkpoint directory (`best`/`final` exports) or the training state is written."""
 

@@ -40,6 +40,7 @@ class LoopState:
     best: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     gradient_cap: dict[str, Any] | None = None  # GradientCap.state_dict(): its measurement schedule
+    accuracy_guard: dict[str, Any] | None = None  # AccuracyGuard.state_dict(): when the gradient terms opened
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

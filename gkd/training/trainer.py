@@ -40,8 +40,10 @@ from gkd.method.properties import layer_map, method_properties
 from gkd.models.families import model_family
 from gkd.models.student import build_student, load_checkpoint
 from gkd.models.teacher import Teacher, describe_teacher, load_teacher
+from gkd.training.accuracy_guard import AccuracyGuard
 from gkd.training.allocator import reuse_freed_memory
 from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress
+from gkd.training.run_warnings import RunWarning, gradient_term_idle, majority_share, near_chance
 from gkd.training.state import (
     STATE_FILE,
     LoopState,
@@ -69,6 +71,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_step: int = 0
     labels: list[str] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # RunWarning.as_dict() of each
 
 
 @dataclass
@@ -89,6 +92,7 @@ class RunState:
     precision: Precision
     scaler: torch.amp.GradScaler  # fp16's loss scale for both backward passes (a pass-through otherwise)
     cap: GradientCap | None  # the gradient-term cap; its measurement schedule carries across steps
+    guard: AccuracyGuard | None  # when the gradient terms start and how much they weigh (None: fixed ramp)
     total_steps: int
     num_epochs: int
     device: torch.device
@@ -163,6 +167,9 @@ def gradient_cap(hp: Hyperparameters) -> GradientCap | None:
                        per_tensor=hp.gradient_term_cap_per_tensor)
 
 
+TEACHER_COUNT = "_teacher_predicted_"  # per-class counts of the teacher's predictions, summed across ranks
+
+
 class Trainer:
     """Runs one `DistillConfig`. `examples` may supply the splits in memory (else files are read), `teacher` a
     loaded teacher; `parallel` is this process's part in a data-parallel run (`gkd.training.parallel`)."""
@@ -228,6 +235,8 @@ class Trainer:
                                               run.scheduler)
             if run.cap is not None and run.loop.gradient_cap:
                 run.cap.load_state_dict(run.loop.gradient_cap)
+            if run.guard is not None and run.loop.accuracy_guard:
+                run.guard = AccuracyGuard.from_state(run.loop.accuracy_guard)
         run.resumed_from = run.loop.step
         if teacher.teaches:
             run.teacher_metrics = self._teacher_metrics(run)
@@ -251,8 +260,17 @@ class Trainer:
             pad_id=int(teacher.tokenizer.pad_token_id or 0), student=student, optimizer=optimizer,
             scheduler=scheduler, layer_pairs=layer_map(teacher_layers, self.config.student.num_layers),
             vector_form=self._vector_form(student, teacher), precision=precision, scaler=precision.grad_scaler(),
-            cap=gradient_cap(hp), total_steps=total_steps, num_epochs=hp.epochs, device=self.device,
+            cap=gradient_cap(hp), guard=self.accuracy_guard(total_steps), total_steps=total_steps,
+            num_epochs=hp.epochs, device=self.device,
         )
+
+    def accuracy_guard(self, total_steps: int) -> AccuracyGuard | None:
+        """The run's accuracy guard: for methods with gradient terms, unless `accuracy_guard` is off."""
+        hp = self.config.hyperparameters
+        if not (hp.accuracy_guard and self.method.input_gradients and self.method.teacher_logits):
+            return None
+        return AccuracyGuard(start_step=hp.gradient_start_ratio * total_steps,
+                             ramp_steps=hp.gradient_warmup_ratio * total_steps)
 
     def loop(self, run: RunState) -> bool:
         """Train the remaining epochs, evaluating after each (and every `eval_every_steps`) and saving the state;
@@ -300,11 +318,28 @@ class Trainer:
             if "test" in run.encoded:
                 best = self._load_best() or run.student
                 result.test_metrics = self.evaluate(run, best, "test")
+            result.warnings = [warning.as_dict() for warning in self.run_warnings(run)]
+            for warning in result.warnings:
+                for callback in self.callbacks:
+                    callback.on_warning(progress, warning["code"], warning["message"])
         best_dir = self.output_dir / "best"
         result.best_dir = best_dir if best_dir.is_dir() else None
         for callback in self.callbacks:
             callback.on_train_end(progress, stopped)
         return result
+
+    def run_warnings(self, run: RunState) -> list[RunWarning]:
+        """What the finished run must tell the user (`gkd.training.run_warnings`)."""
+        found: list[RunWarning] = []
+        dev = run.encoded.get("dev")
+        if run.loop.best and dev is not None and len(dev):
+            warning = near_chance(run.loop.best["accuracy"], run.teacher_metrics.get("accuracy"),
+                                  majority_share(dev.labels))
+            if warning is not None:
+                found.append(warning)
+        if run.guard is not None and run.guard.weight(run.loop.step - 1) == 0.0:  # the term never had any weight
+            found.append(gradient_term_idle(run.loop.step))
+        return found
 
     # ---------------------------------------------------------------- one step
     def batch_groups(self, run: RunState) -> list[list[list[int]]]:
@@ -319,8 +354,10 @@ class Trainer:
     def step(self, run: RunState, group: list[list[int]]) -> StepMetrics:
         """One optimiser step over the micro-batches of `group` (this process's share of them); advances the loop."""
         hp = self.config.hyperparameters
-        gradient_scale = gradient_ramp(run.loop.step, run.total_steps, hp.gradient_warmup_ratio,
-                                       hp.gradient_start_ratio)
+        gradient_scale = (run.guard.weight(run.loop.step) if run.guard is not None else
+                          gradient_ramp(run.loop.step, run.total_steps, hp.gradient_warmup_ratio,
+                                        hp.gradient_start_ratio))
+        teacher_counts = [0] * len(run.labels)
         cap, scaler, student = run.cap, run.scaler, run.student
         if cap is not None:
             cap.next_step()
@@ -340,6 +377,9 @@ class Trainer:
                                            run.vector_form, gradient_scale=gradient_scale,
                                            input_gradient_scale=loss_scale)
             share = len(indices) / total_examples
+            if targets is not None:
+                for label in targets.logits.argmax(dim=-1).tolist():
+                    teacher_counts[label] += 1
             loss, terms = parts.total, dict(parts.terms)
             if parts.gradient is not None and cap is not None and gradient_scale > 0:
                 # Both parts carry the same loss scale, so the cap's ratio of their gradients is unchanged.
@@ -351,7 +391,9 @@ class Trainer:
                 scaler.scale(loss * share).backward()
             for name, value in {"loss": float(loss.detach()), **terms}.items():
                 sums[name] = sums.get(name, 0.0) + value * share
+        sums.update({f"{TEACHER_COUNT}{label}": float(count) for label, count in enumerate(teacher_counts)})
         sums = self.parallel.synchronise(student, sums)
+        teacher_counts = [int(sums.pop(f"{TEACHER_COUNT}{label}")) for label in range(len(teacher_counts))]
         scaler.unscale_(run.optimizer)  # clip the true gradients (a no-op unless fp16)
         if hp.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, hp.max_grad_norm)
@@ -365,6 +407,11 @@ class Trainer:
         run.loop.step += 1
         run.loop.step_in_epoch += 1
         run.loop.gradient_cap = cap.state_dict() if cap is not None else None
+        if run.guard is not None and "agree" in sums:
+            run.guard.observe(run.loop.step - 1, sums["agree"], teacher_counts)
+            run.loop.accuracy_guard = run.guard.state_dict()
+        if self.method.input_gradients and (gradient_scale > 0 or run.guard is not None):
+            sums["grad_weight"] = gradient_scale  # the gradient terms' weight factor (ramp x accuracy guard)
         return StepMetrics(loss=loss_value, terms=sums, learning_rate=learning_rate)
 
     # ---------------------------------------------------------------- set-up pieces

@@ -153,7 +153,7 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     epochs = page.locator("#f-hyperparameters-epochs")
     assert epochs.get_attribute("min") == "1" and epochs.get_attribute("max") == "100"
     assert epochs.input_value() == "4"
-    assert float(page.locator("#f-hyperparameters-learning_rate").input_value()) == 5e-5
+    assert float(page.locator("#f-hyperparameters-learning_rate").input_value()) == 1e-4
     assert page.locator("#f-hyperparameters-length_bucketing").is_checked()
     assert page.locator("#f-student-hidden_size").input_value() == ""
     assert_labelled(page)

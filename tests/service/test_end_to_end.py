@@ -73,7 +73,8 @@ def test_job_succeeds_and_checkpoint_loads(stack: Stack, api: TestClient, tiny_t
     dataset = upload(api, headers, 48)
     dev_rows = sentiment_rows(16, seed=1)
     dev = api.post("/v1/datasets", headers=headers, files={"file": ("dev.csv", csv_bytes(dev_rows))}).json()["id"]
-    job = submit(api, headers, teacher, dataset, validation_dataset=dev)
+    # the fixed schedule, so a 6-step job on a random teacher still runs the gradient term (the guard is tested below)
+    job = submit(api, headers, teacher, dataset, validation_dataset=dev, accuracy_guard=False)
     assert job["status"] == "queued" and job["validation_dataset"] == dev
     assert job["hyperparameters"]["temperature"] == 5.0  # defaults filled in
 
@@ -147,6 +148,22 @@ def test_job_succeeds_and_checkpoint_loads(stack: Stack, api: TestClient, tiny_t
     other = {"Authorization": f"Bearer {new_key(stack.settings)}"}
     assert api.get(f"/v1/jobs/{job['id']}", headers=other).status_code == 404
     assert api.get(f"/v1/jobs/{job['id']}/checkpoints/{chosen['id']}/content", headers=other).status_code == 404
+
+
+def test_a_run_whose_gradient_term_never_starts_warns(stack: Stack, api: TestClient, tiny_teacher: Path) -> None:
+    """The job still succeeds (its student is usable as kd's), but says so: an event, a flag in its metrics."""
+    headers = {"Authorization": f"Bearer {new_key(stack.settings)}"}
+    teacher = register_teacher(stack.settings, headers, tiny_teacher)
+    dataset = upload(api, headers, 48)
+    job = submit(api, headers, teacher, dataset, learning_rate=1e-9, gradient_start_ratio=0.9)
+    events = follow(api, headers, job["id"])
+    warnings = [e for e in events if e["type"] == "warning"]
+    assert [w["data"]["code"] for w in warnings] == ["gradient_term_not_started"], stack.log_tail()
+    assert "never started" in warnings[0]["message"]
+    assert [e["data"]["status"] for e in events if e["type"] == "status"][-1] == "succeeded"
+    assert warnings[0]["seq"] < events[-1]["seq"]  # before the terminal status
+    final = api.get(f"/v1/jobs/{job['id']}", headers=headers).json()
+    assert final["metrics"]["warnings"] == ["gradient_term_not_started"]
 
 
 def test_cancel_while_running(stack: Stack, api: TestClient, tiny_teacher: Path) -> None:

@@ -33,7 +33,7 @@ def test_create_job(client: TestClient, auth: dict, setup: dict) -> None:
     job = response.json()
     assert job["id"].startswith("job_") and job["object"] == "job" and job["status"] == "queued"
     assert job["method"] == "gradient_kd" and job["teacher"] == setup["teacher"]
-    assert job["hyperparameters"]["learning_rate"] == 5e-5 and job["hyperparameters"]["epochs"] == 4
+    assert job["hyperparameters"]["learning_rate"] == 1e-4 and job["hyperparameters"]["epochs"] == 4
     assert job["student"]["num_layers"] == 1 and job["metadata"] == {"a": 1}
     assert job["progress"]["step"] == 0 and job["attempts"] == 0
     assert set(job["versions"]) == {"gkd", "torch", "transformers"}

@@ -58,8 +58,9 @@ def make_config(tmp: Path, teacher: Path, data: dict[str, Path], method: str, na
                 student: dict[str, Any] | None = None, **hp: Any) -> DistillConfig:
     hyperparameters = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.0,
                        "max_length": 32, "beta": 1.0, "gamma": 1.0, "seed": 3,
-                       # these short runs ramp the gradient term in from step 0 (the library starts it later)
-                       "gradient_start_ratio": 0.0, "gradient_warmup_ratio": 0.5, **hp}
+                       # these short runs ramp the gradient term in from step 0 on a fixed schedule (the library
+                       # starts it once the accuracy guard sees the student agree with the teacher: tested below)
+                       "gradient_start_ratio": 0.0, "gradient_warmup_ratio": 0.5, "accuracy_guard": False, **hp}
     return DistillConfig.parse({
         "method": method,
         "teacher": str(teacher),
@@ -154,8 +155,9 @@ def test_each_method_trains_and_its_loss_goes_down(tmp_path: Path, trained_teach
     assert all(torch.isfinite(torch.tensor(recorder.losses)))
     first, last = sum(recorder.losses[:3]) / 3, sum(recorder.losses[-3:]) / 3
     assert last < 0.9 * first, recorder.losses
-    expected_terms = {"ce": {"ce"}, "kd": {"kd", "ce"}, "pkd": {"kd", "ce", "pkd"},
-                      "gradient_kd": {"kd", "ce", "grad"}, "gradient_kd_cls": {"kd", "ce", "pkd", "grad"}}[method]
+    expected_terms = {"ce": {"ce"}, "kd": {"kd", "ce", "agree"}, "pkd": {"kd", "ce", "pkd", "agree"},
+                      "gradient_kd": {"kd", "ce", "grad", "agree", "grad_weight"},
+                      "gradient_kd_cls": {"kd", "ce", "pkd", "grad", "agree", "grad_weight"}}[method]
     assert set(recorder.terms[0]) == expected_terms
     if method in ("gradient_kd", "gradient_kd_cls"):
         # the gradient term itself is optimised
@@ -199,6 +201,7 @@ RESUME_CASES = {
     "gradient_kd-mid-epoch": ("gradient_kd", {"num_layers": 2}, {}, 2),
     "gradient_kd_cls-dropout-epoch-boundary": ("gradient_kd_cls", {"num_layers": 2, "dropout": 0.1}, {}, 5),
     "accumulation-mid-epoch": ("kd", {"num_layers": 2, "dropout": 0.1}, {"gradient_accumulation_steps": 2}, 2),
+    "gradient_kd-accuracy-guard": ("gradient_kd", {"num_layers": 2}, {"accuracy_guard": True}, 4),
 }
 
 
@@ -400,3 +403,48 @@ def test_optimizer_uses_the_fused_adamw_kernel_with_the_same_update_as_the_defau
             optimizer.step()
     for (name, a), b in zip(fused_model.named_parameters(), plain_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------------------------ the accuracy guard and run warnings
+class Watcher(TrainerCallback):
+    def __init__(self) -> None:
+        self.weights: list[float] = []
+        self.warnings: list[tuple[str, str]] = []
+
+    def on_step(self, progress: TrainingProgress, metrics: StepMetrics) -> None:
+        self.weights.append(metrics.terms.get("grad_weight", 0.0))
+
+    def on_warning(self, progress: TrainingProgress, code: str, message: str) -> None:
+        self.warnings.append((code, message))
+
+
+def test_the_trainer_starts_the_gradient_term_once_the_student_agrees(tmp_path: Path, trained_teacher: Path, data):
+    watcher = Watcher()
+    config = make_config(tmp_path, trained_teacher, data, "gradient_kd", "guarded", epochs=6, accuracy_guard=True)
+    result = Trainer(config, [watcher]).train()
+    assert watcher.weights[0] == 0.0  # the student starts at chance: no gradient term yet
+    assert max(watcher.weights) > 0.0, watcher.weights  # ... and once it agrees, the term runs
+    assert not [code for code, _ in watcher.warnings if code == "gradient_term_not_started"]
+    assert result.best_metrics["accuracy"] >= 0.75, result.history
+
+
+def test_a_student_that_cannot_learn_gets_warnings_not_a_silent_success(tmp_path: Path, trained_teacher: Path, data):
+    watcher = Watcher()
+    # a randomly initialised student that (almost) does not move: it guesses
+    config = make_config(tmp_path, trained_teacher, data, "gradient_kd", "stuck", {"num_layers": 2, "init": "random"},
+                         epochs=1, learning_rate=1e-9, accuracy_guard=True, seed=7)
+    result = Trainer(config, [watcher]).train()
+    codes = [code for code, _ in watcher.warnings]
+    assert "gradient_term_not_started" in codes
+    assert [w["code"] for w in result.warnings] == codes
+    assert max(watcher.weights) == 0.0
+    assert result.best_metrics["accuracy"] <= majority_share_of(data["dev"]) + 0.05  # it guessed ...
+    assert "student_near_chance" in codes  # ... and the run says so
+
+
+def majority_share_of(path: Path) -> float:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        labels = [row["label"] for row in csv.DictReader(handle)]
+    return max(labels.count(label) for label in set(labels)) / len(labels)

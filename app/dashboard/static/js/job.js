@@ -36,6 +36,12 @@ export async function render(main, { jobId }) {
   const progress = h("div", { id: "job-progress" });
   const streamState = h("span", { class: "stream-state", id: "stream-state", "aria-live": "polite" });
   const errorSlot = h("div");
+  const warningSlot = h("div", { id: "job-warnings" });
+  const warnings = new Map(); // code -> message (the event's text, or the code until its event arrives)
+  function showWarnings() {
+    replace(warningSlot, warnings.size ? h("ul", { class: "warning-list", role: "status" },
+      [...warnings.values()].map((text) => h("li", {}, text))) : null);
+  }
   const lossChart = new Chart("loss-chart", "Training loss", LOSS_SERIES);
   const evalChart = new Chart("eval-chart", "Dev accuracy and saliency agreement per evaluation", EVAL_SERIES, [0, 1]);
   const evalTable = h("tbody");
@@ -48,6 +54,7 @@ export async function render(main, { jobId }) {
       h("h1", {}, job.name || job.id, " ", statusSlot),
       h("div", { class: "actions" }, cancel)),
     errorSlot,
+    warningSlot,
     h("section", { class: "card", "aria-labelledby": "h-progress" },
       h("h2", { id: "h-progress" }, "Progress ", streamState), progress),
     h("section", { class: "card", "aria-labelledby": "h-curves" },
@@ -74,6 +81,8 @@ export async function render(main, { jobId }) {
       progressCell(p, j.status), " ",
       h("span", {}, `step ${p.step ?? 0}${p.total_steps ? ` of ${p.total_steps}` : ""}, epoch ${p.epoch ?? 0}`),
       TERMINAL.has(j.status) ? null : h("span", {}, ` · ETA ${fmtDuration(p.eta_seconds)}`));
+    for (const code of j.metrics?.warnings || []) if (!warnings.has(code)) warnings.set(code, `warning: ${code}`);
+    showWarnings();
     const best = j.metrics?.best || {};
     replace(facts,
       fact("Id", h("code", {}, j.id)),
@@ -145,6 +154,9 @@ export async function render(main, { jobId }) {
       return TERMINAL.has(d.status);
     } else if (event.type === "checkpoint") {
       refreshCheckpoints();
+    } else if (event.type === "warning") {
+      warnings.set(d.code || event.message, `warning: ${event.message}`);
+      showWarnings();
     }
     return false;
   }
