@@ -47,6 +47,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed-base", type=int, default=1)
     parser.add_argument("--train-rows", type=int, default=3000, help="training rows per task (teacher and students)")
+    parser.add_argument("--student-rows", type=int, default=None, help="train students on only the first N of the "
+                        "training rows (a short-job budget; the teacher keeps --train-rows)")
     parser.add_argument("--epochs", type=int, default=2, help="student epochs (the CPU bound; same for every method)")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -119,6 +121,9 @@ def prepare_task(args: argparse.Namespace, name: str) -> dict[str, Any]:
                          test=data_dir / "test.csv", num_threads=max(1, args.jobs),
                          card={"name": f"suite-{name}", "task": TASKS[name].description})
         print(f"  {name} teacher in {time.perf_counter() - started:.0f} s", flush=True)
+    if args.student_rows:
+        split_record["student_train"] = head_rows(data_dir / "train.csv", args.student_rows,
+                                                  data_dir / f"train-first-{args.student_rows}.csv")
     card = json.loads(card_file.read_text(encoding="utf-8"))
     test = evaluate_directory(teacher_dir, data_dir / "test.csv", max_length=args.max_length)
     return {"task": name, "description": TASKS[name].description, "splits": split_record,
@@ -127,12 +132,25 @@ def prepare_task(args: argparse.Namespace, name: str) -> dict[str, Any]:
                         "epochs": card.get("epochs"), "learning_rate": card.get("learning_rate")}}
 
 
+def head_rows(source: Path, rows: int, target: Path) -> dict[str, Any]:
+    """The first `rows` data rows of a CSV split (already shuffled and stratified), with their count and sha256."""
+    import csv
+    import hashlib
+
+    with source.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        kept = [next(reader), *[row for _, row in zip(range(rows), reader, strict=False)]]
+    with target.open("w", newline="", encoding="utf-8") as out:
+        csv.writer(out).writerows(kept)
+    return {"file": str(target), "rows": len(kept) - 1, "sha256": hashlib.sha256(target.read_bytes()).hexdigest()}
+
+
 # ---------------------------------------------------------------- main
 def load_report(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not out.is_file():
         return {"benchmark": "suite", "settings": settings, "tasks": {}, "runs": []}
     report = json.loads(out.read_text(encoding="utf-8"))
-    keys = ("train_rows", "epochs", "max_length", "overrides")
+    keys = ("train_rows", "student_rows", "epochs", "max_length", "overrides")
     changed = [k for k in keys if report["settings"].get(k) != settings.get(k)]
     if changed:
         raise SystemExit(f"{out} holds runs made with other settings ({', '.join(changed)}): use another --out")
@@ -143,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     common.set_module_name("benchmarks.suite")
     args = parse_args(argv)
     out = Path(args.out)
-    settings = {"train_rows": args.train_rows, "epochs": args.epochs, "max_length": args.max_length,
+    settings = {"train_rows": args.train_rows, "student_rows": args.student_rows,
+                "epochs": args.epochs, "max_length": args.max_length,
                 "overrides": parse_overrides(args.overrides), "home": args.home, "variant": args.variant}
     report = load_report(out, settings)
     if args.render:

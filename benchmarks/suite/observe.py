@@ -17,6 +17,7 @@ class RunObserver(TrainerCallback):
         self.sums: list[dict[str, float]] = []
         self.counts: list[dict[str, int]] = []
         self.dev: list[dict[str, float]] = []
+        self.warnings: list[str] = []
 
     def on_step(self, progress: TrainingProgress, metrics: StepMetrics) -> None:
         epoch = min(progress.epoch, progress.num_epochs - 1)
@@ -30,7 +31,10 @@ class RunObserver(TrainerCallback):
     def on_evaluate(self, progress: TrainingProgress, metrics: dict[str, float]) -> None:
         self.dev.append({"step": progress.step, **{k: metrics[k] for k in DEV_KEYS if k in metrics}})
 
+    def on_warning(self, progress: TrainingProgress, code: str, message: str) -> None:
+        self.warnings.append(code)
+
     def summary(self) -> dict[str, Any]:
         terms = [{name: value / counts[name] for name, value in sums.items()}
                  for sums, counts in zip(self.sums, self.counts, strict=True)]
-        return {"terms_per_epoch": terms, "dev_history": self.dev}
+        return {"terms_per_epoch": terms, "dev_history": self.dev, "warnings": self.warnings}

@@ -44,6 +44,7 @@ def summarise(report: dict[str, Any]) -> list[dict[str, Any]]:
             row[metric] = {"mean": mean, "std": std, "values": values}
         info = report["tasks"].get(task)
         row["collapsed"] = sum(collapsed(m, info) for m in members) if info else 0
+        row["warned"] = sum(bool(m.get("warnings")) for m in members)
         row["seconds"] = common.mean_std([m["seconds"] for m in members])[0]
         rows.append(row)
     task_order = list(report["tasks"])
@@ -94,8 +95,9 @@ def render(report: dict[str, Any], markdown: bool = True) -> str:
             parts += [common.environment_markdown(report["environment"]), ""]
     overrides = ", ".join(f"{k}={v}" for k, v in s.get("overrides", {}).items()) or "none"
     parts.append(f"Students: the library's default hyperparameters, bounded for CPU time to {s['epochs']} epochs, "
-                 f"max length {s['max_length']} and the first {s['train_rows']} training rows (the same for every "
-                 f"method); overrides: {overrides}. Test metrics of the best-on-dev checkpoint, mean ± std over "
+                 f"max length {s['max_length']} and the first {s.get('student_rows') or s['train_rows']} training rows "
+                 f"(the same for every method; teachers on the first {s['train_rows']}); overrides: {overrides}. "
+                 "Test metrics of the best-on-dev checkpoint, mean ± std over "
                  "seeds. Saliency agreement: mean cosine between teacher and student per-token input gradients.")
     task_rows = []
     for name, info in report["tasks"].items():
@@ -109,10 +111,10 @@ def render(report: dict[str, Any], markdown: bool = True) -> str:
                     task_rows)]
     body = [[r["task"], r["layers"], r["method"], r["n"], _pm(r["accuracy"]), _pm(r["macro_f1"]),
              _pm(r["teacher_agreement"]), _pm(r["saliency_agreement"], 1.0, 3), r["collapsed"],
-             f"{r['seconds']:.0f}"] for r in rows]
+             r.get("warned", 0), f"{r['seconds']:.0f}"] for r in rows]
     parts += ["", "## task x depth x method" if markdown else "task x depth x method:", "",
               table(["task", "layers", "method", "n", "test acc %", "macro-F1 %", "teacher agr. %", "saliency cos",
-                     "collapsed", "s/run"], body)]
+                     "collapsed", "warned", "s/run"], body)]
     verdict_rows = report.get("verdicts") or verdicts(report, rows)
     if verdict_rows:
         def mark(value: bool | None) -> str:
