@@ -1,9 +1,10 @@
-"""POST/GET /v1/jobs, POST /v1/jobs/{id}/cancel."""
+"""POST/GET /v1/jobs, POST /v1/jobs/{id}/cancel, DELETE /v1/jobs/{id}."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -12,21 +13,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.deps import CurrentTenant, PageDep, ReadsDep, SessionDep, SettingsDep
-from app.errors import ApiError, conflict, invalid
+from app.errors import ApiError, conflict, invalid, not_found
 from app.reads import row_select
 from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_row, paginate
-from app.schemas import JobCreate, JobOut, ListResponse
+from app.schemas import Deleted, JobCreate, JobOut, ListResponse
 from app.store import jobs
 from app.store.events import notify
 from app.store.ids import new_id
 from app.store.job_config import check_job_body
 from app.store.orm import Job, TeacherModel, Tenant, utcnow
 from app.store.queue import enqueue_committed_job
+from app.store.storage import get_storage
 from gkd.config import ConfigError, InitFromModel
 from gkd.data.labels import LabelMapError, label_map_for
 from gkd.method.properties import method_properties
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
+
 
 def _label_map(body: JobCreate, teacher: TeacherModel, train_labels: list[str],
                dev_labels: list[str] | None) -> dict[str, str]:
@@ -264,3 +268,22 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, settings
     current = session.get(Job, job.id, populate_existing=True)
     assert current is not None
     return JobOut.of(current)
+
+
+@router.delete("/{job_id}", response_model=Deleted)
+def delete_job(job_id: str, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> Deleted:
+    """A finished job goes with its events, checkpoints and scratch; an unfinished one is a 409 (cancel it first)."""
+    job = get_job(session, tenant, job_id)
+    if not jobs.delete_finished(session, job.id):
+        session.rollback()
+        current = session.scalar(select(Job.status).where(Job.id == job.id))
+        if current is None:  # deleted by a concurrent request
+            raise not_found("job", job.id)
+        raise conflict(f"job {job.id} is {current}; only a finished job can be deleted (cancel it first)",
+                       code="job_active")
+    session.commit()
+    try:  # the rows are gone first, so no client is ever shown a checkpoint whose file was removed
+        get_storage(settings).delete(jobs.job_files(job.id))
+    except Exception:  # noqa: BLE001 - the job is deleted; a leftover file is logged for the operator
+        log.warning("job %s is deleted but its files could not all be removed", job.id, exc_info=True)
+    return Deleted(id=job.id, object="job")

@@ -3,7 +3,8 @@
     gkd datasets upload FILE [--name N] | list | get ID | delete ID
     gkd models list | upload PATH          (next to the admin command `gkd models import`)
     gkd jobs submit --teacher T --train D [--dev D] [--method M] [--layers N] [--set KEY=VALUE ...] [--watch]
-    gkd jobs list [--status S] | get ID | cancel ID | events ID | watch ID | download ID [--kind best|final]
+    gkd jobs list [--status S] | get ID | cancel ID | delete ID | events ID | watch ID | download ID [--kind best|final]
+    gkd jobs metrics ID [-o FILE]          (every step's and evaluation's metrics as CSV)
 
 Every command takes `--base-url` (env GKD_BASE_URL, default http://127.0.0.1:8000), `--api-key`
 (env GKD_API_KEY), `--timeout` and `--json` (machine-readable output), on the command or on its group
@@ -254,7 +255,7 @@ def models_upload(path: Path, name: str | None) -> None:
 @click.group()
 @api_options
 def jobs() -> None:
-    """Distillation jobs (submit, list, get, cancel, events, watch, download)."""
+    """Distillation jobs (submit, list, get, cancel, delete, events, watch, download, metrics)."""
 
 
 def _parse_value(text: str) -> Any:
@@ -396,6 +397,32 @@ def jobs_cancel(job_id: str) -> None:
         _emit_json(job.to_dict())
     else:
         click.echo(f"{job.id} {job.status}")
+
+
+@jobs.command("delete")
+@click.argument("job_id")
+@api_options
+@handle_errors
+def jobs_delete(job_id: str) -> None:
+    """Delete a finished job with its events, checkpoints and files (refused while it is active)."""
+    with _client() as client:
+        _show_one(client.jobs.delete(job_id))
+
+
+@jobs.command("metrics")
+@click.argument("job_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the CSV to this file instead of standard output.")
+@api_options
+@handle_errors
+def jobs_metrics(job_id: str, output: Path | None) -> None:
+    """Every step's and evaluation's metrics of a job as CSV (the numbers of its metrics events)."""
+    with _client() as client:
+        text = client.jobs.metrics_csv(job_id, output)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        click.echo(f"wrote {output}", err=True)
 
 
 @jobs.command("events")
