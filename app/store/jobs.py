@@ -177,6 +177,16 @@ def hand_back(session: Session, job_id: str, worker: str, step: int) -> str | No
     return job.queue_kind
 
 
+def job_needing_checkpoints_of(session: Session, job_id: str) -> str | None:
+    """An unfinished job whose student continues from one of `job_id`'s checkpoints (it would lose its start),
+    or None. Holds those checkpoint rows (PostgreSQL) so a job created meanwhile is seen or waits."""
+    ids = list(session.scalars(select(Checkpoint.id).where(Checkpoint.job_id == job_id).with_for_update()))
+    if not ids:
+        return None
+    return session.scalar(select(Job.id).where(Job.init_checkpoint_id.in_(ids),
+                                               Job.status.not_in(TERMINAL_STATUSES)).limit(1))
+
+
 def job_files(job_id: str) -> str:
     """Everything a job stored, relative to the storage root: its checkpoint archives and its scratch."""
     return f"jobs/{job_id}"

@@ -302,10 +302,13 @@ def _dataset_ref(client: Client, value: str | None, label: str) -> str | None:
 def _init_value(text: str) -> Any:
     if text in ("bottom", "every_other", "random"):
         return text
+    if text.startswith("ckpt_"):  # continue from a finished job's checkpoint
+        return {"checkpoint": text}
     try:
         return [int(p) for p in text.split(",") if p.strip()]
     except ValueError as exc:
-        raise click.BadParameter("bottom, every_other, random or a list like 0,2,4", param_hint="--init") from exc
+        raise click.BadParameter("bottom, every_other, random, a list like 0,2,4 or a ckpt_ id",
+                                 param_hint="--init") from exc
 
 
 @jobs.command("submit")
@@ -314,7 +317,8 @@ def _init_value(text: str) -> Any:
 @click.option("--dev", default=None, help="Validation dataset id or local file (default: held out of --train).")
 @click.option("--method", type=click.Choice(METHODS), default="gradient_kd", show_default=True)
 @click.option("--layers", type=int, default=None, help="Student layers (student.num_layers).")
-@click.option("--init", "init", default=None, help="Student init: bottom, every_other, random or 0,2,4.")
+@click.option("--init", "init", default=None,
+              help="Student init: bottom, every_other, random, 0,2,4, or a checkpoint id (ckpt_...) to continue from.")
 @click.option("--name", default=None, help="Job name.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="hyperparameters.KEY=VALUE (or student./metadata.); repeatable; values parsed as JSON.")

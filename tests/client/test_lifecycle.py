@@ -91,3 +91,31 @@ def test_delete_refused_while_active_then_allowed(server: Server, worker: object
 
     assert asyncio.run(delete()).deleted
     assert _files_gone(server, job.id)
+
+
+def test_epoch_checkpoints_and_continue(server: Server, worker: object, tiny_teacher: Path, tmp_path: Path) -> None:
+    key = new_key(server.settings)
+    with gc.Client(server.url, key, timeout=20) as client:
+        teacher = register_teacher(server.settings, key, tiny_teacher)
+        first = _run(client, teacher, tmp_path, epochs=3, n_checkpoints=2)
+        events = list(client.jobs.stream(first.id))
+        assert client.jobs.get(first.id).status == "succeeded", [e.message for e in events]
+        kinds = {c.kind: c for c in client.checkpoints.list(first.id)}
+        assert {"epoch-2", "epoch-3"} <= set(kinds) and "epoch-1" not in kinds
+        stored = server.settings.storage / "jobs" / first.id / "checkpoints"
+        assert not (stored / "epoch-1.tar.gz").exists() and (stored / "epoch-3.tar.gz").is_file()
+        pruned = [e.data for e in events if e.type == "checkpoint" and e.data.get("pruned")]
+        assert pruned and pruned[0]["kind"] == "epoch-3"
+        epoch2 = client.checkpoints.download(first.id, kinds["epoch-2"].id, tmp_path / "epoch-2")
+        assert (epoch2 / "model.safetensors").is_file()
+        before = {c.id: c.sha256 for c in client.checkpoints.list(first.id)}
+
+        second = client.jobs.create(teacher=teacher, training_dataset=first.training_dataset,
+                                    student={"init": {"checkpoint": kinds["epoch-2"].id}},
+                                    hyperparameters={**TINY, "epochs": 1})
+        assert second.student["num_layers"] == 1
+        done = client.jobs.wait(second.id, timeout=180)
+        assert done.status == "succeeded", done.error
+        assert {c.id: c.sha256 for c in client.checkpoints.list(first.id)} == before  # the old job is unchanged
+        log = [e.message for e in client.jobs.events(second.id)]
+        assert any("training started" in m for m in log)

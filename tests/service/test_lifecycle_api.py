@@ -122,3 +122,49 @@ def test_delete_dataset_removes_its_file_once_no_job_needs_it(client: TestClient
     # The finished job that used it is still readable, and can itself be deleted.
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["status"] == "succeeded"
     assert client.delete(f"/v1/jobs/{job['id']}", headers=auth).status_code == 200
+
+
+def _checkpoint_of(settings: Settings, job_id: str, kind: str = "final") -> str:
+    checkpoint_id = new_id("ckpt")
+    with session_scope(settings.database_url) as session:
+        session.add(Checkpoint(id=checkpoint_id, job_id=job_id, kind=kind,
+                               path=f"jobs/{job_id}/checkpoints/{kind}.tar.gz", sha256="0" * 64, size_bytes=7))
+    return checkpoint_id
+
+
+def test_continue_from_a_checkpoint_is_checked(client: TestClient, auth: dict, other_auth: dict,
+                                               settings: Settings, job: dict, tiny_teacher: Path) -> None:
+    checkpoint = _checkpoint_of(settings, job["id"])
+    body = {"teacher": job["teacher"], "training_dataset": job["training_dataset"],
+            "student": {"init": {"checkpoint": checkpoint}}}
+    # The source job is still queued.
+    error = assert_error(client.post("/v1/jobs", headers=auth, json=body), 422, "invalid_request_error",
+                         "student.init.checkpoint")
+    assert "finished" in error["message"]
+    _finish(settings, job["id"])
+    assert_error(client.post("/v1/jobs", headers=auth, json={**body, "student": {"init": {"checkpoint": "ckpt_x"}}}),
+                 404, "not_found_error", "student.init.checkpoint")
+    assert_error(client.post("/v1/jobs", headers=auth, json={**body, "student": {"num_layers": 2, "init": {
+        "checkpoint": checkpoint}}}), 422, "invalid_request_error", "student.num_layers")
+    assert_error(client.post("/v1/jobs", headers=auth, json={**body, "student": {"hidden_size": 16, "init": {
+        "checkpoint": checkpoint}}}), 422, "invalid_request_error")
+    other_teacher = register_teacher(settings, auth, tiny_teacher, name="tiny-2")
+    assert_error(client.post("/v1/jobs", headers=auth, json={**body, "teacher": other_teacher}), 422,
+                 "invalid_request_error", "student.init.checkpoint")
+
+    created = client.post("/v1/jobs", headers=auth, json=body)
+    assert created.status_code == 201, created.text
+    follow_up = created.json()
+    assert follow_up["student"]["init"] == {"checkpoint": checkpoint}
+    assert follow_up["student"]["num_layers"] == job["student"]["num_layers"]  # the checkpoint's depth
+
+    # Another tenant cannot see it; the source cannot be deleted while the job that continues from it runs.
+    other_dataset = upload_dataset(client, other_auth)["id"]
+    other_body = {"teacher": register_teacher(settings, other_auth, tiny_teacher), "training_dataset": other_dataset,
+                  "student": {"init": {"checkpoint": checkpoint}}}
+    assert_error(client.post("/v1/jobs", headers=other_auth, json=other_body), 404, "not_found_error",
+                 "student.init.checkpoint")
+    error = assert_error(client.delete(f"/v1/jobs/{job['id']}", headers=auth), 409, "conflict_error")
+    assert follow_up["id"] in error["message"]
+    _finish(settings, follow_up["id"], jobs.FAILED)
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=auth).status_code == 200
