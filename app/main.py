@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import dashboard, errors
 from app.reads import Reads
-from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, saliency
+from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, results, saliency
 from app.schemas import JobCreate
 from app.store.queue import make_celery
 from app.store.settings import Settings
@@ -50,6 +50,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app, body_models=(JobCreate, saliency.SaliencyRequest))
     # Routers are matched in this order, one route after another: the polled ones first (a job's status, its events)
     # cost the least matching. The OpenAPI document lists paths in the same order.
-    for module in (jobs, events, checkpoints, datasets, models, saliency, health, metrics, dashboard):
+    for module in (jobs, events, checkpoints, results, datasets, models, saliency, health, metrics, dashboard):
         app.include_router(module.router)
     return app

@@ -192,7 +192,8 @@ class CheckpointOut(BaseModel):
     id: str
     object: Literal["checkpoint"] = "checkpoint"
     job: str
-    kind: str = Field(description="`best` (best dev accuracy so far) or `final` (after the last epoch)")
+    kind: str = Field(description="`best` (best dev accuracy so far), `final` (after the last epoch) or `epoch-N` "
+                      "(after epoch N, `hyperparameters.n_checkpoints`)")
     step: int = Field(description="the optimiser step the weights are from")
     sha256: str = Field(description="of the archive; `best` and `final` share one archive (and this value) "
                                     "when training ended on its best evaluation")

@@ -87,6 +87,14 @@ class InitFromModel(_Strict):
         return _check_layer_indices(value)
 
 
+class InitFromCheckpoint(_Strict):
+    """A student that continues from an earlier run's exported checkpoint: all of its layers, weights and head."""
+
+    checkpoint: StorableText = Field(..., min_length=1, max_length=500,
+                                     description="The checkpoint to continue from: an exported student directory, "
+                                     "or in the service a finished job's checkpoint id.")
+
+
 def _null_is_default(value: Any, info: ValidationInfo) -> Any:
     """null, which earlier versions stored for 'the default' (job rows, training states), reads as the default."""
     if value is None:
@@ -99,11 +107,11 @@ class StudentSpec(_Strict):
     """How the student is cut from the teacher (or from another encoder)."""
 
     num_layers: int = Field(3, ge=1, le=48, description="Number of encoder layers of the student.")
-    init: InitStrategy | list[int] | InitFromModel = Field(
+    init: InitStrategy | list[int] | InitFromModel | InitFromCheckpoint = Field(
         "bottom",
         description="Where the student's layers come from: 'bottom' (the teacher's first N), 'every_other', a list "
-        "of 0-based teacher layers, 'random', or {\"model\": ..., \"layers\": ...} for another pretrained encoder "
-        "with the teacher's tokenizer.",
+        "of teacher layers, 'random', {\"model\": ..., \"layers\": ...} (another encoder, same tokenizer) or "
+        "{\"checkpoint\": ...} (continue a student).",
     )
     hidden_size: int | None = Field(
         None, ge=8, le=8192,
@@ -138,12 +146,20 @@ class StudentSpec(_Strict):
             if self.hidden_size is not None:
                 raise ValueError("hidden_size: a student started from init.model has that model's width; "
                                  "leave hidden_size null")
+        if isinstance(self.init, InitFromCheckpoint) and self.hidden_size is not None:
+            raise ValueError("hidden_size: a student continued from init.checkpoint has that checkpoint's width; "
+                             "leave hidden_size null")
         return self
 
     @property
     def base_model(self) -> str | None:
         """The other encoder the student starts from, or None when it is cut from the teacher."""
         return self.init.model if isinstance(self.init, InitFromModel) else None
+
+    @property
+    def init_checkpoint(self) -> str | None:
+        """The checkpoint the student continues from, or None when it is cut from a model."""
+        return self.init.checkpoint if isinstance(self.init, InitFromCheckpoint) else None
 
 
 class Hyperparameters(_Strict):
@@ -199,6 +215,9 @@ class Hyperparameters(_Strict):
     )
     length_bucketing: bool = Field(
         True, description="Group examples of similar length into batches to cut padding."
+    )
+    n_checkpoints: int = Field(
+        0, ge=0, le=100, description="Per-epoch checkpoints kept (the newest N, older ones pruned); 0 keeps none."
     )
 
 

@@ -194,9 +194,10 @@ def test_run_settings_load_at_the_top_level_and_under_run(tmp_path: Path):
 
 def test_field_descriptions_are_one_sentence():
     """Descriptions end up in the public OpenAPI schema; reasoning and measurements belong in docs/methods.md."""
-    from gkd.config import DataSpec, InitFromModel, RunSettings
+    from gkd.config import DataSpec, InitFromCheckpoint, InitFromModel, RunSettings
 
-    for model in (StudentSpec, Hyperparameters, DataSpec, RunSettings, InitFromModel, DistillConfig):
+    for model in (StudentSpec, Hyperparameters, DataSpec, RunSettings, InitFromModel, InitFromCheckpoint,
+                  DistillConfig):
         for name, field in model.model_fields.items():
             text = field.description or ""
             assert len(text) <= 250, f"{model.__name__}.{name}"

@@ -180,6 +180,8 @@ def make_callback(ctx: JobContext) -> Any:
             self.best: dict[str, Any] = dict(stored.get("best") or {})
             self.warnings: list[str] = list(stored.get("warnings") or [])  # codes of `warning` events
             self.best_archive: PackedArchive | None = None  # the `best` archive this attempt packed
+            hyperparameters = ctx.read(lambda s: s.scalar(select(Job.hyperparameters).where(Job.id == ctx.job_id)))
+            self.keep_epochs = int((hyperparameters or {}).get("n_checkpoints") or 0)
             storage = get_storage(ctx.settings)
             # With a bucket, checkpoints and the training state go up in the background while training goes on.
             self.publisher = (BackgroundPublisher(storage.publish_file, name=f"publish-{ctx.job_id}")
@@ -268,7 +270,7 @@ def make_callback(ctx: JobContext) -> Any:
                          values)
 
         def on_checkpoint(self, progress: Any, kind: str, path: Path) -> None:
-            if kind not in ("best", "final", "state"):
+            if kind not in ("best", "final", "state") and not is_epoch_kind(kind):
                 return
             if kind == "state":  # the resumable training state follows the job to whichever worker resumes it
                 if self.publisher is not None:
@@ -292,7 +294,7 @@ def make_callback(ctx: JobContext) -> Any:
             except (OSError, ValueError):
                 metrics = dict(self.best) if kind == "best" else dict(self.latest)
 
-            def tx(session: Session) -> None:
+            def tx(session: Session) -> list[str]:
                 row = session.scalar(
                     select(Checkpoint).where(Checkpoint.job_id == ctx.job_id, Checkpoint.kind == kind)
                 )
@@ -303,12 +305,20 @@ def make_callback(ctx: JobContext) -> Any:
                 row.step, row.metrics = progress.step, metrics
                 row.created_at = utcnow()
                 session.flush()
-                append_event(session, ctx.job_id, "checkpoint", f"{kind} checkpoint at step {progress.step}",
-                             {"checkpoint": row.id, "kind": kind, "step": progress.step, "sha256": sha,
-                              "size_bytes": size})
+                pruned = prune_epoch_checkpoints(session, ctx.job_id, self.keep_epochs) if is_epoch_kind(kind) else []
+                data: dict[str, Any] = {"checkpoint": row.id, "kind": kind, "step": progress.step, "sha256": sha,
+                                        "size_bytes": size}
+                if pruned:
+                    data["pruned"] = [ckpt_id for ckpt_id, _ in pruned]
+                append_event(session, ctx.job_id, "checkpoint", f"{kind} checkpoint at step {progress.step}", data)
+                return [path for _, path in pruned]
 
             def record() -> None:
-                ctx.write(tx, "checkpoint")
+                for path in ctx.write(tx, "checkpoint"):  # the rows are gone: now their archives
+                    try:
+                        get_storage(ctx.settings).delete(path)
+                    except Exception:  # noqa: BLE001 - a leftover archive is removed with the job
+                        log.warning("could not remove the pruned checkpoint %s", path, exc_info=True)
 
             if self.publisher is None:  # local storage: the archive is already where the API reads it
                 record()
@@ -329,6 +339,23 @@ def make_callback(ctx: JobContext) -> Any:
             return self.cancel_seen
 
     return JobCallback()
+
+
+def is_epoch_kind(kind: str) -> bool:
+    """Whether `kind` names a per-epoch checkpoint (`epoch-N`, `hyperparameters.n_checkpoints`)."""
+    return kind.startswith("epoch-") and kind[6:].isdigit()
+
+
+def prune_epoch_checkpoints(session: Session, job_id: str, keep: int) -> list[tuple[str, str]]:
+    """Delete the job's per-epoch checkpoint rows older than the newest `keep`; (id, stored path) of each."""
+    rows = [row for row in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
+                                           .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()))
+            if is_epoch_kind(row.kind)]
+    stale = rows[max(keep, 0):]  # each epoch has an archive of its own (epoch-N.tar.gz), shared with no other row
+    for row in stale:
+        session.delete(row)
+    session.flush()
+    return [(row.id, row.path) for row in stale]
 
 
 def run_job(settings: Settings, job_id: str) -> str:

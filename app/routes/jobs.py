@@ -1,9 +1,10 @@
-"""POST/GET /v1/jobs, POST /v1/jobs/{id}/cancel."""
+"""POST/GET /v1/jobs, POST /v1/jobs/{id}/cancel, DELETE /v1/jobs/{id}."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -12,21 +13,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.deps import CurrentTenant, PageDep, ReadsDep, SessionDep, SettingsDep
-from app.errors import ApiError, conflict, invalid
+from app.errors import ApiError, conflict, invalid, not_found
 from app.reads import row_select
 from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_row, paginate
-from app.schemas import JobCreate, JobOut, ListResponse
+from app.schemas import Deleted, JobCreate, JobOut, ListResponse
 from app.store import jobs
 from app.store.events import notify
 from app.store.ids import new_id
 from app.store.job_config import check_job_body
-from app.store.orm import Job, TeacherModel, Tenant, utcnow
+from app.store.orm import Checkpoint, Job, TeacherModel, Tenant, utcnow
 from app.store.queue import enqueue_committed_job
+from app.store.storage import get_storage
 from gkd.config import ConfigError, InitFromModel
 from gkd.data.labels import LabelMapError, label_map_for
 from gkd.method.properties import method_properties
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
+
 
 def _label_map(body: JobCreate, teacher: TeacherModel, train_labels: list[str],
                dev_labels: list[str] | None) -> dict[str, str]:
@@ -135,6 +139,31 @@ def _check_base_model(body: JobCreate, teacher: TeacherModel, base: TeacherModel
         )
 
 
+def _continued_checkpoint(session: Session, tenant: Tenant, body: JobCreate, teacher: TeacherModel) -> Checkpoint:
+    """`student.init.checkpoint`: a checkpoint of one of the tenant's finished jobs with the same teacher; a
+    `num_layers` left out is the checkpoint's. Held (PostgreSQL) so a concurrent DELETE of its job waits."""
+    param = "student.init.checkpoint"
+    checkpoint_id = body.student.init_checkpoint
+    assert checkpoint_id is not None
+    row = session.get(Checkpoint, checkpoint_id, with_for_update=True)
+    source = session.get(Job, row.job_id) if row is not None else None
+    if row is None or source is None or source.tenant_id != tenant.id:
+        raise not_found("checkpoint", checkpoint_id, param)
+    if source.status not in jobs.TERMINAL_STATUSES:
+        raise invalid(f"job {source.id} is {source.status}; continue from a finished job's checkpoint", param=param,
+                      code="job_active")
+    if source.teacher_id != teacher.id:
+        raise invalid(f"checkpoint {row.id} was distilled from teacher {source.teacher_id}; a continued student "
+                      f"keeps its teacher's labels and tokenizer, so use teacher {source.teacher_id}", param=param)
+    depth = int(source.student.get("num_layers") or 0)
+    if "num_layers" not in body.student.model_fields_set:
+        body.student.num_layers = depth
+    elif body.student.num_layers != depth:
+        raise invalid(f"checkpoint {row.id} has {depth} layers; leave student.num_layers out or set it to {depth}",
+                      param="student.num_layers")
+    return row
+
+
 def _request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -167,6 +196,7 @@ def create_job(
             return JobOut.of(existing)
 
     teacher = get_model(session, tenant, body.teacher, param="teacher")
+    continued = _continued_checkpoint(session, tenant, body, teacher) if body.student.init_checkpoint else None
     train = get_dataset(session, tenant, body.training_dataset, param="training_dataset", lock=True)
     dev = None
     if body.validation_dataset is not None:
@@ -189,6 +219,7 @@ def create_job(
         student=student,
         hyperparameters=body.hyperparameters.model_dump(mode="json"),
         label_map=label_map or None,
+        init_checkpoint_id=continued.id if continued is not None else None,
         name=body.name,
         meta=body.metadata,
         progress={},
@@ -264,3 +295,26 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, settings
     current = session.get(Job, job.id, populate_existing=True)
     assert current is not None
     return JobOut.of(current)
+
+
+@router.delete("/{job_id}", response_model=Deleted)
+def delete_job(job_id: str, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> Deleted:
+    """A finished job goes with its events, checkpoints and scratch; an unfinished one is a 409 (cancel it first)."""
+    job = get_job(session, tenant, job_id)
+    dependent = jobs.job_needing_checkpoints_of(session, job.id)
+    if dependent is not None:
+        raise conflict(f"job {dependent} continues from a checkpoint of job {job.id} and has not finished",
+                       code="resource_in_use")
+    if not jobs.delete_finished(session, job.id):
+        session.rollback()
+        current = session.scalar(select(Job.status).where(Job.id == job.id))
+        if current is None:  # deleted by a concurrent request
+            raise not_found("job", job.id)
+        raise conflict(f"job {job.id} is {current}; only a finished job can be deleted (cancel it first)",
+                       code="job_active")
+    session.commit()
+    try:  # the rows are gone first, so no client is ever shown a checkpoint whose file was removed
+        get_storage(settings).delete(jobs.job_files(job.id))
+    except Exception:  # noqa: BLE001 - the job is deleted; a leftover file is logged for the operator
+        log.warning("job %s is deleted but its files could not all be removed", job.id, exc_info=True)
+    return Deleted(id=job.id, object="job")

@@ -4,14 +4,17 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.store.db import sessionmaker_for
-from app.store.orm import Dataset, Job, TeacherModel
+from app.store.orm import Checkpoint, Dataset, Job, TeacherModel
 from app.store.settings import Settings
 from app.store.storage import get_storage
+from app.store.storage.archive import extract_archive
 from gkd.config import DistillConfig
 
 
@@ -34,6 +37,29 @@ def check_job_body(method: str, student: dict[str, Any], hyperparameters: dict[s
     """The body's settings as the worker will build them, with placeholder paths (the API's validation)."""
     return job_config(method=method, student=student, hyperparameters=hyperparameters, label_map=label_map,
                       teacher="teacher", train="train", dev=None)
+
+
+def _unpacked_checkpoint(settings: Settings, session: Session, job_id: str, checkpoint_id: str) -> Path:
+    """The checkpoint archive unpacked into the job's scratch (`init/`), once per worker: a directory is only
+    renamed into place when complete, so an attempt killed mid-way leaves nothing a later one would trust."""
+    target = settings.storage / work_dir(job_id) / "init"
+    if (target / "config.json").is_file():
+        return target
+    row = session.get(Checkpoint, checkpoint_id)
+    if row is None:
+        raise RuntimeError(f"the checkpoint {checkpoint_id} the student continues from no longer exists")
+    archive = get_storage(settings).materialize(row.path)
+    partial = target.with_name(".init.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    root = extract_archive(archive, partial, max_members=settings.max_archive_members,
+                           max_bytes=settings.max_model_bytes)
+    if root != partial:
+        root.rename(target)
+        shutil.rmtree(partial, ignore_errors=True)
+    else:
+        partial.rename(target)
+    return target
 
 
 def work_dir(job_id: str) -> str:
@@ -70,6 +96,8 @@ def _config_for(settings: Settings, session: Session, job: Job) -> DistillConfig
         if base is None:
             raise RuntimeError(f"the student's starting model {init['model']} no longer exists")
         student["init"] = {**init, "model": str(storage.materialize(base.path))}
+    elif isinstance(init, dict) and "checkpoint" in init:  # a finished job's checkpoint the student continues from
+        student["init"] = {"checkpoint": str(_unpacked_checkpoint(settings, session, job.id, init["checkpoint"]))}
     return job_config(
         method=job.method, student=student, hyperparameters=job.hyperparameters, label_map=job.label_map,
         teacher=str(storage.materialize(teacher.path)), train=str(storage.materialize(train.path)),

@@ -4,9 +4,10 @@
                      ^         |  \\-> cancelling -> cancelled | failed
                      +---------+  (a draining worker hands the job back)
 
-Terminal statuses never change. Each move is one conditional UPDATE (`transition`), so the API and workers racing
-on the same job cannot both win, and it records the status event in the same transaction. The API routes, the
-worker and the sweeper ask this module; no other module writes a job's status.
+Terminal statuses never change; a terminal job may be deleted (`delete_finished`). Each move is one conditional
+UPDATE (`transition`), so the API and workers racing on the same job cannot both win, and it records the status
+event in the same transaction. The API routes, the worker and the sweeper ask this module; no other module writes
+a job's status.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app.store.events import append_event, status_event
-from app.store.orm import Job, JobEvent, utcnow
+from app.store.orm import Checkpoint, Job, JobEvent, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +175,34 @@ def hand_back(session: Session, job_id: str, worker: str, step: int) -> str | No
     ):
         return None
     return job.queue_kind
+
+
+def job_needing_checkpoints_of(session: Session, job_id: str) -> str | None:
+    """An unfinished job whose student continues from one of `job_id`'s checkpoints (it would lose its start),
+    or None. Holds those checkpoint rows (PostgreSQL) so a job created meanwhile is seen or waits."""
+    ids = list(session.scalars(select(Checkpoint.id).where(Checkpoint.job_id == job_id).with_for_update()))
+    if not ids:
+        return None
+    return session.scalar(select(Job.id).where(Job.init_checkpoint_id.in_(ids),
+                                               Job.status.not_in(TERMINAL_STATUSES)).limit(1))
+
+
+def job_files(job_id: str) -> str:
+    """Everything a job stored, relative to the storage root: its checkpoint archives and its scratch."""
+    return f"jobs/{job_id}"
+
+
+def delete_finished(session: Session, job_id: str) -> bool:
+    """Delete a terminal job's row with its events and checkpoint rows (the caller then removes `job_files`).
+    False when the job is not terminal: a conditional DELETE, so a job that a worker still holds is never lost."""
+    gone = session.execute(
+        delete(Job).where(Job.id == job_id, Job.status.in_(TERMINAL_STATUSES))
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if gone != 1:
+        return False
+    # Explicit, not only ON DELETE CASCADE: a SQLite connection without foreign keys on leaves no orphans either.
+    session.execute(delete(JobEvent).where(JobEvent.job_id == job_id).execution_options(synchronize_session=False))
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id)
+                    .execution_options(synchronize_session=False))
+    return True

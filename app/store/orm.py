@@ -115,6 +115,8 @@ class Job(Base):
     student: Mapped[dict[str, Any]] = mapped_column(default=dict)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     label_map: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # data label -> teacher label
+    # The checkpoint the student continues from (`student.init.checkpoint`, migration 0006); NULL: none.
+    init_checkpoint_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)
     name: Mapped[str | None] = mapped_column(String(300))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)

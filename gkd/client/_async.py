@@ -145,6 +145,19 @@ class AsyncJobs(_AsyncResource):
     async def cancel(self, job_id: str) -> Job:
         return Job.model_validate(await self._http.json("POST", f"/v1/jobs/{c.ident(job_id)}/cancel"))
 
+    async def delete(self, job_id: str) -> Deleted:
+        return Deleted.model_validate(await self._http.json("DELETE", f"/v1/jobs/{c.ident(job_id)}"))
+
+    async def metrics_csv(self, job_id: str, dest: str | os.PathLike[str] | None = None) -> str:
+        parts: list[str] = []
+        async with self._http.stream("GET", f"/v1/jobs/{c.ident(job_id)}/metrics.csv") as response:
+            async for text in response.aiter_text():
+                parts.append(text)
+        body = "".join(parts)
+        if dest is not None:
+            c.write_text_atomic(Path(dest), body)
+        return body
+
     async def wait(self, job_id: str, timeout: float | None = None, poll_interval: float = 2.0) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

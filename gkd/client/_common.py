@@ -136,3 +136,11 @@ def stream_timeout(timeout: Any) -> httpx.Timeout:
     """The client's timeout for connecting, but a read timeout long enough for the keep-alive interval."""
     connect = timeout.connect if isinstance(timeout, httpx.Timeout) else timeout
     return httpx.Timeout(connect, read=STREAM_READ_TIMEOUT)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` under a temporary name beside `path`, then rename: a broken download leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)

@@ -146,6 +146,21 @@ class Jobs(_Resource):
     def cancel(self, job_id: str) -> Job:
         return Job.model_validate(self._http.json("POST", f"/v1/jobs/{c.ident(job_id)}/cancel"))
 
+    def delete(self, job_id: str) -> Deleted:
+        """Delete a finished job with its events, checkpoints and files (ConflictError while it is active)."""
+        return Deleted.model_validate(self._http.json("DELETE", f"/v1/jobs/{c.ident(job_id)}"))
+
+    def metrics_csv(self, job_id: str, dest: str | os.PathLike[str] | None = None) -> str:
+        """Every step's and evaluation's metrics as CSV text; with `dest`, also written there (atomically)."""
+        parts: list[str] = []
+        with self._http.stream("GET", f"/v1/jobs/{c.ident(job_id)}/metrics.csv") as response:
+            for text in response.iter_text():
+                parts.append(text)
+        body = "".join(parts)
+        if dest is not None:
+            c.write_text_atomic(Path(dest), body)
+        return body
+
     def wait(self, job_id: str, timeout: float | None = None, poll_interval: float = 2.0) -> Job:
         """Poll until the job is `succeeded`, `failed` or `cancelled`; return it. Raises WaitTimeoutError."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -3,7 +3,8 @@
     gkd datasets upload FILE [--name N] | list | get ID | delete ID
     gkd models list | upload PATH          (next to the admin command `gkd models import`)
     gkd jobs submit --teacher T --train D [--dev D] [--method M] [--layers N] [--set KEY=VALUE ...] [--watch]
-    gkd jobs list [--status S] | get ID | cancel ID | events ID | watch ID | download ID [--kind best|final]
+    gkd jobs list [--status S] | get ID | cancel ID | delete ID | events ID | watch ID | download ID [--kind best|final]
+    gkd jobs metrics ID [-o FILE]          (every step's and evaluation's metrics as CSV)
 
 Every command takes `--base-url` (env GKD_BASE_URL, default http://127.0.0.1:8000), `--api-key`
 (env GKD_API_KEY), `--timeout` and `--json` (machine-readable output), on the command or on its group
@@ -254,7 +255,7 @@ def models_upload(path: Path, name: str | None) -> None:
 @click.group()
 @api_options
 def jobs() -> None:
-    """Distillation jobs (submit, list, get, cancel, events, watch, download)."""
+    """Distillation jobs (submit, list, get, cancel, delete, events, watch, download, metrics)."""
 
 
 def _parse_value(text: str) -> Any:
@@ -301,10 +302,13 @@ def _dataset_ref(client: Client, value: str | None, label: str) -> str | None:
 def _init_value(text: str) -> Any:
     if text in ("bottom", "every_other", "random"):
         return text
+    if text.startswith("ckpt_"):  # continue from a finished job's checkpoint
+        return {"checkpoint": text}
     try:
         return [int(p) for p in text.split(",") if p.strip()]
     except ValueError as exc:
-        raise click.BadParameter("bottom, every_other, random or a list like 0,2,4", param_hint="--init") from exc
+        raise click.BadParameter("bottom, every_other, random, a list like 0,2,4 or a ckpt_ id",
+                                 param_hint="--init") from exc
 
 
 @jobs.command("submit")
@@ -313,7 +317,8 @@ def _init_value(text: str) -> Any:
 @click.option("--dev", default=None, help="Validation dataset id or local file (default: held out of --train).")
 @click.option("--method", type=click.Choice(METHODS), default="gradient_kd", show_default=True)
 @click.option("--layers", type=int, default=None, help="Student layers (student.num_layers).")
-@click.option("--init", "init", default=None, help="Student init: bottom, every_other, random or 0,2,4.")
+@click.option("--init", "init", default=None,
+              help="Student init: bottom, every_other, random, 0,2,4, or a checkpoint id (ckpt_...) to continue from.")
 @click.option("--name", default=None, help="Job name.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="hyperparameters.KEY=VALUE (or student./metadata.); repeatable; values parsed as JSON.")
@@ -396,6 +401,32 @@ def jobs_cancel(job_id: str) -> None:
         _emit_json(job.to_dict())
     else:
         click.echo(f"{job.id} {job.status}")
+
+
+@jobs.command("delete")
+@click.argument("job_id")
+@api_options
+@handle_errors
+def jobs_delete(job_id: str) -> None:
+    """Delete a finished job with its events, checkpoints and files (refused while it is active)."""
+    with _client() as client:
+        _show_one(client.jobs.delete(job_id))
+
+
+@jobs.command("metrics")
+@click.argument("job_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the CSV to this file instead of standard output.")
+@api_options
+@handle_errors
+def jobs_metrics(job_id: str, output: Path | None) -> None:
+    """Every step's and evaluation's metrics of a job as CSV (the numbers of its metrics events)."""
+    with _client() as client:
+        text = client.jobs.metrics_csv(job_id, output)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        click.echo(f"wrote {output}", err=True)
 
 
 @jobs.command("events")

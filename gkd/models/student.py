@@ -1,5 +1,6 @@
-"""Students cut from a teacher's layers (GKD.md, 'Student initialisation') or started from another pretrained
-encoder that shares the teacher's tokenizer. Family-specific key layouts come from `gkd.models.families`.
+"""Students cut from a teacher's layers (GKD.md, 'Student initialisation'), started from another pretrained
+encoder that shares the teacher's tokenizer, or continued from an earlier run's checkpoint (`continue_student`).
+Family-specific key layouts come from `gkd.models.families`.
 """
 
 from __future__ import annotations
@@ -10,9 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from gkd.config import ConfigError, DistillConfig, InitFromModel, InitStrategy, LayerRule, StudentSpec
+from gkd.config import (
+    ConfigError,
+    DistillConfig,
+    InitFromCheckpoint,
+    InitFromModel,
+    InitStrategy,
+    LayerRule,
+    StudentSpec,
+)
 from gkd.method.properties import method_properties
 from gkd.models.families import ModelError, embedding_module, model_family
 from gkd.models.teacher import Teacher, freeze, load_teacher
@@ -41,7 +50,8 @@ def select_layers(rule: LayerRule | InitStrategy, num_layers: int, available: in
 
 def select_teacher_layers(spec: StudentSpec, teacher_layers: int) -> list[int] | None:
     """0-based teacher layers that initialise student layers 0..N-1; None for a fresh encoder."""
-    assert not isinstance(spec.init, InitFromModel), "a student from init.model takes its layers from that model"
+    assert not isinstance(spec.init, InitFromModel | InitFromCheckpoint), "a student from init.model or " \
+        "init.checkpoint takes its layers from that model"
     return select_layers(spec.init, spec.num_layers, teacher_layers)
 
 
@@ -93,6 +103,8 @@ def build_student(teacher: Teacher, config: DistillConfig, base: Teacher | None 
     fresh.
     """
     spec = config.student
+    if spec.init_checkpoint is not None:
+        raise ConfigError("a student continued from init.checkpoint is loaded by continue_student", "student.init")
     if isinstance(spec.init, InitFromModel) and base is None:
         base = load_student_base(spec.init.model, teacher)
     source = base.model if base is not None else teacher.model
@@ -146,3 +158,35 @@ def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu") -
         str(directory), attn_implementation="eager", use_safetensors=True, trust_remote_code=False
     )
     return model.to(device).eval()
+
+
+def continue_student(teacher: Teacher, config: DistillConfig, labels: list[str]) -> PreTrainedModel:
+    """`student.init.checkpoint`: an exported student (safetensors, no remote code) trained on, with all its layers,
+    weights and head. It must read the teacher's token ids, have `student.num_layers` layers and the run's labels
+    in the same order (its head's rows are those labels); its width and dropout are its own."""
+    spec = config.student
+    directory = spec.init_checkpoint
+    assert directory is not None
+    param = "student.init.checkpoint"
+    if not (Path(directory) / "config.json").is_file():
+        raise ConfigError(f"{directory} is not an exported student directory (no config.json)", param)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(directory), attn_implementation="eager", use_safetensors=True, trust_remote_code=False
+    )
+    check_same_tokenizer(teacher.tokenizer, AutoTokenizer.from_pretrained(str(directory)), param)
+    family = model_family(model)
+    depth = family.num_layers(model.config)
+    if depth != spec.num_layers:
+        raise ConfigError(f"the checkpoint has {depth} layers and student.num_layers is {spec.num_layers}; "
+                          f"set num_layers to {depth}", "student.num_layers")
+    theirs = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    if theirs != list(labels):
+        raise ConfigError(f"the checkpoint predicts the labels {theirs} and this run has {list(labels)}: "
+                          "continue only with the teacher and labels it was trained for", param)
+    teacher_width = model_family(teacher.model).hidden_size(teacher.model.config)
+    if method_properties(config.method).needs_teacher_width and family.hidden_size(model.config) != teacher_width:
+        raise ConfigError(f"{config.method} compares hidden states and needs the teacher's width ({teacher_width}); "
+                          f"the checkpoint is {family.hidden_size(model.config)} wide: use gradient_kd or kd", param)
+    if spec.embeddings == "frozen":
+        freeze(embedding_module(model))
+    return model.train()

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-CheckpointKind = Literal["best", "final", "state"]
+# "best", "final", "state" (the resumable training state) or "epoch-N" (`hyperparameters.n_checkpoints`).
+CheckpointKind = str
+
+
+def epoch_kind(epoch: int) -> str:
+    """The kind of the checkpoint exported after epoch `epoch` (1-based)."""
+    return f"epoch-{epoch}"
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class TrainerCallback:
         """Called when the run finds something the user must hear about (`gkd.training.run_warnings`)."""
 
     def on_checkpoint(self, progress: TrainingProgress, kind: CheckpointKind, path: Path) -> None:
-        """Called after a checkpoint directory (`best`/`final` exports) or the training state is written."""
+        """Called after a checkpoint directory (`best`/`final`/`epoch-N` exports) or the training state is written."""
 
     def should_stop(self, progress: TrainingProgress) -> bool:
         """Return True to stop training at the next step boundary (cancellation)."""

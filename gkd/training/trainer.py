@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,11 +39,11 @@ from gkd.method.objective import TeacherTargets, model_inputs, student_loss_part
 from gkd.method.precision import Precision, resolve_precision
 from gkd.method.properties import layer_map, method_properties
 from gkd.models.families import model_family
-from gkd.models.student import build_student, load_checkpoint
+from gkd.models.student import build_student, continue_student, load_checkpoint
 from gkd.models.teacher import Teacher, describe_teacher, load_teacher
 from gkd.training.accuracy_guard import AccuracyGuard
 from gkd.training.allocator import reuse_freed_memory
-from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress
+from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress, epoch_kind
 from gkd.training.run_warnings import RunWarning, gradient_term_idle, majority_share, near_chance
 from gkd.training.state import (
     STATE_FILE,
@@ -299,6 +300,7 @@ class Trainer:
             run.loop.step_in_epoch = 0
             snapshot = run.progress()
             self.evaluate_and_select(run, snapshot)
+            self.export_epoch(run, snapshot)
             self.save_state(run, snapshot)
         return False
 
@@ -422,9 +424,12 @@ class Trainer:
         return splits if self.parallel.is_main else {"train": splits["train"]}
 
     def build_student(self, teacher: Teacher, labels: list[str]) -> PreTrainedModel:
-        """The student cut from `teacher` (`gkd.models.student`) with the run's labels, on the run's device; every
-        process starts from the main process's weights."""
-        student = build_student(teacher, self.config)
+        """The student cut from `teacher` (`gkd.models.student`), or continued from `student.init.checkpoint`, with the
+        run's labels, on the run's device; every process starts from the main process's weights."""
+        if self.config.student.init_checkpoint is not None:
+            student = continue_student(teacher, self.config, labels)
+        else:
+            student = build_student(teacher, self.config)
         student.config.id2label = dict(enumerate(labels))
         student.config.label2id = {name: i for i, name in enumerate(labels)}
         student = student.to(self.device)  # type: ignore[arg-type]  # transformers' to() stub is narrower
@@ -553,6 +558,21 @@ class Trainer:
             run.loop.best = {**metrics, "step": float(run.loop.step)}
             self._export(run, "best", metrics, progress)
 
+    def export_epoch(self, run: RunState, progress: TrainingProgress) -> None:
+        """`hyperparameters.n_checkpoints`: export the student after this epoch as `epoch-N` and remove the
+        exported epochs older than the newest `n_checkpoints` (the callbacks prune what they stored themselves)."""
+        keep = self.config.hyperparameters.n_checkpoints
+        if not keep:
+            return
+        history = run.loop.history
+        metrics = history[-1]["metrics"] if history and history[-1]["step"] == run.loop.step else {}
+        self._export(run, epoch_kind(run.loop.epoch), metrics, progress)
+        if self.parallel.is_main:
+            for old in range(1, run.loop.epoch - keep + 1):
+                stale = self.output_dir / epoch_kind(old)
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+
     def _export(self, run: RunState, kind: str, metrics: dict[str, float], progress: TrainingProgress) -> Path:
         directory = self.output_dir / kind
         if not self.parallel.is_main:
@@ -568,7 +588,7 @@ class Trainer:
         }
         export_student(run.student, run.teacher.tokenizer, run.labels, directory, card)
         for callback in self.callbacks:
-            callback.on_checkpoint(progress, "best" if kind == "best" else "final", directory)
+            callback.on_checkpoint(progress, kind, directory)
         return directory
 
     def _load_best(self) -> PreTrainedModel | None:

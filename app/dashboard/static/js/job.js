@@ -1,4 +1,5 @@
-// Job page: summary, progress, live loss and evaluation curves from the event stream, cancel, checkpoints.
+// Job page: summary, progress, live loss and evaluation curves from the event stream, cancel, delete, metrics CSV,
+// checkpoints.
 
 import { api, download, followEvents, listAll } from "./api.js";
 import {
@@ -32,6 +33,8 @@ export async function render(main, { jobId }) {
 
   const statusSlot = h("span", { id: "job-status" });
   const cancel = h("button", { type: "button", class: "danger", id: "cancel-job" }, "Cancel job");
+  const remove = h("button", { type: "button", class: "danger", id: "delete-job" }, "Delete job");
+  const metricsCsv = h("button", { type: "button", class: "secondary", id: "metrics-csv" }, "Metrics CSV");
   const facts = h("dl", { class: "facts" });
   const progress = h("div", { id: "job-progress" });
   const streamState = h("span", { class: "stream-state", id: "stream-state", "aria-live": "polite" });
@@ -52,7 +55,7 @@ export async function render(main, { jobId }) {
     h("p", {}, h("a", { href: "#/jobs" }, "← All jobs")),
     h("div", { class: "title-row" },
       h("h1", {}, job.name || job.id, " ", statusSlot),
-      h("div", { class: "actions" }, cancel)),
+      h("div", { class: "actions" }, metricsCsv, cancel, remove)),
     errorSlot,
     warningSlot,
     h("section", { class: "card", "aria-labelledby": "h-progress" },
@@ -76,6 +79,7 @@ export async function render(main, { jobId }) {
     replace(statusSlot, statusBadge(j.status));
     cancel.disabled = TERMINAL.has(j.status) || j.status === "cancelling";
     cancel.hidden = TERMINAL.has(j.status);
+    remove.hidden = !TERMINAL.has(j.status);
     const p = j.progress || {};
     replace(progress,
       progressCell(p, j.status), " ",
@@ -126,6 +130,28 @@ export async function render(main, { jobId }) {
     } catch (error) {
       replace(errorSlot, errorBox(error));
       cancel.disabled = false;
+    }
+  });
+
+  metricsCsv.addEventListener("click", async () => {
+    try {
+      await download(`/v1/jobs/${encodeURIComponent(jobId)}/metrics.csv`, `${jobId}-metrics.csv`);
+    } catch (error) {
+      replace(errorSlot, errorBox(error));
+    }
+  });
+
+  remove.addEventListener("click", async () => {
+    if (!window.confirm(`Delete job ${jobId} with its events, checkpoints and files? This cannot be undone.`)) return;
+    remove.disabled = true;
+    try {
+      await api(`/v1/jobs/${encodeURIComponent(jobId)}`, { method: "DELETE" });
+      controller.abort();
+      announce(`Job ${jobId} deleted.`);
+      window.location.hash = "#/jobs";
+    } catch (error) {
+      replace(errorSlot, errorBox(error));
+      remove.disabled = false;
     }
   });
 

@@ -97,12 +97,15 @@ function field(path, prop) {
     const listId = `${id}-options`;
     input = h("input", { ...common, type: "text", list: listId, value: d.default == null ? "" : String(d.default),
       autocomplete: "off", spellcheck: "false" });
-    help.push(` One of ${d.options.join(", ")}, or comma-separated integers.`);
+    help.push(` One of ${d.options.join(", ")}, comma-separated integers, a checkpoint id (ckpt_...) to continue`
+      + " from, or JSON.");
     read = () => {
       const v = input.value.trim();
       if (d.options.includes(v)) return v;
       if (v === "" && d.nullable) return null;
       if (/^\s*\d+(\s*,\s*\d+)*\s*$/.test(v)) return v.split(",").map((x) => Number(x.trim()));
+      if (/^ckpt_[A-Za-z0-9]+$/.test(v)) return { checkpoint: v };
+      if (v.startsWith("{")) { try { return JSON.parse(v); } catch { return v; } }
       return v;
     };
     return [h("div", { class: "field" }, h("label", { for: id }, d.title || name, " ", h("code", {}, name)), input,
