@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-CheckpointKind = Literal["best", "final", "state"]
+CheckpointKind = Literal["best", "final", "state", "best-onnx", "best-onnx-int8"]
 
 
 @dataclass(frozen=True)
