@@ -58,9 +58,10 @@ lint: install
 example-teacher: install $(EXAMPLE_TEACHER)
 
 # The fast benchmarks; each prints a table and writes JSON + Markdown under benchmarks/results/.
-bench: install
+bench: install $(EXAMPLE_TEACHER)
 	$(PY) -m benchmarks.train_step --steps 16 --warmup 1
 	$(PY) -m benchmarks.gradient_probe
+	$(PY) -m benchmarks.deploy
 
 # The service under load (PostgreSQL + Redis, 4 uvicorn workers, 100 SSE streams) and its overhead.
 bench-api: install

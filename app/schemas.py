@@ -9,7 +9,15 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.store.orm import Checkpoint, Dataset, Job, JobEvent, TeacherModel
-from gkd.config import DataSpec, DistillConfig, Hyperparameters, LabelName, StorableText, StudentSpec
+from gkd.config import (
+    DataSpec,
+    DistillConfig,
+    ExportFormat,
+    Hyperparameters,
+    LabelName,
+    StorableText,
+    StudentSpec,
+)
 from gkd.data.validation import ValidationReport
 from gkd.method.properties import Method
 
@@ -105,6 +113,7 @@ class JobCreate(BaseModel):
     validation_dataset: StorableText | None = None
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     label_map: dict[LabelName, LabelName] | None = DataSpec.model_fields["label_map"]
+    export: list[ExportFormat] = DistillConfig.model_fields["export"]
     name: StorableText | None = Field(None, max_length=300)
     metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=50)
     device: Literal["auto", "cpu", "gpu"] = Field(
@@ -136,6 +145,8 @@ class JobOut(BaseModel):
     validation_dataset: str | None
     hyperparameters: dict[str, Any]
     label_map: dict[str, str] | None = None
+    export: list[str] = Field(default_factory=list, description="Deployable copies of the best student this job "
+                              "makes: checkpoint kinds best-onnx, best-onnx-int8.")
     metadata: dict[str, Any]
     progress: Progress
     metrics: dict[str, Any]
@@ -162,6 +173,7 @@ class JobOut(BaseModel):
             validation_dataset=row.validation_dataset_id,
             hyperparameters=row.hyperparameters,
             label_map=row.label_map,
+            export=row.export or [],
             metadata=row.meta,
             progress=Progress.model_validate(progress),
             metrics={"latest": (row.metrics or {}).get("latest", {}), "best": (row.metrics or {}).get("best", {})},
@@ -192,8 +204,9 @@ class CheckpointOut(BaseModel):
     id: str
     object: Literal["checkpoint"] = "checkpoint"
     job: str
-    kind: str = Field(description="`best` (best dev accuracy so far), `final` (after the last epoch) or `epoch-N` "
-                      "(after epoch N, `hyperparameters.n_checkpoints`)")
+    kind: str = Field(description="`best` (best dev accuracy so far), `final` (after the last epoch), `epoch-N` "
+                      "(after epoch N, `hyperparameters.n_checkpoints`), or the best student as ONNX: `best-onnx`, "
+                      "`best-onnx-int8` (the job's `export`)")
     step: int = Field(description="the optimiser step the weights are from")
     sha256: str = Field(description="of the archive; `best` and `final` share one archive (and this value) "
                                     "when training ended on its best evaluation")

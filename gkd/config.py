@@ -33,6 +33,7 @@ from gkd.method.properties import Method, method_properties
 
 InitStrategy = Literal["bottom", "every_other", "random"]
 LayerRule = Literal["bottom", "every_other"] | list[int]
+ExportFormat = Literal["onnx", "onnx-int8"]
 
 
 def _storable(value: str) -> str:
@@ -273,6 +274,17 @@ class DistillConfig(_Strict):
     data: DataSpec
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     run: RunSettings = Field(default_factory=RunSettings)
+    export: list[ExportFormat] = Field(
+        default_factory=list, max_length=2,
+        description="Deployable copies of the best student made after training: 'onnx' (fp32) and 'onnx-int8'.",
+    )
+
+    @field_validator("export")
+    @classmethod
+    def _export_once_each(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each export format may be listed once")
+        return value
 
     @model_validator(mode="before")
     @classmethod

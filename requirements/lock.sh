@@ -23,6 +23,6 @@ scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT
 } > requirements/data.txt
 # The images' lock is the same resolution cut to the service's extras (the dependency graph is read from the venv).
 "$VENV/bin/pip" install -q --require-hashes -r requirements/lock.txt
-"$VENV/bin/python" requirements/lockfile.py subset --extras postgres,redis,s3 -o requirements/service.txt
+"$VENV/bin/python" requirements/lockfile.py subset --extras postgres,redis,s3,onnx -o requirements/service.txt
 "$VENV/bin/python" requirements/lockfile.py check
 echo "requirements/{lock,service,data}.txt written; now: make install && make test"

@@ -1,7 +1,7 @@
 """Checks and cuts the dependency lock (requirements/lock.txt) against pyproject.toml.
 
     python requirements/lockfile.py check                      # exit 1 when pyproject.toml and the lock disagree
-    python requirements/lockfile.py subset --extras postgres,redis,s3 -o requirements/service.txt
+    python requirements/lockfile.py subset --extras postgres,redis,s3,onnx -o requirements/service.txt
     python requirements/lockfile.py drop torch < requirements/service.txt > no-torch.txt
 
 `check` and `subset` read the dependency graph from the installed distributions (the environment that `make install`

@@ -202,3 +202,15 @@ def test_field_descriptions_are_one_sentence():
             text = field.description or ""
             assert len(text) <= 250, f"{model.__name__}.{name}"
             assert text.count(". ") + text.count("; ") <= 1, f"{model.__name__}.{name}: {text}"
+
+
+def test_export_formats_are_checked_and_default_to_none():
+    base = {"teacher": "t", "data": {"train": "x.csv"}}
+    assert DistillConfig.parse(base).export == []
+    assert DistillConfig.parse({**base, "export": ["onnx-int8", "onnx"]}).export == ["onnx-int8", "onnx"]
+    with pytest.raises(ConfigError) as bad:
+        DistillConfig.parse({**base, "export": ["tflite"]})
+    assert bad.value.param == "export.0"
+    with pytest.raises(ConfigError, match="listed once") as twice:
+        DistillConfig.parse({**base, "export": ["onnx", "onnx"]})
+    assert twice.value.param == "export"

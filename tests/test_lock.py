@@ -63,7 +63,7 @@ def test_a_missing_a_stale_and_a_wrong_pin_are_each_reported(lock_text: str) -> 
 def test_the_service_lock_is_the_same_resolution_cut_to_the_service_extras(lock_text: str) -> None:
     """Docker images install requirements/service.txt: it must be exactly what `make lock` would cut now."""
     committed = (REQUIREMENTS / "service.txt").read_text(encoding="utf-8")
-    assert committed == lockfile.subset(lock_text, ["postgres", "redis", "s3"])
+    assert committed == lockfile.subset(lock_text, ["postgres", "redis", "s3", "onnx"])
     _, service = lockfile.parse_lock(committed)
     assert {"psycopg", "redis", "boto3", "fastapi", "celery"} <= set(service)
     assert not {"pytest", "moto", "playwright"} & set(service)

@@ -35,6 +35,9 @@ from worker.publisher import BackgroundPublisher
 
 log = logging.getLogger(__name__)
 
+# The deployable copies of the best student a job's `export` asks for (gkd.deploy.run_export), stored like `best`.
+EXPORT_KINDS = ("best-onnx", "best-onnx-int8")
+
 # Set when this worker is asked to shut down (SIGTERM): the running job stops after its current step, saves
 # its training state and goes back to the queue for another worker (`worker.tasks`, docs/deploy.md).
 DRAIN = threading.Event()
@@ -270,7 +273,7 @@ def make_callback(ctx: JobContext) -> Any:
                          values)
 
         def on_checkpoint(self, progress: Any, kind: str, path: Path) -> None:
-            if kind not in ("best", "final", "state") and not is_epoch_kind(kind):
+            if kind not in ("best", "final", "state", *EXPORT_KINDS) and not is_epoch_kind(kind):
                 return
             if kind == "state":  # the resumable training state follows the job to whichever worker resumes it
                 if self.publisher is not None:

@@ -85,7 +85,8 @@ def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels:
             )
     # The library's cross-field checks (method vs. widths etc.): the worker's config, with placeholder paths.
     try:
-        check_job_body(body.method, body.student.model_dump(), body.hyperparameters.model_dump(), body.label_map)
+        check_job_body(body.method, body.student.model_dump(), body.hyperparameters.model_dump(), body.label_map,
+                       list(body.export))
     except ConfigError as exc:
         raise invalid(exc.message, param=exc.param) from exc
     return mapping
@@ -220,6 +221,7 @@ def create_job(
         hyperparameters=body.hyperparameters.model_dump(mode="json"),
         label_map=label_map or None,
         init_checkpoint_id=continued.id if continued is not None else None,
+        export=list(body.export) or None,
         name=body.name,
         meta=body.metadata,
         progress={},

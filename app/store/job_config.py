@@ -20,7 +20,7 @@ from gkd.config import DistillConfig
 
 def job_config(*, method: str, student: dict[str, Any], hyperparameters: dict[str, Any],
                label_map: dict[str, str] | None, teacher: str, train: str, dev: str | None,
-               run: dict[str, Any] | None = None) -> DistillConfig:
+               run: dict[str, Any] | None = None, export: list[str] | None = None) -> DistillConfig:
     """The `DistillConfig` of a job's settings and file paths; `gkd.config.ConfigError` names a bad field."""
     return DistillConfig.parse({
         "method": method,
@@ -29,14 +29,15 @@ def job_config(*, method: str, student: dict[str, Any], hyperparameters: dict[st
         "data": {"train": train, "dev": dev, "label_map": label_map},
         "hyperparameters": hyperparameters,
         "run": run or {},
+        "export": export or [],
     })
 
 
 def check_job_body(method: str, student: dict[str, Any], hyperparameters: dict[str, Any],
-                   label_map: dict[str, str] | None) -> DistillConfig:
+                   label_map: dict[str, str] | None, export: list[str] | None = None) -> DistillConfig:
     """The body's settings as the worker will build them, with placeholder paths (the API's validation)."""
     return job_config(method=method, student=student, hyperparameters=hyperparameters, label_map=label_map,
-                      teacher="teacher", train="train", dev=None)
+                      teacher="teacher", train="train", dev=None, export=export)
 
 
 def _unpacked_checkpoint(settings: Settings, session: Session, job_id: str, checkpoint_id: str) -> Path:
@@ -104,4 +105,5 @@ def _config_for(settings: Settings, session: Session, job: Job) -> DistillConfig
         dev=str(storage.materialize(dev.path)) if dev else None,
         run={"output_dir": str(work), "cache_dir": str(settings.cache_dir), "device": settings.worker_device,
              "num_threads": settings.worker_num_threads, "devices": job.devices or 1},
+        export=job.export,
     )

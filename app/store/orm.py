@@ -117,6 +117,8 @@ class Job(Base):
     label_map: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # data label -> teacher label
     # The checkpoint the student continues from (`student.init.checkpoint`, migration 0006); NULL: none.
     init_checkpoint_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)
+    # Deployable copies of the best student to make: "onnx", "onnx-int8" (migration 0005; NULL: none).
+    export: Mapped[list[Any] | None] = mapped_column(default=None)
     name: Mapped[str | None] = mapped_column(String(300))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -157,7 +159,7 @@ class Checkpoint(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # best | final
+    kind: Mapped[str] = mapped_column(String(16))  # best | final | best-onnx | best-onnx-int8
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)

@@ -9,7 +9,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -129,9 +129,10 @@ class AsyncJobs(_AsyncResource):
         name: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        export: Sequence[str] | None = None,
     ) -> Job:
         body = c.job_body(teacher, training_dataset, method, student, hyperparameters, validation_dataset,
-                          name, metadata)
+                          name, metadata, export)
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         return Job.model_validate(await self._http.json("POST", "/v1/jobs", json=body, headers=headers))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,7 @@ def find_model(name_or_id: str, get: Callable[[str], Model], models: Iterable[Mo
 
 def job_body(teacher: Any, training_dataset: Any, method: str, student: Mapping[str, Any] | None,
              hyperparameters: Mapping[str, Any] | None, validation_dataset: Any, name: str | None,
-             metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+             metadata: Mapping[str, Any] | None, export: Sequence[str] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "teacher": getattr(teacher, "id", teacher),
         "training_dataset": getattr(training_dataset, "id", training_dataset),
@@ -121,6 +121,8 @@ def job_body(teacher: Any, training_dataset: Any, method: str, student: Mapping[
         body["name"] = name
     if metadata is not None:
         body["metadata"] = dict(metadata)
+    if export:
+        body["export"] = list(export)
     return body
 
 

@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -128,11 +128,13 @@ class Jobs(_Resource):
         name: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        export: Sequence[str] | None = None,
     ) -> Job:
         """Submit a job. Without `idempotency_key` a random one is sent, so a retried request never creates
-        a second job."""
+        a second job. `export`: "onnx", "onnx-int8" (extra checkpoints
+        best-onnx, best-onnx-int8)."""
         body = c.job_body(teacher, training_dataset, method, student, hyperparameters, validation_dataset,
-                          name, metadata)
+                          name, metadata, export)
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         return Job.model_validate(self._http.json("POST", "/v1/jobs", json=body, headers=headers))
 

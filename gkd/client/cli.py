@@ -2,8 +2,10 @@
 
     gkd datasets upload FILE [--name N] | list | get ID | delete ID
     gkd models list | upload PATH          (next to the admin command `gkd models import`)
-    gkd jobs submit --teacher T --train D [--dev D] [--method M] [--layers N] [--set KEY=VALUE ...] [--watch]
-    gkd jobs list [--status S] | get ID | cancel ID | delete ID | events ID | watch ID | download ID [--kind best|final]
+    gkd jobs submit --teacher T --train D [--dev D] [--method M] [--layers N] [--set KEY=VALUE ...] [--export onnx]
+                    [--export onnx-int8] [--watch]
+    gkd jobs list [--status S] | get ID | cancel ID | delete ID | events ID | watch ID
+    gkd jobs download ID [--kind best|final|epoch-N|best-onnx|best-onnx-int8]
     gkd jobs metrics ID [-o FILE]          (every step's and evaluation's metrics as CSV)
 
 Every command takes `--base-url` (env GKD_BASE_URL, default http://127.0.0.1:8000), `--api-key`
@@ -32,6 +34,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _META = "gkd.client."
 METHODS = ("gradient_kd", "gradient_kd_cls", "kd", "pkd", "ce")
+CHECKPOINT_KINDS = ("best", "final", "best-onnx", "best-onnx-int8")
+EXPORT_FORMATS = ("onnx", "onnx-int8")
 JOB_STATUSES = ("validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 
 
@@ -322,12 +326,15 @@ def _init_value(text: str) -> Any:
 @click.option("--name", default=None, help="Job name.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="hyperparameters.KEY=VALUE (or student./metadata.); repeatable; values parsed as JSON.")
+@click.option("--export", "export", multiple=True, type=click.Choice(EXPORT_FORMATS),
+              help="Also make the best student as ONNX (checkpoint best-onnx) and/or int8 ONNX (best-onnx-int8).")
 @click.option("--idempotency-key", default=None, help="Default: a random key, so a retry makes no second job.")
 @click.option("--watch", is_flag=True, help="Follow the job until it finishes (exit 1 unless it succeeds).")
 @api_options
 @handle_errors
 def jobs_submit(teacher: str, train: str, dev: str | None, method: str, layers: int | None, init: str | None,
-                name: str | None, sets: tuple[str, ...], idempotency_key: str | None, watch: bool) -> None:
+                name: str | None, sets: tuple[str, ...], export: tuple[str, ...], idempotency_key: str | None,
+                watch: bool) -> None:
     """Submit a distillation job."""
     body: dict[str, Any] = {"method": method, "student": {}, "hyperparameters": {}, "metadata": {}}
     if layers is not None:
@@ -349,6 +356,7 @@ def jobs_submit(teacher: str, train: str, dev: str | None, method: str, layers: 
             metadata=body["metadata"] or None,
             name=body.get("name"),
             idempotency_key=idempotency_key,
+            export=list(dict.fromkeys(export)) or None,
         )
         if not watch:
             if _json_mode():
@@ -525,8 +533,9 @@ def watch_job(client: Client, job_id: str, *, as_json: bool = False, file: Any =
 
 @jobs.command("download")
 @click.argument("job_id")
-@click.option("--kind", type=click.Choice(["best", "final"]), default=None,
-              help="Which checkpoint [default: best, else final].")
+@click.option("--kind", type=click.Choice(list(CHECKPOINT_KINDS)), default=None,
+              help="Which checkpoint [default: best, else final]; best-onnx and best-onnx-int8 when the job asked "
+              "for --export.")
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Target directory [default: ./JOB_ID-KIND].")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check.")

@@ -87,6 +87,7 @@ class Job(_Resource):
     validation_dataset: str | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     label_map: dict[str, str] | None = None
+    export: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     progress: JobProgress = Field(default_factory=JobProgress)
     metrics: dict[str, Any] = Field(default_factory=dict)

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# "best", "final", "state" (the resumable training state) or "epoch-N" (`hyperparameters.n_checkpoints`).
+# "best", "final", "state" (the resumable training state), "epoch-N" (`hyperparameters.n_checkpoints`) or the
+# deployable copies of the best student, "best-onnx" and "best-onnx-int8" (the run's `export`).
 CheckpointKind = str
 
 

@@ -73,6 +73,7 @@ class TrainResult:
     resumed_from_step: int = 0
     labels: list[str] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)  # RunWarning.as_dict() of each
+    exports: dict[str, Path] = field(default_factory=dict)  # checkpoint kind -> directory (`export`)
 
 
 @dataclass
@@ -326,6 +327,8 @@ class Trainer:
                     callback.on_warning(progress, warning["code"], warning["message"])
         best_dir = self.output_dir / "best"
         result.best_dir = best_dir if best_dir.is_dir() else None
+        if not stopped and result.best_dir is not None and self.config.export and self.parallel.is_main:
+            result.exports = self._export_deployable(run, result.best_dir, progress)
         for callback in self.callbacks:
             callback.on_train_end(progress, stopped)
         return result
@@ -342,6 +345,17 @@ class Trainer:
         if run.guard is not None and run.guard.weight(run.loop.step - 1) == 0.0:  # the term never had any weight
             found.append(gradient_term_idle(run.loop.step))
         return found
+
+    def _export_deployable(self, run: RunState, best_dir: Path, progress: TrainingProgress) -> dict[str, Path]:
+        """The `export` formats of the best student (gkd.deploy), measured on dev; each is a checkpoint."""
+        from gkd.deploy.run_export import export_best
+
+        exported = export_best(best_dir, self.output_dir, list(self.config.export), run.encoded.get("dev"),
+                               self._teacher_predictions(run) if run.teacher.teaches else None)
+        for kind, directory in exported:
+            for callback in self.callbacks:
+                callback.on_checkpoint(progress, kind, directory)
+        return dict(exported)
 
     # ---------------------------------------------------------------- one step
     def batch_groups(self, run: RunState) -> list[list[list[int]]]:
@@ -529,9 +543,16 @@ class Trainer:
 
     def _teacher_metrics(self, run: RunState) -> dict[str, float]:
         """The teacher's dev accuracy (from the cache, or one no-grad pass when caching is off)."""
+        predictions = self._teacher_predictions(run)
+        if predictions is None:
+            return {}
+        return accuracy_f1(predictions, np.asarray(run.encoded["dev"].labels), len(run.labels))
+
+    def _teacher_predictions(self, run: RunState) -> np.ndarray | None:
+        """The teacher's predicted label ids on dev (from the cache, or one no-grad pass when caching is off)."""
         dataset = run.encoded.get("dev")
         if dataset is None or len(dataset) == 0:
-            return {}
+            return None
         cache = run.caches.get("dev")
         if cache is not None:
             predictions = np.asarray(cache.logits[np.arange(len(dataset))]).argmax(axis=-1)
@@ -543,7 +564,7 @@ class Trainer:
                     batch = collate(dataset, indices, run.pad_id).to(self.device)
                     logits = model(**model_inputs(model, batch)).logits
                     predictions[indices] = logits.argmax(dim=-1).cpu().numpy()
-        return accuracy_f1(predictions, np.asarray(dataset.labels), len(run.labels))
+        return predictions
 
     def evaluate_and_select(self, run: RunState, progress: TrainingProgress) -> None:
         """Evaluate on dev; export `best` when accuracy improved."""

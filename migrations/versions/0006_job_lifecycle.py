@@ -2,7 +2,7 @@
 (`student.init.checkpoint`), so the source job cannot be deleted while a job that needs it is unfinished.
 
 Revision ID: 0006_job_lifecycle
-Revises: 0004_job_label_map
+Revises: 0005_job_export
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_job_lifecycle"
-down_revision = "0004_job_label_map"
+down_revision = "0005_job_export"
 branch_labels = None
 depends_on = None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gradient_probe, quality, train_step
+from benchmarks import deploy, gradient_probe, quality, train_step
 from tests.support.factories import make_tiny_teacher, sentiment_rows, write_csv
 
 
@@ -176,3 +176,24 @@ def test_gradient_probe_checks_the_double_backprop_gradient_and_writes_its_table
         assert saved[part]["mean_input_gradient_norm"] > 0
         assert all(len(history) == 3 for history in saved[part]["adam"].values())
     assert "python -m benchmarks.gradient_probe" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_deploy_puts_teacher_student_and_both_onnx_students_side_by_side(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "deploy.json"
+    report = deploy.main(["--tiny", "--repeats", "2", "--latency-examples", "3", "--throughput-examples", "32",
+                          "--threads", "1", "--out", str(out)])
+    runtimes = [row["runtime"] for row in report["rows"]]
+    assert runtimes == ["pytorch", "pytorch", "onnx-fp32", "onnx-int8"]
+    for row in report["rows"]:
+        assert len(row["ms_per_example_batch1_all"]) == 2 and row["examples_per_second_batch32"] > 0
+        assert row["size_bytes"] > 0 and 0.0 <= row["accuracy"] <= 1.0
+    assert report["rows"][0]["throughput_vs_teacher"] == 1.0
+    assert set(report["targets"]) == {"int8_throughput_vs_student", "int8_accuracy_loss_points",
+                                      "fp32_max_abs_logit_diff"}
+    assert report["targets"]["fp32_max_abs_logit_diff"]["met"]  # fp32 ONNX reproduces the PyTorch student
+    # the ONNX directories are the ones the run's `export` made, each with its measured dev metrics
+    assert {"accuracy", "student_agreement", "ms_per_example_batch1"} <= set(report["export_cards"]["best-onnx-int8"])
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert saved["rows"][3]["runtime"] == "onnx-int8"
+    assert "python -m benchmarks.deploy" in out.with_suffix(".md").read_text(encoding="utf-8")

@@ -202,3 +202,35 @@ def test_training_error_fails_the_job(stack: Stack, api: TestClient, tmp_path: P
     final = api.get(f"/v1/jobs/{job['id']}", headers=headers).json()
     assert final["status"] == "failed" and final["error"]
     assert final["finished_at"]
+
+
+def test_a_job_with_export_makes_onnx_checkpoints(stack: Stack, api: TestClient, tiny_teacher: Path,
+                                                  tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    headers = {"Authorization": f"Bearer {new_key(stack.settings)}"}
+    teacher = register_teacher(stack.settings, headers, tiny_teacher)
+    dataset = upload(api, headers, 32)
+    body = {"teacher": teacher, "student": {"num_layers": 1}, "training_dataset": dataset,
+            "hyperparameters": {"epochs": 1, "batch_size": 8, "max_length": 16}, "export": ["onnx", "onnx-int8"]}
+    job = api.post("/v1/jobs", headers=headers, json=body).json()
+    assert job["export"] == ["onnx", "onnx-int8"]
+    events = follow(api, headers, job["id"])
+    statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
+    assert statuses == ["queued", "running", "succeeded"], stack.log_tail()
+    kinds = {c["kind"]: c for c in api.get(f"/v1/jobs/{job['id']}/checkpoints", headers=headers).json()["data"]}
+    assert {"best", "final", "best-onnx", "best-onnx-int8"} <= set(kinds), kinds
+    for kind in ("best-onnx", "best-onnx-int8"):
+        row = kinds[kind]
+        assert row["sha256"] != kinds["best"]["sha256"] and row["size_bytes"] > 0
+        assert {"accuracy", "macro_f1", "teacher_agreement", "student_agreement", "ms_per_example_batch1",
+                "examples_per_second_batch32"} <= set(row["metrics"]), row["metrics"]
+    assert kinds["best-onnx"]["metrics"]["student_agreement"] == 1.0
+    assert kinds["best-onnx"]["metrics"]["accuracy"] == pytest.approx(kinds["best"]["metrics"]["accuracy"])
+    content = api.get(f"/v1/jobs/{job['id']}/checkpoints/{kinds['best-onnx-int8']['id']}/content", headers=headers)
+    target = tmp_path / "int8"
+    with tarfile.open(fileobj=io.BytesIO(content.content), mode="r:gz") as archive:
+        archive.extractall(target, filter="data")
+    from gkd.deploy.predictors import load_predictor
+
+    predictor = load_predictor(target)
+    assert predictor.runtime == "onnx-int8" and sorted(predictor.labels) == sorted(LABELS)

@@ -56,6 +56,9 @@ def test_create_job(client: TestClient, auth: dict, setup: dict) -> None:
         ({"method": "magic"}, 422, "method"),
         ({"method": "gradient_kd_cls", "student": {"num_layers": 1, "hidden_size": 16}}, 422, None),
         ({"surprise": True}, 422, "surprise"),
+        ({"export": ["tflite"]}, 422, "export.0"),
+        ({"export": ["onnx", "onnx"]}, 422, "export"),
+        ({"export": "onnx"}, 422, "export"),
     ],
 )
 def test_invalid_jobs_name_the_field(client: TestClient, auth: dict, setup: dict, change: dict, status: int,
@@ -65,6 +68,16 @@ def test_invalid_jobs_name_the_field(client: TestClient, auth: dict, setup: dict
     if param is not None:
         assert error["param"] == param, error
     assert client.get("/v1/jobs", headers=auth).json()["data"] == []
+
+
+def test_export_is_stored_and_returned(client: TestClient, auth: dict, setup: dict, settings: Settings) -> None:
+    job = client.post("/v1/jobs", headers=auth, json={**setup, "export": ["onnx-int8", "onnx"]}).json()
+    assert job["export"] == ["onnx-int8", "onnx"]
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["export"] == ["onnx-int8", "onnx"]
+    plain = client.post("/v1/jobs", headers=auth, json=setup).json()
+    assert plain["export"] == []
+    with session_scope(settings.database_url) as session:
+        assert session.get(Job, plain["id"]).export is None  # NULL: nothing to export
 
 
 def test_missing_body_field_and_bad_json(client: TestClient, auth: dict, setup: dict) -> None:

@@ -227,9 +227,12 @@ function addLog(log, event) {
 
 function checkpointTable(jobId, rows) {
   const keys = ["accuracy", "macro_f1", "teacher_agreement", "saliency_agreement"];
+  // best-onnx / best-onnx-int8 (the job's export) carry their CPU speed, measured by the worker on the dev set.
+  const speed = ["ms_per_example_batch1", "examples_per_second_batch32"];
   return h("div", { class: "table-wrap" }, h("table", { id: "checkpoint-table" },
     h("thead", {}, h("tr", {},
-      ["Kind", "Step", ...keys.map((k) => k.replace("_", " ")), "Size", ""].map((c) => h("th", { scope: "col" }, c)))),
+      ["Kind", "Step", ...keys.map((k) => k.replace("_", " ")), "ms/example (batch 1)", "examples/s (batch 32)",
+        "Size", ""].map((c) => h("th", { scope: "col" }, c)))),
     h("tbody", {}, rows.map((c) => {
       const status = h("span", { class: "visually-hidden", "aria-live": "polite" });
       const button = h("button", { type: "button", class: "secondary", "data-download": c.kind,
@@ -252,10 +255,12 @@ function checkpointTable(jobId, rows) {
         h("th", { scope: "row" }, c.kind, h("div", { class: "muted mono" }, c.id)),
         h("td", { class: "num" }, String(c.step)),
         keys.map((k) => h("td", { class: "num" }, fmtNum(c.metrics?.[k]))),
+        speed.map((k) => h("td", { class: "num", "data-speed": k }, fmtNum(c.metrics?.[k]))),
         h("td", { class: "num nowrap" }, fmtBytes(c.size_bytes)),
         h("td", {}, h("div", { class: "actions" }, button,
-          h("a", { href: `#/jobs/${jobId}/checkpoints/${c.id}/saliency`, "data-saliency": c.kind },
-            "Saliency", h("span", { class: "visually-hidden" }, ` of the ${c.kind} checkpoint`)), status)));
+          c.kind.includes("onnx") ? null  // saliency needs the PyTorch model's input gradients
+            : h("a", { href: `#/jobs/${jobId}/checkpoints/${c.id}/saliency`, "data-saliency": c.kind },
+              "Saliency", h("span", { class: "visually-hidden" }, ` of the ${c.kind} checkpoint`)), status)));
     }))));
 }
 

@@ -161,6 +161,10 @@ export async function render(main) {
     h("option", { value: "" }, "None: hold out a dev split of the training data"), datasets.map(dsOption));
   const name = h("input", { id: "f-name", name: "name", type: "text", autocomplete: "off",
     maxlength: String(describe(props.name).maxLength || 300) });
+  // export: one checkbox per deployable format the schema lists ("onnx", "onnx-int8").
+  const exportFormats = deref(schemas, props.export?.items)?.enum || [];
+  const exportBoxes = exportFormats.map((f) => h("input", { type: "checkbox", id: `f-export-${f}`, name: "export",
+    value: f, "data-export": f }));
 
   const [studentSet, readStudent] = group(schemas, "student", deref(schemas, props.student), "Student");
   const [hpSet, readHp] = group(schemas, "hyperparameters", deref(schemas, props.hyperparameters), "Hyperparameters");
@@ -181,7 +185,10 @@ export async function render(main) {
       h("div", { class: "field" }, h("label", { for: "f-validation_dataset" }, "Validation dataset ",
         h("code", {}, "validation_dataset")), dev,
         h("span", { class: "help", id: "f-validation_dataset-help" }, "Optional; evaluated after every epoch.")),
-      h("div", { class: "field" }, h("label", { for: "f-name" }, "Name ", h("code", {}, "name")), name))),
+      h("div", { class: "field" }, h("label", { for: "f-name" }, "Name ", h("code", {}, "name")), name),
+      exportFormats.length ? h("div", { class: "field", id: "f-export" }, h("span", {}, "Export ", h("code", {}, "export")),
+        exportBoxes.map((box) => h("label", { class: "checkbox", for: box.id }, box, ` ${box.value}`)),
+        h("span", { class: "help" }, props.export?.description || "")) : null)),
     studentSet,
     hpSet,
     h("p", {}, submit));
@@ -201,6 +208,7 @@ export async function render(main) {
         name: name.value.trim() || null,
         student: readStudent(),
         hyperparameters: readHp(),
+        export: exportBoxes.filter((box) => box.checked).map((box) => box.value),
       };
     } catch (error) {
       replace(errors, errorBox(error));
