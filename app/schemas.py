@@ -130,6 +130,15 @@ class Progress(BaseModel):
     eta_seconds: float | None = None
 
 
+def job_metrics(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """A job's `metrics`: latest and best figures, and `warnings` (codes of its `warning` events) when it has any."""
+    stored = stored or {}
+    out = {"latest": stored.get("latest", {}), "best": stored.get("best", {})}
+    if stored.get("warnings"):
+        out["warnings"] = list(stored["warnings"])
+    return out
+
+
 class JobOut(BaseModel):
     id: str
     object: Literal["job"] = "job"
@@ -176,7 +185,7 @@ class JobOut(BaseModel):
             export=row.export or [],
             metadata=row.meta,
             progress=Progress.model_validate(progress),
-            metrics={"latest": (row.metrics or {}).get("latest", {}), "best": (row.metrics or {}).get("best", {})},
+            metrics=job_metrics(row.metrics),
             error=row.error,
             attempts=row.attempts,
             versions={"gkd": None, "torch": None, "transformers": None, **(row.versions or {})},

@@ -415,6 +415,7 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
         metrics = {
             "latest": {**callback.latest, **_clean(dict(result.final_metrics))},
             "best": _clean(dict(result.best_metrics)) or callback.best,
+            **({"warnings": callback.warnings} if callback.warnings else {}),
         }
         if result.stopped and callback.draining and not callback.cancel_seen:
             if not state_uploaded:
