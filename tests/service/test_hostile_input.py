@@ -166,3 +166,18 @@ def test_a_broken_safetensors_header_is_a_422(client: TestClient, auth: dict, se
     before = count(settings, TeacherModel)
     assert_error(upload(client, auth, "m.tar.gz", tar_of(directory)), 422, "invalid_request_error")
     assert count(settings, TeacherModel) == before
+
+
+# finding 12: a zip written by zipfile.writestr carries permissions but no file-type bits
+def test_a_zip_made_with_writestr_is_accepted(client: TestClient, auth: dict, settings: Settings,
+                                              tiny_teacher: Path) -> None:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(tiny_teacher.iterdir()):
+            archive.writestr(path.name, path.read_bytes())  # external_attr = 0o600 << 16: no S_IFREG bit
+    response = upload(client, auth, "writestr.zip", buffer.getvalue())
+    assert response.status_code == 201, response.text
+    assert response.json()["labels"] == ["negative", "positive"]
