@@ -190,7 +190,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return JSONResponse(error_body("server_error", "internal_error", "internal server error", None), 500)
+    # Starlette re-raises after sending this, and the server then drops the connection: say so, or a
+    # keep-alive client sends its next request into a reset socket.
+    body = error_body("server_error", "internal_error", "internal server error", None)
+    return JSONResponse(body, 500, headers={"Connection": "close"})
 
 
 ERROR_SCHEMA: dict[str, Any] = {

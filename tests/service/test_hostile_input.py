@@ -181,3 +181,19 @@ def test_a_zip_made_with_writestr_is_accepted(client: TestClient, auth: dict, se
     response = upload(client, auth, "writestr.zip", buffer.getvalue())
     assert response.status_code == 201, response.text
     assert response.json()["labels"] == ["negative", "positive"]
+
+
+# finding 10: a 500 is a complete response that tells a keep-alive client the connection ends
+def test_a_500_says_connection_close(settings: Settings) -> None:
+    from app.main import create_app
+
+    app = create_app(settings)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("internals")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/boom")
+        assert_error(response, 500, "server_error")
+        assert response.headers["connection"] == "close"
