@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gkd.text import unstorable_reason
+
 log = logging.getLogger(__name__)
 
 _TYPE_BY_STATUS = {
@@ -69,6 +71,14 @@ def not_found(what: str, ident: str, param: str | None = None) -> ApiError:
 
 def invalid(message: str, param: str | None = None, code: str = "invalid_parameter") -> ApiError:
     return ApiError(422, message, code=code, param=param)
+
+
+def storable(value: str, param: str) -> str:
+    """A form text the database can hold (no NUL, no lone surrogate), else the 422 naming the field."""
+    reason = unstorable_reason(value)
+    if reason is not None:
+        raise invalid(f"{param} {reason}", param=param)
+    return value
 
 
 def conflict(message: str, code: str = "conflict", param: str | None = None) -> ApiError:
@@ -180,7 +190,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return JSONResponse(error_body("server_error", "internal_error", "internal server error", None), 500)
+    # Starlette re-raises after sending this, and the server then drops the connection: say so, or a
+    # keep-alive client sends its next request into a reset socket.
+    body = error_body("server_error", "internal_error", "internal server error", None)
+    return JSONResponse(body, 500, headers={"Connection": "close"})
 
 
 ERROR_SCHEMA: dict[str, Any] = {

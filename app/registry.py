@@ -14,6 +14,7 @@ from app.store.orm import TeacherModel, utcnow
 from app.store.settings import Settings
 from app.store.storage import get_storage
 from app.store.storage.archive import ArchiveError, extract_archive
+from gkd.text import unstorable_reason
 
 FAMILY_COLUMNS = ("family", "num_attention_heads", "max_position_embeddings", "embedding_size")
 
@@ -31,9 +32,53 @@ def describe(path: Path) -> object:
     from gkd.models.teacher import describe_teacher
 
     try:
-        return describe_teacher(path)
+        info = describe_teacher(path)
     except ModelError as exc:
         raise RegistryError(exc.message, exc.param) from exc
+    except RecursionError as exc:
+        raise RegistryError("a JSON file of the model is nested too deeply", "file") from exc
+    except Exception as exc:  # noqa: BLE001 - any failure to read an uploaded model is the upload's fault
+        # A bad safetensors header, a config whose fields have the wrong types...: say what failed, not 500.
+        message = f"the model could not be read: {type(exc).__name__}: {_printable(str(exc))}"
+        raise RegistryError(message, "file") from exc
+    check_storable(info)
+    return info
+
+
+def _printable(text: str) -> str:
+    """A bounded message that JSON can carry whatever bytes the upload held."""
+    return text[:300].encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+_INT_COLUMNS = {  # field -> the largest value its column holds on every backend
+    "num_layers": 2**31 - 1, "hidden_size": 2**31 - 1, "vocab_size": 2**31 - 1, "num_attention_heads": 2**31 - 1,
+    "max_position_embeddings": 2**31 - 1, "embedding_size": 2**31 - 1, "num_parameters": 2**63 - 1,
+}
+_TEXT_COLUMNS = {"task": 64, "model_type": 64, "family": 64}
+MAX_LABEL_CHARS = 200
+
+
+def check_storable(info: object) -> None:
+    """Refuse what the database cannot hold before a row exists: PostgreSQL answered 500 for a 65-character
+    model_type or hidden_size 2**40, and a lone surrogate in id2label broke every later read of the row."""
+    for field, most in _INT_COLUMNS.items():
+        value = getattr(info, field, None)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= most):
+            raise RegistryError(f"config.json: {field} must be an integer from 0 to {most}", field)
+    for field, longest in _TEXT_COLUMNS.items():
+        value = getattr(info, field, None)
+        if value is not None:
+            _check_text(value, longest, field)
+    for label in getattr(info, "labels", []):
+        _check_text(label, MAX_LABEL_CHARS, "id2label")
+
+
+def _check_text(value: object, longest: int, field: str) -> None:
+    if not isinstance(value, str):
+        raise RegistryError(f"config.json: {field} must be a string", field)
+    reason = unstorable_reason(value) or (f"must be at most {longest} characters" if len(value) > longest else None)
+    if reason is not None:
+        raise RegistryError(f"config.json: {field} {reason}", field)
 
 
 def _row(model_id: str, tenant_id: str | None, name: str, path: str, source: str, info: object) -> TeacherModel:

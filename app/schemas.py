@@ -3,10 +3,11 @@ models (gkd.config), so their defaults and limits are written once."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints
 
 from app.store.orm import Checkpoint, Dataset, Job, JobEvent, TeacherModel
 from gkd.config import (
@@ -23,7 +24,20 @@ from gkd.method.properties import Method
 
 T = TypeVar("T")
 
-MetadataValue = str | int | float | bool | None
+MAX_METADATA_CHARS = 16_384
+"""Bound on a job's metadata as compact JSON: it is a label for the caller, not a store."""
+
+MetadataKey = Annotated[StorableText, StringConstraints(min_length=1, max_length=100)]
+MetadataText = Annotated[StorableText, StringConstraints(max_length=2_000)]
+# Integers within 64 bits and finite floats: what JSONB and SQLite's JSON both hold and give back alike.
+MetadataValue = MetadataText | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | FiniteFloat | bool | None
+
+
+def _bounded_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """Keys and values are bounded one by one; the total too, so 50 keys of 2,000 characters stay small."""
+    if len(json.dumps(value, separators=(",", ":"))) > MAX_METADATA_CHARS:
+        raise ValueError(f"metadata must be at most {MAX_METADATA_CHARS} characters as JSON")
+    return value
 
 
 class ListResponse(BaseModel, Generic[T]):
@@ -115,7 +129,9 @@ class JobCreate(BaseModel):
     label_map: dict[LabelName, LabelName] | None = DataSpec.model_fields["label_map"]
     export: list[ExportFormat] = DistillConfig.model_fields["export"]
     name: StorableText | None = Field(None, max_length=300)
-    metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=50)
+    metadata: Annotated[dict[MetadataKey, MetadataValue], AfterValidator(_bounded_metadata)] = Field(
+        default_factory=dict, max_length=50, description="Your own labels: up to 50 keys, 16 KiB as JSON."
+    )
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Worker queue: `cpu`, `gpu`, or `auto` (the deployment's GKD_AUTO_DEVICE)."
     )

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from gkd.method.properties import Method, method_properties
+from gkd.text import unstorable_reason
 
 InitStrategy = Literal["bottom", "every_other", "random"]
 LayerRule = Literal["bottom", "every_other"] | list[int]
@@ -38,10 +39,9 @@ ExportFormat = Literal["onnx", "onnx-int8"]
 
 def _storable(value: str) -> str:
     """Text that a database can hold and a JSON response can carry: no NUL, no lone UTF-16 surrogate."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    if any("\ud800" <= ch <= "\udfff" for ch in value):
-        raise ValueError("must be valid Unicode (a lone surrogate is not)")
+    reason = unstorable_reason(value)
+    if reason is not None:
+        raise ValueError(reason)
     return value
 
 
@@ -59,7 +59,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and Infinity are no setting: PostgreSQL's JSONB refused them (a 500) where SQLite stored them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _check_layer_indices(value: Any) -> Any:

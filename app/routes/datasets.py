@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, or_, select
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
-from app.errors import ApiError, conflict
+from app.errors import ApiError, conflict, storable
 from app.reads import row_select
 from app.routes.common import PagedQuery, get_dataset, paginate
 from app.schemas import DatasetOut, Deleted, ListResponse
@@ -58,7 +58,7 @@ async def create_dataset(
     try:
         assert upload.path is not None
         filename = os.path.basename(upload.filename or "")
-        name = (upload.fields.get("name") or filename or "dataset")[:MAX_NAME]
+        name = storable((upload.fields.get("name") or filename or "dataset")[:MAX_NAME], "name")
         # The reader looks at the extension of the path it is given; keep the upload's.
         fmt, report = await run_in_threadpool(_validate_file, upload.path, filename, settings.max_dataset_rows)
         dataset_id = new_id("ds")

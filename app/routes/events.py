@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -24,7 +25,7 @@ from app.errors import invalid
 from app.routes.common import get_job
 from app.schemas import EventOut
 from app.store.db import sessionmaker_for
-from app.store.events import event_dict
+from app.store.events import MAX_SEQ, event_dict
 from app.store.jobs import TERMINAL_STATUSES, is_terminal_event
 from app.store.orm import Job, JobEvent
 from app.store.settings import Settings
@@ -32,6 +33,16 @@ from app.store.settings import Settings
 router = APIRouter(prefix="/v1/jobs/{job_id}/events", tags=["events"])
 
 STREAM_BATCH = 200
+_ASCII_DIGITS = re.compile(r"[0-9]{1,10}")
+
+
+def _last_event_seq(header: str) -> int:
+    """An ASCII seq within the column's range: `str.isdigit` accepts "²" and 5,000 digits, which `int` or the
+    database then refused with a 500."""
+    value = header.strip()
+    if not _ASCII_DIGITS.fullmatch(value) or int(value) > MAX_SEQ:
+        raise invalid(f"Last-Event-ID must be an event seq from 0 to {MAX_SEQ}", param="Last-Event-ID")
+    return int(value)
 
 
 @router.get("")
@@ -39,7 +50,7 @@ def list_events(
     job_id: str,
     tenant: CurrentTenant,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     job = get_job(session, tenant, job_id)
@@ -163,15 +174,13 @@ def stream_events(
     tenant: CurrentTenant,
     session: SessionDep,
     settings: SettingsDep,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     job = get_job(session, tenant, job_id)
     start = after or 0
     if last_event_id:
-        if not last_event_id.strip().isdigit():
-            raise invalid("Last-Event-ID must be an event seq", param="Last-Event-ID")
-        start = max(start, int(last_event_id.strip()))
+        start = max(start, _last_event_seq(last_event_id))
     session.close()
     return StreamingResponse(
         _stream(request, settings, job.id, start),

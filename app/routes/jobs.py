@@ -239,6 +239,9 @@ def create_job(
     try:
         session.flush()
         jobs.record_created(session, job.id)
+        # The answer is built before the commit: a body that cannot be serialised rolls the job back instead
+        # of leaving a committed (and enqueued) job that a retrying client would create again.
+        JobOut.of(job).model_dump_json()
         session.commit()
     except IntegrityError:
         session.rollback()

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
-from app.errors import ApiError
+from app.errors import ApiError, storable
 from app.registry import RegistryError, import_archive
 from app.routes.common import VISIBLE_MODELS, get_model, paginate
 from app.schemas import ListResponse, ModelOut
@@ -50,7 +50,7 @@ async def upload_model(
             raise ApiError(415, "upload a .tar.gz or .zip archive of a Hugging Face model directory",
                            code="unsupported_file_type", param="file")
         default_name = re.sub(r"(\.tar\.gz|\.tgz|\.tar|\.zip)$", "", filename, flags=re.I) or "model"
-        name = (upload.fields.get("name") or default_name).strip()[:300]
+        name = storable((upload.fields.get("name") or default_name).strip()[:300], "name")
         try:
             row, final = await run_in_threadpool(import_archive, settings, upload.path, name, tenant.id)
         except RegistryError as exc:

@@ -17,6 +17,9 @@ from app.store.orm import Job, JobEvent, utcnow
 
 log = logging.getLogger(__name__)
 
+MAX_SEQ = 2**31 - 1
+"""The largest seq the `INTEGER` column holds on every backend: a larger `after` or `Last-Event-ID` is refused."""
+
 
 def append_event(
     session: Session, job_id: str, type_: str, message: str = "", data: dict[str, Any] | None = None

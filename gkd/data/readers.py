@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, BinaryIO
 
+from gkd.text import unstorable_reason
+
 SUPPORTED_FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet")
 
 # File extensions (and format aliases) -> format. Matching is case-insensitive.
@@ -42,6 +44,8 @@ _KNOWN_COLUMNS = (TEXT, TEXT_PAIR, LABEL)
 # One text field larger than this is almost certainly a broken file (an unclosed quote swallowing the
 # rest of it), never a sentence to classify; refusing it early keeps the service's memory bounded.
 MAX_FIELD_CHARS = 1 << 20
+MAX_LABEL_CHARS = 200  # as a label_map name: a label is a class name, and it is stored in the dataset's row
+MAX_COLUMNS = 1_000  # a data file has a handful of columns; 60,000 is an attack or a wrong delimiter
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
@@ -227,15 +231,17 @@ def _check_columns(
     Names are matched exactly after stripping whitespace: guessing at "Text" or "sentence" would make a
     dataset mean different things to different readers.
     """
+    if len(names) > MAX_COLUMNS:
+        raise _too_many_columns(line)
     positions: dict[str, int] = {}
-    unknown: list[str] = []
+    unknown: dict[str, None] = {}  # ordered and O(1) to test: a list made this quadratic in the columns
     for position, name in enumerate(names):
         if name in _KNOWN_COLUMNS:
             if name in positions:
                 raise DataError(f"duplicate column {name!r}", line=line, param=name)
             positions[name] = position
-        elif name != ID and not name.startswith("__index_level_") and name not in unknown:
-            unknown.append(name)  # `id` and pandas' saved index are expected companions, not surprises
+        elif name != ID and not name.startswith("__index_level_"):
+            unknown[name] = None  # `id` and pandas' saved index are expected companions, not surprises
     found = list_names(names) or "none"
     for column, needed in ((TEXT, True), (LABEL, require_labels)):
         if needed and column not in positions:
@@ -243,7 +249,11 @@ def _check_columns(
             if any(n.lower() == column for n in names):
                 hint = " (column names are case-sensitive)"
             raise DataError(f"no {column!r} column; columns found: {found}{hint}", line=line, param=column)
-    return positions, unknown
+    return positions, list(unknown)
+
+
+def _too_many_columns(line: int | None) -> DataError:
+    return DataError(f"the file has more than {MAX_COLUMNS} columns", line=line, param="file")
 
 
 def _read_delimited(text: str, fmt: str, *, require_labels: bool, max_rows: int | None) -> ExampleSet:
@@ -323,6 +333,8 @@ def _from_numbered_records(
     seen: set[str] = set()
     normalised: list[tuple[int, dict[str, Any]]] = []
     for line, record in numbered:
+        if len(record) > MAX_COLUMNS:
+            raise _too_many_columns(line)
         values: dict[str, Any] = {}
         for key, value in record.items():
             name = str(key).strip()
@@ -332,6 +344,8 @@ def _from_numbered_records(
             if name not in seen:
                 seen.add(name)
                 columns.append(name)
+                if len(columns) > MAX_COLUMNS:
+                    raise _too_many_columns(line)
         normalised.append((line, values))
     if not normalised:
         return ExampleSet(examples=[], format=fmt, has_pair=False, unknown_columns=[])
@@ -406,7 +420,15 @@ def _string_value(value: Any, line: int, column: str) -> str | None:
         raise DataError(f"{column} must be a string, found {_json_type(value)}", line=line, param=column)
     if len(value) > MAX_FIELD_CHARS:
         raise DataError(f"{column} is larger than {MAX_FIELD_CHARS} characters", line=line, param=column)
+    _check_storable(value, line, column)
     return str(value)  # numpy.str_ -> str
+
+
+def _check_storable(value: str, line: int, column: str) -> None:
+    """JSON escapes can spell NUL or a lone surrogate that no UTF-8 file holds; labels reach the database."""
+    reason = unstorable_reason(value)
+    if reason is not None:
+        raise DataError(f"{column} {reason}", line=line, param=column)
 
 
 def _label_value(value: Any, line: int) -> str | None:
@@ -416,9 +438,14 @@ def _label_value(value: Any, line: int) -> str | None:
     if _is_bool(value):
         raise DataError("label must be a string or an integer, found boolean", line=line, param=LABEL)
     if isinstance(value, str):
+        if len(value) > MAX_LABEL_CHARS:
+            raise DataError(f"label is longer than {MAX_LABEL_CHARS} characters", line=line, param=LABEL)
+        _check_storable(value, line, LABEL)
         return value.strip() or None
     if isinstance(value, numbers.Integral):
-        return str(int(value))
+        if len(text := str(int(value))) > MAX_LABEL_CHARS:
+            raise DataError(f"label is longer than {MAX_LABEL_CHARS} characters", line=line, param=LABEL)
+        return text
     if isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer():
         return str(int(float(value)))
     shown = repr(value) if isinstance(value, numbers.Real) else _json_type(value)

@@ -178,7 +178,8 @@ def _extract_zip(archive: Path, target: Path, *, max_members: int, max_bytes: in
             for info in infos:
                 _check_member_name(info.filename.rstrip("/") or info.filename)
                 mode = info.external_attr >> 16
-                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                # No file-type bits (zipfile.writestr writes only permissions) is a regular file, as unzip reads it.
+                if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                     raise ArchiveError(f"archive member {info.filename!r} is a link or special file")
                 total += info.file_size
                 if total > max_bytes:
