@@ -71,9 +71,11 @@ export async function render(main, { jobId }) {
     cancel.hidden = TERMINAL.has(j.status);
     const p = j.progress || {};
     replace(progress,
-      progressCell(p, j.status), " ",
-      h("span", {}, `step ${p.step ?? 0}${p.total_steps ? ` of ${p.total_steps}` : ""}, epoch ${p.epoch ?? 0}`),
-      TERMINAL.has(j.status) ? null : h("span", {}, ` · ETA ${fmtDuration(p.eta_seconds)}`));
+      h("div", {},
+        progressCell(p, j.status), " ",
+        h("span", {}, `step ${p.step ?? 0}${p.total_steps ? ` of ${p.total_steps}` : ""}, epoch ${p.epoch ?? 0}`),
+        TERMINAL.has(j.status) ? null : h("span", {}, ` · ETA ${fmtDuration(p.eta_seconds)}`)),
+      TERMINAL.has(j.status) || !p.phase ? null : phaseLine(p.phase));
     const best = j.metrics?.best || {};
     replace(facts,
       fact("Id", h("code", {}, j.id)),
@@ -129,7 +131,11 @@ export async function render(main, { jobId }) {
   function onEvent(event) {
     addLog(log, event);
     const d = event.data || {};
-    if (event.type === "metrics") {
+    if (event.type === "phase") {
+      if (!TERMINAL.has(current.status)) {
+        showJob({ ...current, progress: { ...(current.progress || {}), phase: d } });
+      }
+    } else if (event.type === "metrics") {
       if (d.eval) {
         evalChart.add(d.step, d);
         evalTable.prepend(h("tr", {}, h("td", {}, String(d.step)), h("td", {}, String(d.epoch ?? "")),
@@ -290,4 +296,19 @@ class Chart {
     if (this.frame) cancelAnimationFrame(this.frame);
     if (this.plot) this.plot.destroy();
   }
+}
+
+const PHASE_TITLES = {
+  validating: "Validating the data", loading_teacher: "Loading the teacher", teacher_cache: "Building the teacher cache",
+  training: "Training", evaluating: "Evaluating", packing: "Packing a checkpoint", uploading: "Uploading checkpoints",
+};
+
+// The phase the job is in, with its own bar: before the first step (the teacher cache) this is where time goes.
+function phaseLine(phase) {
+  const title = (PHASE_TITLES[phase.phase] || phase.phase) + (phase.detail ? ` (${phase.detail})` : "");
+  const count = phase.total != null ? ` ${phase.done} of ${phase.total} ${phase.unit || ""}`.trimEnd() : "";
+  const eta = phase.eta_seconds != null && phase.fraction !== 1 ? ` · about ${fmtDuration(phase.eta_seconds)} left` : "";
+  return h("div", { id: "job-phase", "data-phase": phase.phase },
+    phase.fraction != null ? progressCell({ fraction: phase.fraction }, "") : null, " ",
+    h("span", {}, `${title}${count}${eta}`));
 }
