@@ -276,3 +276,27 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     page.wait_for_selector("#api-key")
     assert page.evaluate("sessionStorage.getItem('gkd.apiKey')") is None
     assert page.problems == [], page.problems
+
+
+@pytest.mark.parametrize("path, rendered", [("/docs", ".swagger-ui .opblock-summary-path"),
+                                            ("/redoc", ".api-content h2")])
+def test_api_docs_render_with_no_network_but_this_server(service: tuple[Settings, str], page: Any, path: str,
+                                                         rendered: str) -> None:
+    """Swagger UI and ReDoc draw the API from this server's files alone (an air-gapped machine): every request to
+    another host is refused, and none is even tried."""
+    _settings, url = service
+    elsewhere: list[str] = []
+
+    def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(url + path)
+    page.wait_for_selector(rendered)
+    page.get_by_text("/v1/jobs/{job_id}/events/stream").first.wait_for()
+    assert elsewhere == [] and page.problems == []
+    shot(page, f"api-docs-{path.strip('/')}")
