@@ -198,6 +198,9 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     assert page.locator("#loss-chart canvas").count() >= 1
     assert page.locator("#event-log li").count() == len(events)
     assert page.locator("#cancel-job").is_hidden()
+    assert any(e["type"] == "phase" and e["data"]["phase"] == "teacher_cache" for e in events)
+    # two measures, two names: the job's gradient agreement is explained beside its curve
+    assert "saliency profile cosine" in page.locator("#gradient-agreement-note").inner_text()
     shot(page, "04-job")
 
     # --- download the final checkpoint (fetched with the header, saved as a blob)
@@ -235,6 +238,8 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     assert row.locator("[data-status]").inner_text() == "succeeded"
     assert row.locator("progress").get_attribute("value") == "1"
     assert "1 layer × 32" in row.inner_text() and "tiny-teacher" in row.inner_text()
+    best = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["metrics"]["best"]["accuracy"]
+    assert float(row.locator("[data-field=accuracy]").inner_text()) == pytest.approx(best, abs=1e-4)
     page.select_option("#status-filter", "failed")
     page.wait_for_selector("#no-jobs")
     page.select_option("#status-filter", "succeeded")

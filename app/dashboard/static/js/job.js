@@ -17,7 +17,7 @@ const EVAL_SERIES = [
   ["accuracy", "dev accuracy", "#174ea6", []],
   ["macro_f1", "macro-F1", "#1b6b2c", [2, 3]],
   ["teacher_agreement", "teacher agreement", "#b34700", [8, 4]],
-  ["saliency_agreement", "saliency agreement", "#7b2d8e", [10, 3, 2, 3]],
+  ["saliency_agreement", "gradient agreement", "#7b2d8e", [10, 3, 2, 3]],
 ];
 const MAX_LOG = 200;
 
@@ -37,7 +37,7 @@ export async function render(main, { jobId }) {
   const streamState = h("span", { class: "stream-state", id: "stream-state", "aria-live": "polite" });
   const errorSlot = h("div");
   const lossChart = new Chart("loss-chart", "Training loss", LOSS_SERIES);
-  const evalChart = new Chart("eval-chart", "Dev accuracy and saliency agreement per evaluation", EVAL_SERIES, [0, 1]);
+  const evalChart = new Chart("eval-chart", "Dev accuracy and gradient agreement per evaluation", EVAL_SERIES, [0, 1]);
   const evalTable = h("tbody");
   const log = h("ol", { class: "events", id: "event-log", "aria-label": "Events, newest first" });
   const checkpoints = h("div", { id: "checkpoints" }, h("p", { class: "muted" }, "No checkpoint yet."));
@@ -53,6 +53,11 @@ export async function render(main, { jobId }) {
     h("section", { class: "card", "aria-labelledby": "h-curves" },
       h("h2", { id: "h-curves" }, "Curves"),
       h("div", { class: "grid-2" }, lossChart.figure, evalChart.figure),
+      h("p", { class: "muted", id: "gradient-agreement-note" },
+        "Gradient agreement (the API's saliency_agreement): the mean over dev tokens of the cosine between the ",
+        "teacher's and the student's input-gradient vectors, i.e. whether each token pushes both models the same ",
+        "way (students of the teacher's width; a narrower student compares saliency profiles). It is lower than the per-example saliency profile cosine on the saliency page, which compares only ",
+        "how much each token matters."),
       h("details", {}, h("summary", {}, "Evaluations as a table"),
         h("div", { class: "table-wrap" }, h("table", { id: "eval-table" },
           h("thead", {}, h("tr", {}, ["Step", "Epoch", ...EVAL_SERIES.map((s) => s[1])].map((c) =>
