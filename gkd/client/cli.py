@@ -445,8 +445,10 @@ def download_bar(description: str, size: int | None, *, disable: bool = False,
 
 
 def _set_bar(bar: Any, description: str, done: int, total: int | None, unit: str) -> None:
-    """Point the one bar at a phase (or the training steps): its name, units, done and total."""
-    if bar.desc.rstrip(": ") != description or bar.unit != unit:
+    """Point the one bar at a phase (or the training steps): its name, units, done and total. The name is kept on
+    the bar as `gkd_phase` (a disabled tqdm has no `desc`)."""
+    if getattr(bar, "gkd_phase", None) != description or getattr(bar, "unit", None) != unit:
+        bar.gkd_phase = description
         bar.set_description(description, refresh=False)
         bar.unit = unit
         bar.reset(total=total)
@@ -489,7 +491,7 @@ def watch_job(client: Client, job_id: str, *, as_json: bool = False, file: Any =
             step = data.get("step")
             total = data.get("total_steps")
             if event.type in ("metrics", "log") and isinstance(step, int):
-                _set_bar(bar, "training", max(step, bar.n if bar.desc.startswith("training") else 0),
+                _set_bar(bar, "training", max(step, bar.n if getattr(bar, "gkd_phase", "") == "training" else 0),
                          total if isinstance(total, int) and total > 0 else bar.total, "step")
             if event.type == "metrics":
                 if data.get("eval"):

@@ -25,6 +25,7 @@ class ProgressPrinter(TrainerCallback):
         self.to_stderr = to_stderr
         self.bar: tqdm | None = None  # the training steps
         self.phase_bar: tqdm | None = None  # a phase before (or after) the steps
+        self.phase_title = ""
         self.started = time.perf_counter()
         self.header_done = False
 
@@ -38,11 +39,12 @@ class ProgressPrinter(TrainerCallback):
         if self.quiet or self.bar is not None or progress.phase == "training":
             return
         bar = self.phase_bar
-        if bar is None or bar.desc != progress.title:
+        if bar is None or self.phase_title != progress.title:  # (a disabled tqdm has no `desc`)
             if bar is not None:
                 bar.close()
             bar = self.phase_bar = tqdm(total=progress.total, desc=progress.title, unit=progress.unit or "it",
                                         dynamic_ncols=True, leave=False)
+            self.phase_title = progress.title
         if progress.total is not None and bar.total != progress.total:
             bar.total = progress.total
         bar.update(progress.done - bar.n)

@@ -80,7 +80,7 @@ def test_job_succeeds_and_checkpoint_loads(stack: Stack, api: TestClient, tiny_t
     events = follow(api, headers, job["id"])
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), "seq must be gapless"
     statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
-    assert statuses == ["queued", "running", "succeeded"], stack.log_tail()
+    assert statuses == ["queued", "running", "succeeded"], [e["message"] for e in events[-3:]] + [stack.log_tail()]
     metrics = [e["data"] for e in events if e["type"] == "metrics"]
     assert any({"loss", "kd", "ce", "grad", "lr", "step", "epoch"} <= set(m) for m in metrics)
     assert any({"accuracy", "macro_f1", "teacher_agreement", "saliency_agreement"} <= set(m) for m in metrics)
