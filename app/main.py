@@ -10,7 +10,7 @@ from celery import Celery
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app import dashboard, errors
+from app import api_docs, dashboard, errors
 from app.reads import Reads
 from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, results, saliency
 from app.schemas import JobCreate
@@ -36,6 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Gradient Knowledge Distillation as a service",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are app.api_docs: their files from this server, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.tenant_cache = TenantCache(settings.api_key_cache_seconds)
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app, body_models=(JobCreate, saliency.SaliencyRequest))
     # Routers are matched in this order, one route after another: the polled ones first (a job's status, its events)
     # cost the least matching. The OpenAPI document lists paths in the same order.
-    for module in (jobs, events, checkpoints, results, datasets, models, saliency, health, metrics, dashboard):
+    for module in (jobs, events, checkpoints, results, datasets, models, saliency, health, metrics, dashboard,
+                   api_docs):
         app.include_router(module.router)
     return app

@@ -138,12 +138,28 @@ class JobCreate(BaseModel):
     devices: int = Field(1, ge=1, le=16, description="Data-parallel processes (GPUs, or CPU processes) of one job.")
 
 
+class PhaseOut(BaseModel):
+    """What the job is doing now (docs/design.md, "Phases")."""
+
+    phase: str = Field(..., description="validating, loading_teacher, teacher_cache, training, evaluating, packing "
+                                        "or uploading.")
+    detail: str = Field("", description="Which part of the phase, e.g. the split a teacher cache is built for.")
+    done: int = Field(0, description="Units of the phase done.")
+    total: int | None = Field(None, description="Units in the phase; null while not known.")
+    unit: str = Field("", description="What `done` and `total` count: rows, batches, steps, archives.")
+    fraction: float | None = Field(None, description="done / total; null while the total is not known.")
+    elapsed_seconds: float = Field(0.0, description="Seconds since the phase began.")
+    eta_seconds: float | None = Field(None, description="Estimated seconds left in this phase.")
+
+
 class Progress(BaseModel):
     step: int = 0
     total_steps: int | None = None
     epoch: int = 0
     fraction: float = 0.0
     eta_seconds: float | None = None
+    phase: PhaseOut | None = Field(None, description="The current phase with its own progress; null before the "
+                                                     "worker starts.")
 
 
 def job_metrics(stored: dict[str, Any] | None) -> dict[str, Any]:
@@ -214,7 +230,7 @@ class EventOut(BaseModel):
     object: Literal["event"] = "event"
     seq: int
     created_at: datetime
-    type: str
+    type: str = Field(..., description="status, phase, metrics, log or checkpoint.")
     message: str
     data: dict[str, Any]
 

@@ -21,14 +21,12 @@ from typing import Any
 import click
 
 from gkd.client import Client, GkdError, NotFoundError
-from gkd.client._http import local_api_key
+from gkd.client._http import env_setting, local_api_key
 from gkd.client.cli import watch_job
 
 
 def _api_key(home: Path, api_key: str | None) -> str | None:
-    import os
-
-    return api_key or os.environ.get("GKD_API_KEY") or local_api_key(home)
+    return api_key or env_setting("GKD_API_KEY") or local_api_key(home)
 
 
 def _head_csv(source: Path, rows: int, target: Path) -> Path:

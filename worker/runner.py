@@ -167,7 +167,7 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_callback(ctx: JobContext) -> Any:
-    from gkd.training.callbacks import TrainerCallback
+    from gkd.training.callbacks import PhaseProgress, TrainerCallback, phase_reporter
 
     class JobCallback(TrainerCallback):
         """Progress, metrics events, cancellation and checkpoint upload for one job."""
@@ -178,7 +178,13 @@ def make_callback(ctx: JobContext) -> Any:
             self.last_check = 0.0
             self.last_step_time: float | None = None
             # A resumed attempt continues from what the previous attempt recorded.
-            stored = ctx.read(lambda s: s.scalar(select(Job.metrics).where(Job.id == ctx.job_id))) or {}
+            stored_progress, stored = ctx.read(
+                lambda s: s.execute(select(Job.progress, Job.metrics).where(Job.id == ctx.job_id)).one())
+            stored = stored or {}
+            self.progress: dict[str, Any] = dict(stored_progress or {})  # the job's `progress`, with its `phase`
+            self.training = False  # whether the steps have begun: then the phase is `training` between evaluations
+            self.phase_key: tuple[str, str] | None = None  # the (phase, detail) of the last phase event
+            self.phase_written = 0.0
             self.latest: dict[str, Any] = dict(stored.get("latest") or {})
             self.best: dict[str, Any] = dict(stored.get("best") or {})
             self.warnings: list[str] = list(stored.get("warnings") or [])  # codes of `warning` events
@@ -193,7 +199,13 @@ def make_callback(ctx: JobContext) -> Any:
         def publish_pending(self) -> bool:
             """Wait until every checkpoint is uploaded and recorded (raising the error of one that failed);
             True when the newest training state is in the bucket too (a drained job resumes from it)."""
-            return self.publisher.flush() if self.publisher is not None else True
+            if self.publisher is None:
+                return True
+            uploading = phase_reporter([self], "uploading", "uploads")
+            uploading(0, None)
+            done = self.publisher.flush()
+            uploading(1, 1)
+            return done
 
         def stop_publishing(self) -> None:
             """Finish the checkpoint uploads, drop a waiting state, stop the thread (never raises)."""
@@ -205,6 +217,12 @@ def make_callback(ctx: JobContext) -> Any:
         # if the job is being cancelled the transaction is rolled back (seq stays gapless) and training
         # stops, so no metrics event ever follows the `cancelling` event.
         def _record(self, progress: Any, message: str, data: dict[str, Any] | None) -> None:
+            self.progress = {**progress.as_dict(), "phase": self.progress.get("phase")}
+            if self.training:  # between evaluations the job is training: the phase follows the steps
+                self.progress["phase"] = PhaseProgress("training", progress.step, progress.total_steps,
+                                                       progress.elapsed_seconds, "steps").as_dict()
+                self.progress["phase"]["eta_seconds"] = self.progress["eta_seconds"]
+
             def tx(session: Session) -> bool:
                 now = utcnow()
                 if data is not None:
@@ -218,7 +236,7 @@ def make_callback(ctx: JobContext) -> Any:
                     return False
                 session.execute(
                     update(Job).where(Job.id == ctx.job_id)
-                    .values(progress=progress.as_dict(), metrics=self.metrics(),
+                    .values(progress=self.progress, metrics=self.metrics(),
                             heartbeat_at=now)
                     .execution_options(synchronize_session=False)
                 )
@@ -242,6 +260,34 @@ def make_callback(ctx: JobContext) -> Any:
 
             ctx.write(tx, "warning")
 
+        def on_phase(self, phase: PhaseProgress) -> None:
+            """A `phase` event and the job's `progress.phase`: when a phase starts or ends, and at most every
+            `phase_event_seconds` in between (a teacher cache reports each batch)."""
+            key = (phase.phase, phase.detail)
+            now = time.monotonic()
+            recent = now - self.phase_written < ctx.settings.phase_event_seconds
+            if key == self.phase_key and not phase.finished and recent:
+                return
+            self.phase_key, self.phase_written = key, now
+            self.training = self.training or phase.phase == "training"
+            data = phase.as_dict()
+            self.progress = {**self.progress, "phase": data}
+            values = dict(self.progress)
+
+            def tx(session: Session) -> bool:
+                append_event(session, ctx.job_id, "phase", phase.describe(), data)
+                status = session.scalar(select(Job.status).where(Job.id == ctx.job_id))
+                if status != jobs.RUNNING:  # being cancelled: no event after `cancelling`
+                    session.rollback()
+                    return False
+                session.execute(update(Job).where(Job.id == ctx.job_id)
+                                .values(progress=values, heartbeat_at=utcnow())
+                                .execution_options(synchronize_session=False))
+                return True
+
+            if not ctx.write(tx, "phase"):
+                self.cancel_seen = True
+
         def on_train_begin(self, progress: Any) -> None:
             if progress.resumed_from_step:
                 message = f"training resumed from step {progress.resumed_from_step} of {progress.total_steps}"
@@ -249,6 +295,9 @@ def make_callback(ctx: JobContext) -> Any:
                 message = f"training started: {progress.total_steps} steps"
             ctx.write(lambda s: append_event(s, ctx.job_id, "log", message, progress.as_dict()), "log")
             self._record(progress, "", None)
+
+        def on_train_end(self, progress: Any, stopped: bool) -> None:
+            self.training = False  # what follows (testing, packing `final`, uploads) has phases of its own
 
         def on_step(self, progress: Any, metrics: Any) -> None:
             from worker.metrics import WORKER_METRICS
@@ -287,7 +336,10 @@ def make_callback(ctx: JobContext) -> Any:
                 relative, sha, size = packed.path, packed.sha256, packed.size_bytes
             else:
                 archive = ctx.settings.storage / "jobs" / ctx.job_id / "checkpoints" / f"{kind}.tar.gz"
+                packing = phase_reporter([self], "packing", "archives", kind)
+                packing(0, 1)
                 sha, size = pack_directory(Path(path), archive, ctx.settings.checkpoint_compresslevel)
+                packing(1, 1)
                 relative = archive.relative_to(ctx.settings.storage).as_posix()
                 if kind == "best":
                     self.best_archive = PackedArchive(relative, sha, size, progress.step)

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     visibility_timeout_seconds: int = Field(7 * 24 * 3600, ge=60, description="Above the longest job.")
     metrics_every_steps: int = Field(10, ge=1)
+    phase_event_seconds: float = Field(2.0, ge=0, description="Least time between two progress events of one phase.")
     heartbeat_seconds: float = Field(10.0, gt=0)
     stale_after_seconds: float = Field(120.0, gt=0, description="A running job without heartbeat is lost.")
     sweeper_interval_seconds: float = Field(30.0, gt=0)

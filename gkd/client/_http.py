@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -31,8 +32,24 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 8.0
 
 
+# Names an earlier README used; still read, with a warning, so an old shell keeps working (docs/client.md).
+DEPRECATED_ENV = {"GKD_BASE_URL": "GKD_URL", "GKD_API_KEY": "GKD_KEY"}
+
+
+def env_setting(name: str) -> str | None:
+    """The environment's `name`, else its deprecated alias, with a FutureWarning (shown by default) naming `name`."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    alias = DEPRECATED_ENV.get(name)
+    value = os.environ.get(alias) if alias else None
+    if value:
+        warnings.warn(f"{alias} is deprecated: set {name} instead", FutureWarning, stacklevel=3)
+    return value or None
+
+
 def resolve_base_url(base_url: str | None) -> str:
-    url = base_url or os.environ.get("GKD_BASE_URL") or DEFAULT_BASE_URL
+    url = base_url or env_setting("GKD_BASE_URL") or DEFAULT_BASE_URL
     return url.rstrip("/")
 
 
@@ -52,7 +69,7 @@ def local_api_key(home: str | Path | None = None) -> str | None:
 def resolve_api_key(api_key: str | None, base_url: str = DEFAULT_BASE_URL) -> str | None:
     """The argument, else GKD_API_KEY, else, for a server on this machine only, the local server's key file
     (so a client beside `make run` needs no setup, and no key from disk is ever sent to another host)."""
-    key = api_key or os.environ.get("GKD_API_KEY")
+    key = api_key or env_setting("GKD_API_KEY")
     if key:
         return key
     if (urlsplit(base_url).hostname or "") in _LOOPBACK_HOSTS:

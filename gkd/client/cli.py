@@ -483,27 +483,55 @@ def download_bar(description: str, size: int | None, *, disable: bool = False,
         bar.close()
 
 
+def _set_bar(bar: Any, description: str, done: int, total: int | None, unit: str) -> None:
+    """Point the one bar at a phase (or the training steps): its name, units, done and total. The name is kept on
+    the bar as `gkd_phase` (a disabled tqdm has no `desc`)."""
+    if getattr(bar, "gkd_phase", None) != description or getattr(bar, "unit", None) != unit:
+        bar.gkd_phase = description
+        bar.set_description(description, refresh=False)
+        bar.unit = unit
+        bar.reset(total=total)
+    elif total is not None and bar.total != total:
+        bar.total = total
+    if done != bar.n:
+        bar.n = done
+    bar.refresh()
+
+
 def watch_job(client: Client, job_id: str, *, as_json: bool = False, file: Any = None) -> Job:
-    """Stream the job's events to a tqdm bar (or JSON lines); return the final job."""
+    """Stream the job's events to a tqdm bar (or JSON lines); return the final job. Before the first step the bar
+    follows the job's phase (validating, loading the teacher, building the teacher cache with its ETA), then the
+    training steps."""
     from tqdm import tqdm
 
     job = client.jobs.get(job_id)
     out = file or sys.stderr
-    bar = tqdm(total=job.progress.total_steps, unit="step", desc=job.id, file=out, disable=as_json,
+    bar = tqdm(total=job.progress.total_steps, unit="step", desc="waiting", file=out, disable=as_json,
                dynamic_ncols=True, leave=True)
     postfix: dict[str, str] = {}
+    phase_seen: tuple[str, str] | None = None
     try:
         for event in client.jobs.stream(job.id):
             if as_json:
                 click.echo(json.dumps(event.to_dict(), default=str))
                 continue
             data = event.data
-            total = data.get("total_steps")
-            if isinstance(total, int) and total > 0 and bar.total != total:
-                bar.total = total
+            if event.type == "phase":
+                key = (str(data.get("phase")), str(data.get("detail") or ""))
+                if key != phase_seen:  # one line per phase; the bar shows how far it is
+                    bar.write(f"[{event.seq}] phase: {event.message}", file=out)
+                    phase_seen = key
+                if key[0] != "training":
+                    name = key[0].replace("_", " ") + (f" ({key[1]})" if key[1] else "")
+                    total = data.get("total")
+                    _set_bar(bar, name, int(data.get("done") or 0), total if isinstance(total, int) else None,
+                             str(data.get("unit") or "it"))
+                continue
             step = data.get("step")
-            if event.type in ("metrics", "log") and isinstance(step, int) and step > bar.n:
-                bar.update(step - bar.n)
+            total = data.get("total_steps")
+            if event.type in ("metrics", "log") and isinstance(step, int):
+                _set_bar(bar, "training", max(step, bar.n if getattr(bar, "gkd_phase", "") == "training" else 0),
+                         total if isinstance(total, int) and total > 0 else bar.total, "step")
             if event.type == "metrics":
                 if data.get("eval"):
                     if "accuracy" in data:

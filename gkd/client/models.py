@@ -64,12 +64,26 @@ class Model(_Resource):
     created_at: datetime | None = None
 
 
+class JobPhase(_Resource):
+    """What the job is doing now, with the phase's own progress (validating, teacher_cache, training, ...)."""
+
+    phase: str
+    detail: str = ""
+    done: int = 0
+    total: int | None = None
+    unit: str = ""
+    fraction: float | None = None
+    elapsed_seconds: float = 0.0
+    eta_seconds: float | None = None
+
+
 class JobProgress(_Resource):
     step: int = 0
     total_steps: int | None = None
     epoch: int = 0
     fraction: float = 0.0
     eta_seconds: float | None = None
+    phase: JobPhase | None = None
 
 
 class Job(_Resource):

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -19,6 +19,24 @@ from transformers import PreTrainedModel
 from gkd.versions import versions
 
 CARD_NAME = "gkd_card.json"
+
+
+def portable_config(config: Any) -> dict[str, Any]:
+    """A `DistillConfig` as a card records it: teacher, data and starting model by their file or directory name,
+    without `output_dir` and `cache_dir`, so a downloaded card shows how the student was made and not where a
+    machine (a server) keeps its files."""
+    data = config.model_dump(mode="json")
+
+    def name(path: str | None) -> str | None:
+        return None if path is None else PurePath(path).name or path
+
+    data["teacher"] = name(data["teacher"])
+    data["data"] = {**data["data"], **{key: name(data["data"].get(key)) for key in ("train", "dev", "test")}}
+    init = data.get("student", {}).get("init")
+    if isinstance(init, dict) and isinstance(init.get("model"), str):
+        data["student"]["init"] = {**init, "model": name(init["model"])}
+    data["run"] = {key: value for key, value in data["run"].items() if key not in ("output_dir", "cache_dir")}
+    return data
 
 
 def export_student(

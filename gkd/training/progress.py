@@ -11,7 +11,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from gkd.training.callbacks import CheckpointKind, StepMetrics, TrainerCallback, TrainingProgress
+from gkd.training.callbacks import CheckpointKind, PhaseProgress, StepMetrics, TrainerCallback, TrainingProgress
 
 COLUMNS = ("epoch", "step", "accuracy", "macro_f1", "teacher_agreement", "saliency_agreement")
 
@@ -23,7 +23,9 @@ class ProgressPrinter(TrainerCallback):
     def __init__(self, quiet: bool = False, to_stderr: bool = False) -> None:
         self.quiet = quiet
         self.to_stderr = to_stderr
-        self.bar: tqdm | None = None
+        self.bar: tqdm | None = None  # the training steps
+        self.phase_bar: tqdm | None = None  # a phase before (or after) the steps
+        self.phase_title = ""
         self.started = time.perf_counter()
         self.header_done = False
 
@@ -31,20 +33,30 @@ class ProgressPrinter(TrainerCallback):
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    def on_prepare(self, stage: str, done: int, total: int) -> None:
-        if self.quiet:
+    def on_phase(self, progress: PhaseProgress) -> None:
+        """A bar per phase before training (reading, the teacher, the teacher cache's batches), so a long wait shows
+        progress and an ETA; during training the step bar stays and evaluations show as their table rows."""
+        if self.quiet or self.bar is not None or progress.phase == "training":
             return
-        if self.bar is None or self.bar.desc != stage:
-            if self.bar is not None:
-                self.bar.close()
-            self.bar = tqdm(total=total, desc=stage, unit="batch", dynamic_ncols=True, leave=False)
-        self.bar.update(done - self.bar.n)
-        if done >= total:
-            self.bar.close()
-            self.bar = None
+        bar = self.phase_bar
+        if bar is None or self.phase_title != progress.title:  # (a disabled tqdm has no `desc`)
+            if bar is not None:
+                bar.close()
+            bar = self.phase_bar = tqdm(total=progress.total, desc=progress.title, unit=progress.unit or "it",
+                                        dynamic_ncols=True, leave=False)
+            self.phase_title = progress.title
+        if progress.total is not None and bar.total != progress.total:
+            bar.total = progress.total
+        bar.update(progress.done - bar.n)
+        if progress.finished:
+            bar.close()
+            self.phase_bar = None
 
     def on_train_begin(self, progress: TrainingProgress) -> None:
         self.started = time.perf_counter()
+        if self.phase_bar is not None:
+            self.phase_bar.close()
+            self.phase_bar = None
         if self.quiet:
             return
         if progress.step:

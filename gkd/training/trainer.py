@@ -33,7 +33,7 @@ from gkd.data.readers import label_names
 from gkd.data.splits import Splits, load_splits
 from gkd.evaluation.evaluate import evaluate_model
 from gkd.evaluation.metrics import accuracy_f1
-from gkd.export.checkpoint import export_student
+from gkd.export.checkpoint import export_student, portable_config
 from gkd.method.gradient_cap import GradientCap
 from gkd.method.objective import TeacherTargets, model_inputs, student_loss_parts, teacher_targets
 from gkd.method.precision import Precision, resolve_precision
@@ -43,7 +43,7 @@ from gkd.models.student import build_student, continue_student, load_checkpoint
 from gkd.models.teacher import Teacher, describe_teacher, load_teacher
 from gkd.training.accuracy_guard import AccuracyGuard
 from gkd.training.allocator import reuse_freed_memory
-from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress, epoch_kind
+from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress, epoch_kind, phase_reporter
 from gkd.training.run_warnings import RunWarning, gradient_term_idle, majority_share, near_chance
 from gkd.training.state import (
     STATE_FILE,
@@ -215,17 +215,27 @@ class Trainer:
         if config.run.reuse_freed_memory:
             reuse_freed_memory()
         seed_everything(hp.seed)
+        reading = phase_reporter(self.callbacks, "validating", "rows", "reading")
+        reading(0, None)
         splits = self.load_splits()
         if not splits.get("train"):
             raise ConfigError("the training data has no rows", "data.train")
+        rows = sum(len(part) for part in splits.values())
+        reading(rows, rows)
+        loading = phase_reporter(self.callbacks, "loading_teacher", "models")
+        loading(0, 1)
         teacher = self._teacher or self._load_teacher(splits)
         self._teacher = teacher
+        loading(1, 1)
         splits = self._mapped_labels(teacher.labels, splits)
         labels = self._labels(teacher.labels, splits)
         if not teacher.labels and self.method.teacher_logits:
             raise ConfigError(f"method {config.method!r} needs a fine-tuned teacher with a classifier", "teacher")
+        tokenising = phase_reporter(self.callbacks, "validating", "rows", "tokenising")
+        tokenising(0, rows)
         encoded = {name: encode_examples(teacher.tokenizer, part, labels, hp.max_length)
                    for name, part in splits.items()}
+        tokenising(rows, rows)
         if len(encoded["train"]) == 0:
             raise ConfigError("no usable training rows (all empty or unlabelled)", "data.train")
         pad_id = int(teacher.tokenizer.pad_token_id or 0)
@@ -240,8 +250,11 @@ class Trainer:
             if run.guard is not None and run.loop.accuracy_guard:
                 run.guard = AccuracyGuard.from_state(run.loop.accuracy_guard)
         run.resumed_from = run.loop.step
-        if teacher.teaches:
+        if teacher.teaches and "dev" in run.encoded:
+            judging = phase_reporter(self.callbacks, "evaluating", "rows", "teacher on dev")
+            judging(0, len(run.encoded["dev"]))
             run.teacher_metrics = self._teacher_metrics(run)
+            judging(len(run.encoded["dev"]), len(run.encoded["dev"]))
         run.started = time.perf_counter()
         return run
 
@@ -278,6 +291,7 @@ class Trainer:
         """Train the remaining epochs, evaluating after each (and every `eval_every_steps`) and saving the state;
         returns whether a callback stopped the run."""
         hp = self.config.hyperparameters
+        phase_reporter(self.callbacks, "training", "steps")(run.loop.step, run.total_steps)
         for callback in self.callbacks:
             callback.on_train_begin(run.progress())
         while run.loop.epoch < hp.epochs:
@@ -319,8 +333,11 @@ class Trainer:
         else:
             result.final_dir = self._export(run, "final", result.final_metrics, progress)
             if "test" in run.encoded:
+                testing = phase_reporter(self.callbacks, "evaluating", "rows", "test")
+                testing(0, len(run.encoded["test"]))
                 best = self._load_best() or run.student
                 result.test_metrics = self.evaluate(run, best, "test")
+                testing(len(run.encoded["test"]), len(run.encoded["test"]))
             result.warnings = [warning.as_dict() for warning in self.run_warnings(run)]
             for warning in result.warnings:
                 for callback in self.callbacks:
@@ -469,22 +486,20 @@ class Trainer:
         if run.cache == "off":
             return {name: None for name in encoded}
 
-        def reporter(stage: str) -> Callable[[int, int], None]:
-            def report(done: int, total: int) -> None:
-                for callback in self.callbacks:
-                    callback.on_prepare(stage, done, total)
-
-            return report
-
         fingerprint = teacher_fingerprint(teacher.path)
-        return {
-            name: open_or_build(
+        caches: dict[str, TeacherCache | None] = {}
+        for name, dataset in encoded.items():
+            report = phase_reporter(self.callbacks, "teacher_cache", "batches", name)
+            report(0, None)  # the number of batches is known once the build starts; a cache found is done at once
+            cache, built = open_or_build(
                 teacher.model, teacher.path, dataset, run.cache_dir, self.config.hyperparameters.max_length,
-                refresh=run.cache == "refresh", device=self.device, pad_id=pad_id,
-                progress=reporter(f"teacher_cache:{name}"), fingerprint=fingerprint,
-            )[0]
-            for name, dataset in encoded.items()
-        }
+                refresh=run.cache == "refresh", device=self.device, pad_id=pad_id, progress=report,
+                fingerprint=fingerprint,
+            )
+            if not built:  # found on disk: nothing to wait for
+                phase_reporter(self.callbacks, "teacher_cache", "batches", f"{name}, found")(0, 0)
+            caches[name] = cache
+        return caches
 
     def _load_teacher(self, splits: Splits) -> Teacher:
         info = describe_teacher(self.config.teacher)
@@ -571,7 +586,10 @@ class Trainer:
         dev = run.encoded.get("dev")
         if dev is None or len(dev) == 0:
             return
+        evaluating = phase_reporter(self.callbacks, "evaluating", "rows", "dev")
+        evaluating(0, len(dev))
         metrics = self.evaluate(run, run.student, "dev")
+        evaluating(len(dev), len(dev))
         run.loop.history.append({"step": run.loop.step, "epoch": progress.epoch, "metrics": metrics})
         for callback in self.callbacks:
             callback.on_evaluate(progress, metrics)
@@ -604,7 +622,7 @@ class Trainer:
             "step": progress.step,
             "epoch": progress.epoch,
             "metrics": metrics,
-            "config": self.config.model_dump(mode="json"),
+            "config": portable_config(self.config),  # names, not this machine's paths
             "paper": "Gradient Knowledge Distillation, Wang, Li, Sun, arXiv 2211.01071",
         }
         export_student(run.student, run.teacher.tokenizer, run.labels, directory, card)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import warnings
 from pathlib import Path
 
 import httpx
@@ -138,6 +139,24 @@ def test_key_and_url_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen[0].headers["authorization"] == "Bearer gkd_env"
     monkeypatch.delenv("GKD_BASE_URL")
     assert gc.Client(api_key="x").base_url == gc.DEFAULT_BASE_URL
+
+
+def test_the_old_names_still_work_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GKD_BASE_URL", raising=False)
+    monkeypatch.delenv("GKD_API_KEY", raising=False)
+    monkeypatch.setenv("GKD_URL", "http://old.test:1/")
+    monkeypatch.setenv("GKD_KEY", "gkd_old")
+    seen = []
+    transport = httpx.MockTransport(lambda r: seen.append(r) or httpx.Response(200, json={"status": "ok"}))
+    with pytest.warns(FutureWarning, match="GKD_URL is deprecated: set GKD_BASE_URL"), \
+            pytest.warns(FutureWarning, match="GKD_KEY is deprecated: set GKD_API_KEY"), \
+            gc.Client(transport=transport) as client:
+        assert client.base_url == "http://old.test:1" and client.health() == {"status": "ok"}
+    assert seen[0].headers["authorization"] == "Bearer gkd_old"
+    monkeypatch.setenv("GKD_API_KEY", "gkd_new")  # the current name wins, silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert gc.Client(base_url="http://x.test").api_key == "gkd_new"
 
 
 def test_sse_decoder() -> None:

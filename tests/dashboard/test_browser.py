@@ -198,6 +198,9 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     assert page.locator("#loss-chart canvas").count() >= 1
     assert page.locator("#event-log li").count() == len(events)
     assert page.locator("#cancel-job").is_hidden()
+    assert any(e["type"] == "phase" and e["data"]["phase"] == "teacher_cache" for e in events)
+    # two measures, two names: the job's gradient agreement is explained beside its curve
+    assert "saliency profile cosine" in page.locator("#gradient-agreement-note").inner_text()
     shot(page, "04-job")
 
     # --- download the final checkpoint (fetched with the header, saved as a blob)
@@ -235,6 +238,8 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     assert row.locator("[data-status]").inner_text() == "succeeded"
     assert row.locator("progress").get_attribute("value") == "1"
     assert "1 layer × 32" in row.inner_text() and "tiny-teacher" in row.inner_text()
+    best = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["metrics"]["best"]["accuracy"]
+    assert float(row.locator("[data-field=accuracy]").inner_text()) == pytest.approx(best, abs=1e-4)
     page.select_option("#status-filter", "failed")
     page.wait_for_selector("#no-jobs")
     page.select_option("#status-filter", "succeeded")
@@ -276,3 +281,27 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     page.wait_for_selector("#api-key")
     assert page.evaluate("sessionStorage.getItem('gkd.apiKey')") is None
     assert page.problems == [], page.problems
+
+
+@pytest.mark.parametrize("path, rendered", [("/docs", ".swagger-ui .opblock-summary-path"),
+                                            ("/redoc", ".api-content h2")])
+def test_api_docs_render_with_no_network_but_this_server(service: tuple[Settings, str], page: Any, path: str,
+                                                         rendered: str) -> None:
+    """Swagger UI and ReDoc draw the API from this server's files alone (an air-gapped machine): every request to
+    another host is refused, and none is even tried."""
+    _settings, url = service
+    elsewhere: list[str] = []
+
+    def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(url + path)
+    page.wait_for_selector(rendered)
+    page.get_by_text("/v1/jobs/{job_id}/events/stream").first.wait_for()
+    assert elsewhere == [] and page.problems == []
+    shot(page, f"api-docs-{path.strip('/')}")

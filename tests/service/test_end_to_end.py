@@ -81,10 +81,19 @@ def test_job_succeeds_and_checkpoint_loads(stack: Stack, api: TestClient, tiny_t
     events = follow(api, headers, job["id"])
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), "seq must be gapless"
     statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
-    assert statuses == ["queued", "running", "succeeded"], stack.log_tail()
+    assert statuses == ["queued", "running", "succeeded"], [e["message"] for e in events[-3:]] + [stack.log_tail()]
     metrics = [e["data"] for e in events if e["type"] == "metrics"]
     assert any({"loss", "kd", "ce", "grad", "lr", "step", "epoch"} <= set(m) for m in metrics)
     assert any({"accuracy", "macro_f1", "teacher_agreement", "saliency_agreement"} <= set(m) for m in metrics)
+    # Every phase before the first step is an event on the stream, the teacher cache with its batches.
+    first_step = next(i for i, e in enumerate(events) if e["type"] == "metrics")
+    before = [e["data"] for e in events[:first_step] if e["type"] == "phase"]
+    assert [p["phase"] for p in before if p["done"] == 0][:3] == ["validating", "loading_teacher", "validating"]
+    cache = [p for p in before if p["phase"] == "teacher_cache" and p["detail"] == "train"]
+    assert cache[-1]["done"] == cache[-1]["total"] > 0 and cache[-1]["unit"] == "batches", before
+    assert before[-1]["phase"] == "training", before
+    after = {e["data"]["phase"] for e in events[first_step:] if e["type"] == "phase"}
+    assert {"evaluating", "packing"} <= after, after
 
     # Resume from Last-Event-ID: only what came after.
     with api.stream("GET", f"/v1/jobs/{job['id']}/events/stream",
@@ -95,6 +104,7 @@ def test_job_succeeds_and_checkpoint_loads(stack: Stack, api: TestClient, tiny_t
     final = api.get(f"/v1/jobs/{job['id']}", headers=headers).json()
     assert final["status"] == "succeeded" and final["attempts"] == 1 and final["finished_at"]
     assert final["progress"]["step"] == final["progress"]["total_steps"] > 0
+    assert final["progress"]["phase"]["phase"] == "packing", final["progress"]  # the last thing it did
     assert final["versions"]["torch"] and final["versions"]["transformers"]
     assert "accuracy" in final["metrics"]["best"]
 
@@ -123,7 +133,10 @@ def test_job_succeeds_and_checkpoint_loads(stack: Stack, api: TestClient, tiny_t
     target = tmp_path / "ckpt"
     with tarfile.open(fileobj=io.BytesIO(content.content), mode="r:gz") as archive:
         archive.extractall(target, filter="data")
-    assert (target / "gkd_card.json").is_file()
+    card_text = (target / "gkd_card.json").read_text()
+    assert str(stack.settings.home) not in card_text, card_text  # names, not the server's paths
+    card = json.loads(card_text)
+    assert card["config"]["teacher"] and "output_dir" not in card["config"]["run"]
 
     from transformers import AutoModelForSequenceClassification
 

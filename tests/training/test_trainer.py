@@ -10,7 +10,7 @@ import torch
 
 from gkd.config import ConfigError, DistillConfig
 from gkd.models.teacher import load_teacher
-from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress
+from gkd.training.callbacks import PhaseProgress, StepMetrics, TrainerCallback, TrainingProgress
 from gkd.training.trainer import STATE_FILE, Trainer
 from tests.support.factories import make_tiny_teacher, sentiment_rows, write_csv
 
@@ -448,3 +448,41 @@ def majority_share_of(path: Path) -> float:
     with path.open(newline="", encoding="utf-8") as handle:
         labels = [row["label"] for row in csv.DictReader(handle)]
     return max(labels.count(label) for label in set(labels)) / len(labels)
+
+
+class PhaseRecorder(TrainerCallback):
+    def __init__(self) -> None:
+        self.phases: list[PhaseProgress] = []
+        self.first_step_at: int | None = None
+
+    def on_phase(self, progress: PhaseProgress) -> None:
+        self.phases.append(progress)
+
+    def on_step(self, progress: TrainingProgress, metrics: StepMetrics) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = len(self.phases)
+
+
+def test_every_phase_before_the_first_step_reports_its_progress(tmp_path: Path, random_teacher: Path, data):
+    """No silent wait: reading, the teacher and each split's teacher cache (per batch, with an ETA) come before the
+    first step; a second run finds the caches and says so."""
+    recorder = PhaseRecorder()
+    config = make_config(tmp_path, random_teacher, data, "gradient_kd", "phases", epochs=1, batch_size=4)
+    Trainer(config, [recorder]).train()
+    before = recorder.phases[: recorder.first_step_at]
+    names = [p.phase for p in before]
+    assert names[:2] == ["validating", "validating"] and names.index("loading_teacher") < names.index("teacher_cache")
+    assert names[-1] == "training" and before[-1].total is not None and before[-1].done == 0
+    train_cache = [p for p in before if p.phase == "teacher_cache" and p.detail == "train"]
+    assert train_cache[0].total is None and train_cache[-1].finished and train_cache[-1].unit == "batches"
+    assert [p.done for p in train_cache[1:]] == list(range(1, train_cache[-1].total + 1))  # 40 rows / 64 a batch
+    assert train_cache[1].eta_seconds is not None and "building the teacher cache (train)" in train_cache[1].describe()
+    assert {p.detail for p in before if p.phase == "teacher_cache"} == {"train", "dev"}
+    after = [p for p in recorder.phases[recorder.first_step_at:] if p.phase == "evaluating"]
+    assert after and after[-1].finished and after[-1].detail == "dev"
+
+    again = PhaseRecorder()
+    Trainer(make_config(tmp_path, random_teacher, data, "gradient_kd", "phases2", epochs=1, batch_size=4),
+            [again]).train()
+    found = [p for p in again.phases if p.phase == "teacher_cache" and p.finished]
+    assert sorted(p.detail for p in found) == ["dev, found", "train, found"]

@@ -18,7 +18,7 @@ const EVAL_SERIES = [
   ["accuracy", "dev accuracy", "#174ea6", []],
   ["macro_f1", "macro-F1", "#1b6b2c", [2, 3]],
   ["teacher_agreement", "teacher agreement", "#b34700", [8, 4]],
-  ["saliency_agreement", "saliency agreement", "#7b2d8e", [10, 3, 2, 3]],
+  ["saliency_agreement", "gradient agreement", "#7b2d8e", [10, 3, 2, 3]],
 ];
 const MAX_LOG = 200;
 
@@ -46,7 +46,7 @@ export async function render(main, { jobId }) {
       [...warnings.values()].map((text) => h("li", {}, text))) : null);
   }
   const lossChart = new Chart("loss-chart", "Training loss", LOSS_SERIES);
-  const evalChart = new Chart("eval-chart", "Dev accuracy and saliency agreement per evaluation", EVAL_SERIES, [0, 1]);
+  const evalChart = new Chart("eval-chart", "Dev accuracy and gradient agreement per evaluation", EVAL_SERIES, [0, 1]);
   const evalTable = h("tbody");
   const log = h("ol", { class: "events", id: "event-log", "aria-label": "Events, newest first" });
   const checkpoints = h("div", { id: "checkpoints" }, h("p", { class: "muted" }, "No checkpoint yet."));
@@ -63,6 +63,11 @@ export async function render(main, { jobId }) {
     h("section", { class: "card", "aria-labelledby": "h-curves" },
       h("h2", { id: "h-curves" }, "Curves"),
       h("div", { class: "grid-2" }, lossChart.figure, evalChart.figure),
+      h("p", { class: "muted", id: "gradient-agreement-note" },
+        "Gradient agreement (the API's saliency_agreement): the mean over dev tokens of the cosine between the ",
+        "teacher's and the student's input-gradient vectors, i.e. whether each token pushes both models the same ",
+        "way (students of the teacher's width; a narrower student compares saliency profiles). It is lower than the per-example saliency profile cosine on the saliency page, which compares only ",
+        "how much each token matters."),
       h("details", {}, h("summary", {}, "Evaluations as a table"),
         h("div", { class: "table-wrap" }, h("table", { id: "eval-table" },
           h("thead", {}, h("tr", {}, ["Step", "Epoch", ...EVAL_SERIES.map((s) => s[1])].map((c) =>
@@ -82,9 +87,11 @@ export async function render(main, { jobId }) {
     remove.hidden = !TERMINAL.has(j.status);
     const p = j.progress || {};
     replace(progress,
-      progressCell(p, j.status), " ",
-      h("span", {}, `step ${p.step ?? 0}${p.total_steps ? ` of ${p.total_steps}` : ""}, epoch ${p.epoch ?? 0}`),
-      TERMINAL.has(j.status) ? null : h("span", {}, ` · ETA ${fmtDuration(p.eta_seconds)}`));
+      h("div", {},
+        progressCell(p, j.status), " ",
+        h("span", {}, `step ${p.step ?? 0}${p.total_steps ? ` of ${p.total_steps}` : ""}, epoch ${p.epoch ?? 0}`),
+        TERMINAL.has(j.status) ? null : h("span", {}, ` · ETA ${fmtDuration(p.eta_seconds)}`)),
+      TERMINAL.has(j.status) || !p.phase ? null : phaseLine(p.phase));
     for (const code of j.metrics?.warnings || []) if (!warnings.has(code)) warnings.set(code, `warning: ${code}`);
     showWarnings();
     const best = j.metrics?.best || {};
@@ -164,7 +171,11 @@ export async function render(main, { jobId }) {
   function onEvent(event) {
     addLog(log, event);
     const d = event.data || {};
-    if (event.type === "metrics") {
+    if (event.type === "phase") {
+      if (!TERMINAL.has(current.status)) {
+        showJob({ ...current, progress: { ...(current.progress || {}), phase: d } });
+      }
+    } else if (event.type === "metrics") {
       if (d.eval) {
         evalChart.add(d.step, d);
         evalTable.prepend(h("tr", {}, h("td", {}, String(d.step)), h("td", {}, String(d.epoch ?? "")),
@@ -333,4 +344,19 @@ class Chart {
     if (this.frame) cancelAnimationFrame(this.frame);
     if (this.plot) this.plot.destroy();
   }
+}
+
+const PHASE_TITLES = {
+  validating: "Validating the data", loading_teacher: "Loading the teacher", teacher_cache: "Building the teacher cache",
+  training: "Training", evaluating: "Evaluating", packing: "Packing a checkpoint", uploading: "Uploading checkpoints",
+};
+
+// The phase the job is in, with its own bar: before the first step (the teacher cache) this is where time goes.
+function phaseLine(phase) {
+  const title = (PHASE_TITLES[phase.phase] || phase.phase) + (phase.detail ? ` (${phase.detail})` : "");
+  const count = phase.total != null ? ` ${phase.done} of ${phase.total} ${phase.unit || ""}`.trimEnd() : "";
+  const eta = phase.eta_seconds != null && phase.fraction !== 1 ? ` · about ${fmtDuration(phase.eta_seconds)} left` : "";
+  return h("div", { id: "job-phase", "data-phase": phase.phase },
+    phase.fraction != null ? progressCell({ fraction: phase.fraction }, "") : null, " ",
+    h("span", {}, `${title}${count}${eta}`));
 }

@@ -1,8 +1,9 @@
-// Jobs page: the tenant's jobs with status, method, teacher, student size, progress and ETA; filter by status.
+// Jobs page: the tenant's jobs with status, method, teacher, student size, progress, ETA and best dev accuracy;
+// filter by status.
 
 import { api, listAll } from "./api.js";
 import {
-  STATUSES, TERMINAL, errorBox, fmtDuration, h, pageTitle, progressCell, replace, statusBadge, studentText, timeEl,
+  STATUSES, TERMINAL, errorBox, fmtDuration, fmtNum, h, pageTitle, progressCell, replace, statusBadge, studentText, timeEl,
 } from "./ui.js";
 
 const REFRESH_MS = 2000;
@@ -57,7 +58,7 @@ function table(jobs, teachers) {
   return h("div", { class: "table-wrap" }, h("table", { id: "jobs-table" },
     h("caption", { class: "visually-hidden" }, "Your jobs, newest first"),
     h("thead", {}, h("tr", {},
-      ["Job", "Status", "Method", "Teacher", "Student", "Progress", "ETA", "Created"].map((c) =>
+      ["Job", "Status", "Method", "Teacher", "Student", "Progress", "ETA", "Best dev accuracy", "Created"].map((c) =>
         h("th", { scope: "col" }, c)))),
     h("tbody", {}, jobs.map((job) => {
       const teacher = teachers.get(job.teacher);
@@ -71,6 +72,7 @@ function table(jobs, teachers) {
         h("td", { class: "nowrap" }, studentText(job.student, teacher)),
         h("td", {}, progressCell(job.progress, job.status)),
         h("td", { class: "num" }, eta),
+        h("td", { class: "num", "data-field": "accuracy" }, fmtNum(job.metrics?.best?.accuracy)),
         h("td", {}, timeEl(job.created_at)));
     }))));
 }

@@ -64,7 +64,9 @@ function example(ex, index) {
     h("p", { class: "muted" },
       `teacher: ${ex.teacher_prediction.label} (${fmtNum(ex.teacher_prediction.confidence, 2)}) · `,
       `student: ${ex.student_prediction.label} (${fmtNum(ex.student_prediction.confidence, 2)}) · `,
-      `saliency agreement (cosine): ${fmtNum(ex.agreement, 3)}`),
+      h("span", { title: "Cosine between the teacher's and the student's per-token saliency (how much each token "
+        + "matters, not which way it pushes): not the job page's gradient agreement." },
+        `saliency profile cosine: ${fmtNum(ex.agreement, 3)}`)),
     h("div", { class: "grid-2" },
       row("Teacher", ex.tokens, ex.teacher),
       row("Student", ex.tokens, ex.student)));
