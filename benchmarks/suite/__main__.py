@@ -53,6 +53,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every student, e.g. hyperparameters.learning_rate=1e-4")
+    parser.add_argument("--patch", dest="patches", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                        help="an experiment on a library constant, set in every run's process, e.g. "
+                        "gkd.training.accuracy_guard.OPEN_AT=0.3")
     parser.add_argument("--variant", default=None, help="name of an experiment: results go to "
                         "HOME/experiments/VARIANT.json unless --out is given")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
@@ -150,7 +153,7 @@ def load_report(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not out.is_file():
         return {"benchmark": "suite", "settings": settings, "tasks": {}, "runs": []}
     report = json.loads(out.read_text(encoding="utf-8"))
-    keys = ("train_rows", "student_rows", "epochs", "max_length", "overrides")
+    keys = ("train_rows", "student_rows", "epochs", "max_length", "overrides", "patches")
     changed = [k for k in keys if report["settings"].get(k) != settings.get(k)]
     if changed:
         raise SystemExit(f"{out} holds runs made with other settings ({', '.join(changed)}): use another --out")
@@ -163,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     settings = {"train_rows": args.train_rows, "student_rows": args.student_rows,
                 "epochs": args.epochs, "max_length": args.max_length,
-                "overrides": parse_overrides(args.overrides), "home": args.home, "variant": args.variant}
+                "overrides": parse_overrides(args.overrides),
+                "patches": parse_overrides(args.patches), "home": args.home, "variant": args.variant}
     report = load_report(out, settings)
     if args.render:
         suite_report.write(report, out)
