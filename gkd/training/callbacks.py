@@ -72,6 +72,10 @@ class TrainerCallback:
     def on_evaluate(self, progress: TrainingProgress, metrics: dict[str, float]) -> None:
         """Called after each evaluation on the dev split with accuracy, macro_f1, agreements."""
 
+    def before_checkpoint(self, progress: TrainingProgress, kind: CheckpointKind) -> None:
+        """Called before a checkpoint directory or the training state is written; raising stops the run with
+        nothing written (a service worker that lost its claim on the job must not overwrite the new holder's)."""
+
     def on_checkpoint(self, progress: TrainingProgress, kind: CheckpointKind, path: Path) -> None:
         """Called after a checkpoint directory (`best`/`final` exports) or the training state is written."""
 
