@@ -59,6 +59,14 @@ class Settings(BaseSettings):
         "request; a revoked key is therefore refused within this many seconds, not at once. 0 disables the cache.",
     )
 
+    # Capacity shared by the tenants (docs/design.md "Quotas and rate limits")
+    quota_stored_bytes: int = Field(
+        100 * 1024**3, ge=0, description="Default bytes a tenant may store: datasets, uploaded models, checkpoints.")
+    quota_datasets: int = Field(1000, ge=0, description="Default number of datasets a tenant may keep.")
+    quota_models: int = Field(100, ge=0, description="Default number of uploaded models a tenant may keep.")
+    quota_active_jobs: int = Field(
+        20, ge=0, description="Default number of a tenant's unfinished jobs (queued, running, cancelling).")
+
     # Worker
     task_queue: str = "training"
     max_attempts: int = Field(3, ge=1)
