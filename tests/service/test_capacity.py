@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from app.main import create_app
+from app.store.db import session_scope
+from app.store.orm import Job, utcnow
 from app.store.settings import Settings
 from app.streams import RedisStreamSlots
 from tests.service.test_api_basics import assert_error
@@ -89,12 +93,17 @@ def test_open_streams_per_tenant_are_capped(backend: str, request: pytest.Fixtur
         teacher = register_teacher(settings, auth, tiny_teacher)
         dataset = upload_dataset(client, auth)["id"]
         body = {"teacher": teacher, "training_dataset": dataset, "student": {"num_layers": 1}}
-        job = client.post("/v1/jobs", headers=auth, json=body).json()["id"]  # stays queued: no worker
+        job = client.post("/v1/jobs", headers=auth, json=body).json()["id"]
+    # Held by a worker whose heartbeat is fresh for an hour: no sweeper (other tests' workers share the PostgreSQL
+    # database) re-enqueues it, so its stream stays open while the test needs it.
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Job).where(Job.id == job).values(
+            status="running", worker="elsewhere", attempts=1, heartbeat_at=utcnow() + timedelta(hours=1)))
     server = Server(settings, tmp_path / "api.log", GKD_SSE_STREAMS_PER_TENANT="1", GKD_SSE_KEEPALIVE_SECONDS="0.2",
                     GKD_SSE_POLL_SECONDS="0.05").start()
     try:
         url = f"{server.url}/v1/jobs/{job}/events/stream"
-        with httpx.Client(timeout=10) as http:
+        with httpx.Client(timeout=30) as http:
             with http.stream("GET", url, headers=auth) as first:
                 assert first.status_code == 200
                 lines = first.iter_lines()  # held: a dropped iterator would close the connection
@@ -110,7 +119,7 @@ def test_open_streams_per_tenant_are_capped(backend: str, request: pytest.Fixtur
                 with http.stream("GET", url, headers=auth) as again:
                     return again.status_code == 200
 
-            wait_for(reopened, 10, "the slot of the closed stream to come back", interval=0.2)
+            wait_for(reopened, 30, "the slot of the closed stream to come back", interval=0.2)
     finally:
         server.stop()
 
