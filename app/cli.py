@@ -1,5 +1,5 @@
-"""Service commands, contributed to `gkd` through the `gkd.commands` entry-point group:
-`serve`, `db upgrade`, `keys create|revoke`, `models import` (`gkd worker` is the worker's: worker/cli.py).
+"""Service commands, contributed to `gkd` through the `gkd.commands` entry-point group: `serve`, `db upgrade`,
+`keys create|revoke`, `tenants set-quota|show`, `models import` (`gkd worker` is the worker's: worker/cli.py).
 
 Without the entry points (a source checkout), `python -m app.cli COMMAND ...` runs the same commands.
 """
@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -103,6 +104,95 @@ def keys_revoke(key_or_prefix: str) -> None:
     if not prefixes:
         _fail(f"no active key matches {key_or_prefix!r}")
     click.echo(f"revoked {', '.join(p + '...' for p in prefixes)}")
+
+
+# ------------------------------------------------------------------------------------------ tenants
+
+
+@click.group()
+def tenants() -> None:
+    """Tenants and their quotas."""
+
+
+def _bytes(value: str) -> int:
+    """`10G`, `500M`, `64K` or plain bytes (powers of 1024)."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    if not number.isdigit():
+        raise click.BadParameter(f"{value!r} is not a byte count (e.g. 500M, 10G)")
+    return int(number) * factor
+
+
+def _quota_option(resource: str, help_: str) -> Any:
+    return click.option(f"--{resource.replace('_', '-')}", resource, default=None, help=help_ + " 'default' resets "
+                        "it to the deployment's GKD_QUOTA_" + resource.upper() + ".")
+
+
+@tenants.command("set-quota")
+@click.argument("tenant")
+@_quota_option("stored_bytes", "Bytes of datasets, models and checkpoints, e.g. 50G.")
+@_quota_option("datasets", "Datasets kept.")
+@_quota_option("models", "Uploaded models kept.")
+@_quota_option("active_jobs", "Unfinished jobs (queued, running, cancelling).")
+def tenants_set_quota(tenant: str, **values: str | None) -> None:
+    """Set the quotas of TENANT (by name); what is not given stays as it is."""
+    from app.store.db import session_scope, upgrade
+    from app.store.orm import Tenant
+    from app.store.quotas import set_quota
+
+    changes: dict[str, int | None] = {}
+    for resource, text in values.items():
+        if text is None:
+            continue
+        if text.strip().lower() == "default":
+            changes[resource] = None
+        elif resource == "stored_bytes":
+            changes[resource] = _bytes(text)
+        elif text.strip().isdigit():
+            changes[resource] = int(text)
+        else:
+            raise click.BadParameter(f"{text!r} is not a count", param_hint=f"--{resource.replace('_', '-')}")
+    if not changes:
+        _fail("nothing to set: give --stored-bytes, --datasets, --models or --active-jobs")
+    settings = _settings()
+    upgrade(settings.database_url)
+    from sqlalchemy import select
+
+    with session_scope(settings.database_url) as session:
+        row = session.scalar(select(Tenant).where(Tenant.name == tenant))
+        if row is None:
+            _fail(f"no tenant named {tenant!r} (`gkd keys create --tenant {tenant}` creates it)")
+        assert row is not None
+        set_quota(session, row, changes)
+    _show(settings, tenant)
+
+
+@tenants.command("show")
+@click.argument("tenant")
+def tenants_show(tenant: str) -> None:
+    """Print TENANT's quotas (its own or the default) and what it uses now, as JSON."""
+    _show(_settings(), tenant)
+
+
+def _show(settings: Settings, tenant: str) -> None:
+    import json
+
+    from sqlalchemy import select
+
+    from app.store.db import session_scope
+    from app.store.orm import Tenant
+    from app.store.quotas import RESOURCES, quota_for, usage
+
+    with session_scope(settings.database_url) as session:
+        row = session.scalar(select(Tenant).where(Tenant.name == tenant))
+        if row is None:
+            _fail(f"no tenant named {tenant!r}")
+        assert row is not None
+        quota, used = quota_for(settings, row).as_dict(), usage(session, row.id).as_dict()
+        own = {r: getattr(row, f"quota_{r}") is not None for r in RESOURCES}
+    click.echo(json.dumps({"tenant": tenant, "quota": quota, "set_for_tenant": own, "usage": used}, indent=2))
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -263,7 +353,7 @@ def cli() -> None:
     """Service commands (also available as `gkd serve`, `gkd db`, ... when installed)."""
 
 
-for _command in (serve, db, keys, models):
+for _command in (serve, db, keys, tenants, models):
     cli.add_command(_command)
 
 if __name__ == "__main__":

@@ -230,6 +230,12 @@ def _document_errors(app: FastAPI) -> None:
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
                 responses["422"] = {"description": "Invalid request", **envelope}
+                responses.setdefault("429", {
+                    "description": "Rate limit (per API key), quota or open-stream cap exceeded: `rate_limit_error`",
+                    "headers": {"Retry-After": {"description": "Seconds to wait before retrying (rate limits and "
+                                                "streams)", "required": False, "schema": {"type": "integer"}}},
+                    **envelope,
+                })
                 responses.setdefault("4XX", {"description": "Client error", **envelope})
                 responses.setdefault("5XX", {"description": "Server error", **envelope})
         for name in ("HTTPValidationError", "ValidationError"):

@@ -11,11 +11,13 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app import api_docs, dashboard, errors
+from app.ratelimit import RateLimitMiddleware
 from app.reads import Reads
 from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, results, saliency
 from app.schemas import JobCreate
 from app.store.queue import make_celery
 from app.store.settings import Settings
+from app.streams import StreamSlots
 from app.tenant_cache import TenantCache
 
 
@@ -55,4 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, events, checkpoints, results, datasets, models, saliency, health, metrics, dashboard,
                    api_docs):
         app.include_router(module.router)
+    if settings.rate_limit.strip():
+        app.add_middleware(RateLimitMiddleware, settings=settings)
+    app.state.stream_slots = StreamSlots.for_settings(settings)
     return app

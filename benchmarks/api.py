@@ -82,6 +82,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default=REDIS_URL, help="GKD_BROKER_URL (and SSE notify URL)")
     parser.add_argument("--sse-poll-seconds", type=float, default=None,
                         help="GKD_SSE_POLL_SECONDS of the server (default: the service's default)")
+    parser.add_argument("--rate-limit", default="1000000/second",
+                        help="GKD_RATE_LIMIT of the server: by default a limit the load never reaches, so every "
+                        "request pays for the limiter (counted in Redis) without being refused; '' turns it off")
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke settings")
     parser.add_argument("--keep-log", action="store_true", help="print the server log at the end")
     parser.add_argument("--out", default=str(common.RESULTS_DIR / "api.json"))
@@ -681,6 +684,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             env = server_env(scratch / "home", url, args.redis_url)
             if args.sse_poll_seconds is not None:
                 env["GKD_SSE_POLL_SECONDS"] = str(args.sse_poll_seconds)
+            env["GKD_RATE_LIMIT"] = args.rate_limit
+            env["GKD_SSE_STREAMS_PER_TENANT"] = str(max(args.streams, 1) + 10)
             server = Server(env, args.workers, scratch / "api.log")
             server.start()
             print(f"uvicorn on {server.url}: {args.workers} worker(s); driver {driver}", flush=True)
@@ -697,7 +702,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "settings": {"workers": args.workers, "jobs": args.jobs, "events": seeded.events,
                              "statuses": seeded.statuses, "streams": args.streams, "concurrency": args.concurrency,
                              "duration": args.duration, "warmup": args.warmup, "rounds": args.rounds,
-                             "list_limit": args.list_limit, "driver": driver, "wrk_version": wrk_version,
+                             "list_limit": args.list_limit, "rate_limit": args.rate_limit, "driver": driver,
+                             "wrk_version": wrk_version,
                              "sse_poll_seconds": args.sse_poll_seconds or default_sse_poll(),
                              "sse_fallback_poll_seconds": default_sse_poll("sse_fallback_poll_seconds"),
                              "http": http_implementation(),

@@ -3,6 +3,11 @@
 Every database write is one short transaction, retried on OperationalError with backoff
 (`app.store.db.with_retries`), and followed by a Redis wake-up for SSE streams when configured. Status moves are
 the store's (`app.store.jobs`); the worker only says which one it wants.
+
+Fencing: once claimed, every write (events, heartbeat, checkpoint rows, the training state and exports before they
+are written, uploads, the final status) starts with `jobs.hold` under the claim's token. A worker whose job was
+taken over while it was cut off gets `jobs.FencedOff` at its next write and stops without writing anything more,
+leaving the job's files to the worker that holds it now.
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ class JobContext:
         self.settings = settings
         self.job_id = job_id
         self.sessions = sessionmaker_for(settings.database_url)
+        self.worker = ""  # set by `claim`: the claim's worker name and fencing token
+        self.token = 0
+        self.fenced = threading.Event()  # set when a fenced write (the heartbeat's included) found the claim gone
 
     def write(self, fn: Any, what: str = "job update") -> Any:
         """Run `fn(session)` in its own transaction with retries; notify SSE listeners after commit."""
@@ -97,18 +105,40 @@ class JobContext:
             return jobs.claim(session, self.job_id, worker, max_attempts=self.settings.max_attempts,
                               stale_after_seconds=self.settings.stale_after_seconds, versions=versions())
 
-        return self.write(tx, "claim")
+        claim = self.write(tx, "claim")
+        if claim is not None:
+            self.worker, self.token = worker, claim.token
+        return claim
 
-    def heartbeat(self, worker: str) -> None:
-        def tx(session: Session) -> None:
-            session.execute(
-                update(Job)
-                .where(Job.id == self.job_id, Job.worker == worker, Job.status.in_(jobs.ACTIVE_STATUSES))
-                .values(heartbeat_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
+    def hold(self, session: Session) -> None:
+        """The fence at the start of each of this worker's transactions (`jobs.hold`); remembers a failure."""
+        try:
+            jobs.hold(session, self.job_id, self.token, self.worker)
+        except jobs.FencedOff:
+            self.fenced.set()
+            raise
 
-        with_retries(lambda: self._plain(tx), attempts=2, what="heartbeat")
+    def fenced_write(self, fn: Any, what: str) -> Any:
+        """`write` of `fn(session)` behind the fence: nothing of it lands once the claim is gone (`FencedOff`)."""
+
+        def tx(session: Session) -> Any:
+            self.hold(session)
+            return fn(session)
+
+        return self.write(tx, what)
+
+    def check_fence(self) -> None:
+        """Raise `FencedOff` before a file write when the claim is gone (a write of its own: the heartbeat)."""
+        if self.fenced.is_set():
+            raise jobs.FencedOff(self.job_id, self.token)
+        self.fenced_write(lambda session: None, "fence check")
+
+    def heartbeat(self) -> None:
+        try:
+            with_retries(lambda: self._plain(self.hold), attempts=2, what="heartbeat")
+        except jobs.FencedOff:
+            log.warning("job %s: heartbeat fenced off (token %d); the job stops at its next step", self.job_id,
+                        self.token)
 
     def _plain(self, fn: Any) -> Any:
         with self.sessions() as session:
@@ -127,25 +157,26 @@ class JobContext:
             values["error"] = error
         if metrics is not None:
             values["metrics"] = metrics
-        return self.write(lambda session: jobs.finish(session, self.job_id, status, message, values),
-                          f"finish {status}")
+        return self.write(lambda session: jobs.finish(session, self.job_id, status, message, values,
+                                                      token=self.token, worker=self.worker), f"finish {status}")
 
     def requeue(self, worker: str, step: int) -> str | None:
         """A draining worker hands the job back: `running` -> `queued`, the attempt not counted. Returns the
         job's queue kind, or None when the job is no longer running (e.g. being cancelled)."""
-        return self.write(lambda session: jobs.hand_back(session, self.job_id, worker, step), "requeue")
+        return self.write(lambda session: jobs.hand_back(session, self.job_id, worker, step, token=self.token),
+                          "requeue")
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, ctx: JobContext, worker: str) -> None:
+    def __init__(self, ctx: JobContext) -> None:
         super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
-        self.ctx, self.worker = ctx, worker
+        self.ctx = ctx
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.ctx.settings.heartbeat_seconds):
+        while not self.stopped.wait(self.ctx.settings.heartbeat_seconds) and not self.ctx.fenced.is_set():
             try:
-                self.ctx.heartbeat(self.worker)
+                self.ctx.heartbeat()
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
                 log.warning("heartbeat of %s failed: %s", self.ctx.job_id, exc)
 
@@ -193,7 +224,11 @@ def make_callback(ctx: JobContext) -> Any:
             self.keep_epochs = int((hyperparameters or {}).get("n_checkpoints") or 0)
             storage = get_storage(ctx.settings)
             # With a bucket, checkpoints and the training state go up in the background while training goes on.
-            self.publisher = (BackgroundPublisher(storage.publish_file, name=f"publish-{ctx.job_id}")
+            def publish_file(source: Path, relative: str) -> None:
+                ctx.check_fence()  # a fenced-off worker uploads nothing more
+                storage.publish_file(source, relative)
+
+            self.publisher = (BackgroundPublisher(publish_file, name=f"publish-{ctx.job_id}")
                               if storage.kind != "local" else None)
 
         def publish_pending(self) -> bool:
@@ -225,6 +260,7 @@ def make_callback(ctx: JobContext) -> Any:
 
             def tx(session: Session) -> bool:
                 now = utcnow()
+                ctx.hold(session)
                 if data is not None:
                     append_event(session, ctx.job_id, "metrics", message, data)
                 else:
@@ -258,7 +294,7 @@ def make_callback(ctx: JobContext) -> Any:
                 session.execute(update(Job).where(Job.id == ctx.job_id).values(metrics=self.metrics())
                                 .execution_options(synchronize_session=False))
 
-            ctx.write(tx, "warning")
+            ctx.fenced_write(tx, "warning")
 
         def on_phase(self, phase: PhaseProgress) -> None:
             """A `phase` event and the job's `progress.phase`: when a phase starts or ends, and at most every
@@ -285,7 +321,7 @@ def make_callback(ctx: JobContext) -> Any:
                                 .execution_options(synchronize_session=False))
                 return True
 
-            if not ctx.write(tx, "phase"):
+            if not ctx.fenced_write(tx, "phase"):
                 self.cancel_seen = True
 
         def on_train_begin(self, progress: Any) -> None:
@@ -293,7 +329,7 @@ def make_callback(ctx: JobContext) -> Any:
                 message = f"training resumed from step {progress.resumed_from_step} of {progress.total_steps}"
             else:
                 message = f"training started: {progress.total_steps} steps"
-            ctx.write(lambda s: append_event(s, ctx.job_id, "log", message, progress.as_dict()), "log")
+            ctx.fenced_write(lambda s: append_event(s, ctx.job_id, "log", message, progress.as_dict()), "log")
             self._record(progress, "", None)
 
         def on_train_end(self, progress: Any, stopped: bool) -> None:
@@ -321,6 +357,9 @@ def make_callback(ctx: JobContext) -> Any:
             self._record(progress, f"evaluation at step {progress.step}: accuracy {values.get('accuracy')}",
                          values)
 
+        def before_checkpoint(self, progress: Any, kind: str) -> None:
+            ctx.check_fence()  # the state and exports lie in the job's shared storage: never overwrite the holder's
+
         def on_checkpoint(self, progress: Any, kind: str, path: Path) -> None:
             if kind not in ("best", "final", "state", *EXPORT_KINDS) and not is_epoch_kind(kind):
                 return
@@ -335,6 +374,7 @@ def make_callback(ctx: JobContext) -> Any:
                 # rows (same path and sha256) instead of packing and storing 60+ MB again.
                 relative, sha, size = packed.path, packed.sha256, packed.size_bytes
             else:
+                ctx.check_fence()
                 archive = ctx.settings.storage / "jobs" / ctx.job_id / "checkpoints" / f"{kind}.tar.gz"
                 packing = phase_reporter([self], "packing", "archives", kind)
                 packing(0, 1)
@@ -369,7 +409,7 @@ def make_callback(ctx: JobContext) -> Any:
                 return [path for _, path in pruned]
 
             def record() -> None:
-                for path in ctx.write(tx, "checkpoint"):  # the rows are gone: now their archives
+                for path in ctx.fenced_write(tx, "checkpoint"):  # the rows are gone: now their archives
                     try:
                         get_storage(ctx.settings).delete(path)
                     except Exception:  # noqa: BLE001 - a leftover archive is removed with the job
@@ -381,6 +421,8 @@ def make_callback(ctx: JobContext) -> Any:
                 self.publisher.submit_checkpoint(archive, relative, then=record)
 
         def should_stop(self, progress: Any) -> bool:
+            if ctx.fenced.is_set():  # the heartbeat found the claim gone: stop before writing anything else
+                raise jobs.FencedOff(ctx.job_id, ctx.token)
             if DRAIN.is_set():
                 self.draining = True
                 return True
@@ -427,7 +469,11 @@ def run_job(settings: Settings, job_id: str) -> str:
         if ctx.status() in jobs.TERMINAL_STATUSES:  # e.g. failed just now by the attempt limit: its scratch can go
             discard_work(settings, job_id)
         return "skipped"
-    status = _run_claimed(ctx, worker)
+    try:
+        status = _run_claimed(ctx, worker)
+    except jobs.FencedOff as exc:  # another worker holds the job now: its files are not ours to remove
+        log.warning("%s", exc)
+        return "fenced"
     if status in jobs.TERMINAL_STATUSES:
         discard_work(settings, job_id)
     return status
@@ -445,7 +491,7 @@ def discard_work(settings: Settings, job_id: str) -> None:
 def _run_claimed(ctx: JobContext, worker: str) -> str:
     """Train a claimed job and move it to its next status (terminal, or back to the queue when draining)."""
     settings, job_id = ctx.settings, ctx.job_id
-    heartbeat = Heartbeat(ctx, worker)
+    heartbeat = Heartbeat(ctx)
     heartbeat.start()
     callback = None
     try:
@@ -458,6 +504,8 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             result = train_distributed(config, config.run.devices, [callback],
                                        state_every_steps=settings.state_every_steps)
             state_uploaded = callback.publish_pending()
+        except jobs.FencedOff:
+            raise
         except Exception as exc:  # noqa: BLE001 - any training error ends the job `failed`, with its message
             log.exception("job %s failed", job_id)
             if callback is not None:

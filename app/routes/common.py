@@ -10,10 +10,13 @@ from sqlalchemy import Connection, Row, Select, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from app.deps import Page
-from app.errors import invalid, not_found
+from app.errors import ApiError, invalid, not_found
 from app.reads import row_select
+from app.store import quotas
 from app.store.ids import looks_like
 from app.store.orm import Dataset, Job, TeacherModel, Tenant
+from app.store.quotas import QuotaExceeded
+from app.store.settings import Settings
 
 T = TypeVar("T")
 
@@ -105,3 +108,20 @@ def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     if row is None or row.tenant_id != tenant.id:
         raise not_found("job", job_id)
     return row
+
+
+def quota_error(exc: QuotaExceeded) -> ApiError:
+    """A quota refusal as the envelope: 413 for stored bytes (a payload too large for what is left), 429 for counts;
+    both `rate_limit_error` with code `quota_exceeded`, the resource in `param`."""
+    return ApiError(exc.status, exc.message, code="quota_exceeded", param=exc.resource, type="rate_limit_error")
+
+
+def early_quota_check(session: Session, settings: Settings, tenant_id: str, **adding: int) -> None:
+    """A look at the quotas before costly work (reading, parsing, extracting an upload), in a transaction of its own
+    that ends here; the binding check is `quotas.check` in the transaction that inserts the row."""
+    try:
+        quotas.check(session, settings, tenant_id, **adding)
+    except QuotaExceeded as exc:
+        raise quota_error(exc) from exc
+    finally:
+        session.rollback()  # releases the tenant's lock

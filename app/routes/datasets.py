@@ -12,8 +12,9 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
 from app.errors import ApiError, conflict, storable
 from app.reads import row_select
-from app.routes.common import PagedQuery, get_dataset, paginate
+from app.routes.common import PagedQuery, early_quota_check, get_dataset, paginate, quota_error
 from app.schemas import DatasetOut, Deleted, ListResponse
+from app.store import quotas
 from app.store.ids import new_id
 from app.store.jobs import TERMINAL_STATUSES
 from app.store.orm import Dataset, Job, utcnow
@@ -53,10 +54,15 @@ def _validate_file(path: Path, filename: str, max_rows: int) -> tuple[str, objec
 async def create_dataset(
     request: Request, tenant: CurrentTenant, settings: SettingsDep, session: SessionDep
 ) -> DatasetOut:
+    # A full tenant is refused before its upload is read, an upload that does not fit before it is parsed; the
+    # binding check is the insert's.
+    await run_in_threadpool(early_quota_check, session, settings, tenant.id, stored_bytes=1, datasets=1)
     upload = await receive_upload(request, tmp_dir=settings.tmp_dir, max_bytes=settings.max_dataset_bytes)
     final: Path | None = None
+    published: str | None = None
     try:
         assert upload.path is not None
+        await run_in_threadpool(early_quota_check, session, settings, tenant.id, stored_bytes=upload.size, datasets=1)
         filename = os.path.basename(upload.filename or "")
         name = storable((upload.fields.get("name") or filename or "dataset")[:MAX_NAME], "name")
         # The reader looks at the extension of the path it is given; keep the upload's.
@@ -67,6 +73,7 @@ async def create_dataset(
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(upload.path, final)
         upload.path = None
+        published = relative
         await run_in_threadpool(get_storage(settings).publish, relative)  # GKD_STORAGE=s3: to the bucket
         validation = report.model_dump()  # type: ignore[attr-defined]
         row = Dataset(
@@ -84,16 +91,23 @@ async def create_dataset(
         )
 
         def insert() -> None:
+            try:  # the binding check: the tenant stays locked from it to the commit
+                quotas.check(session, settings, tenant.id, stored_bytes=upload.size, datasets=1)
+            except quotas.QuotaExceeded as exc:
+                session.rollback()
+                raise quota_error(exc) from exc
             session.add(row)
             session.commit()
 
         await run_in_threadpool(insert)
-        final = None
+        final = published = None
         return DatasetOut.of(row)
     finally:
         upload.discard()
         if final is not None:
             final.unlink(missing_ok=True)
+        if published is not None:
+            await run_in_threadpool(get_storage(settings).delete, published)
 
 
 _DATASETS = PagedQuery.of(

@@ -12,16 +12,18 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, SessionDep, SettingsDep
-from app.errors import invalid
+from app.errors import ApiError, invalid
 from app.routes.common import get_job
 from app.schemas import EventOut
 from app.store.db import sessionmaker_for
@@ -29,10 +31,13 @@ from app.store.events import MAX_SEQ, event_dict
 from app.store.jobs import TERMINAL_STATUSES, is_terminal_event
 from app.store.orm import Job, JobEvent
 from app.store.settings import Settings
+from app.streams import SLOT_SECONDS, StreamSlots
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/events", tags=["events"])
 
 STREAM_BATCH = 200
+RETRY_STREAM_SECONDS = 5
+
 _ASCII_DIGITS = re.compile(r"[0-9]{1,10}")
 
 
@@ -136,13 +141,17 @@ class _Waker:
             pass
 
 
-async def _stream(request: Request, settings: Settings, job_id: str, after: int) -> AsyncIterator[str]:
+async def _stream(request: Request, settings: Settings, job_id: str, after: int,
+                  release: Callable[[], Awaitable[None]], renew: Callable[[], None]) -> AsyncIterator[str]:
     waker = _Waker(settings, job_id)
     await waker.start()
-    last_sent = time.monotonic()
+    last_sent = last_renewed = time.monotonic()
     yield "retry: 2000\n\n"
     try:
         while True:
+            if time.monotonic() - last_renewed >= SLOT_SECONDS / 3:
+                await run_in_threadpool(renew)
+                last_renewed = time.monotonic()
             rows, status = await run_in_threadpool(_fetch, settings, job_id, after)
             for row in rows:
                 after = row.seq
@@ -165,6 +174,7 @@ async def _stream(request: Request, settings: Settings, job_id: str, after: int)
             await waker.wait(max(0.0, min(waker.poll_seconds(), until_keepalive)))
     finally:
         await waker.close()
+        await release()
 
 
 @router.get("/stream")
@@ -182,8 +192,24 @@ def stream_events(
     if last_event_id:
         start = max(start, _last_event_seq(last_event_id))
     session.close()
+    slots: StreamSlots = request.app.state.stream_slots
+    slot = slots.acquire(tenant.id)
+    if slot is None:
+        raise ApiError(429, f"this tenant already holds {slots.per_tenant} open event streams (the limit); close one "
+                       "or poll GET /v1/jobs/{id}/events", code="too_many_streams", type="rate_limit_error",
+                       headers={"Retry-After": str(RETRY_STREAM_SECONDS)})
+    released = False
+
+    async def release() -> None:  # from the stream's end and from the response's end, whichever comes (both may)
+        nonlocal released
+        if not released:
+            released = True
+            with anyio.CancelScope(shield=True):  # also when the stream was cancelled by the client's disconnect
+                await run_in_threadpool(slots.release, tenant.id, slot)
+
     return StreamingResponse(
-        _stream(request, settings, job.id, start),
+        _stream(request, settings, job.id, start, release, lambda: slots.renew(tenant.id, slot)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(release),
     )

@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 from app.deps import CurrentTenant, PageDep, ReadsDep, SessionDep, SettingsDep
 from app.errors import ApiError, conflict, invalid, not_found
 from app.reads import row_select
-from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_row, paginate
+from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_row, paginate, quota_error
 from app.schemas import Deleted, JobCreate, JobOut, ListResponse
-from app.store import jobs
+from app.store import jobs, quotas
 from app.store.events import notify
 from app.store.ids import new_id
 from app.store.job_config import check_job_body
@@ -209,6 +209,10 @@ def create_job(
         _check_base_model(body, teacher, base)
         student["init"]["model"] = base.id  # the worker resolves the id; a name could later mean another model
 
+    try:  # the tenant stays locked from here to the commit: concurrent creates take turns
+        quotas.check(session, settings, tenant.id, active_jobs=1)
+    except quotas.QuotaExceeded as exc:
+        raise quota_error(exc) from exc
     job = Job(
         id=new_id("job"),
         tenant_id=tenant.id,

@@ -13,8 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
 from app.errors import ApiError, storable
 from app.registry import RegistryError, import_archive
-from app.routes.common import VISIBLE_MODELS, get_model, paginate
+from app.routes.common import VISIBLE_MODELS, early_quota_check, get_model, paginate, quota_error
 from app.schemas import ListResponse, ModelOut
+from app.store import quotas
+from app.store.storage import get_storage
 from app.uploads import multipart_openapi, receive_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -41,6 +43,7 @@ def get_model_route(model_id: str, tenant: CurrentTenant, session: SessionDep) -
 async def upload_model(
     request: Request, tenant: CurrentTenant, settings: SettingsDep, session: SessionDep
 ) -> ModelOut:
+    await run_in_threadpool(early_quota_check, session, settings, tenant.id, stored_bytes=1, models=1)
     upload = await receive_upload(request, tmp_dir=settings.tmp_dir, max_bytes=settings.max_model_bytes)
     final: Path | None = None
     try:
@@ -56,7 +59,15 @@ async def upload_model(
         except RegistryError as exc:
             raise ApiError(422, exc.message, code="invalid_model", param=exc.param or "file") from exc
 
+        assert final is not None
+        row.size_bytes = await run_in_threadpool(_tree_bytes, final)
+
         def insert() -> None:
+            try:  # the binding check: the tenant stays locked from it to the commit
+                quotas.check(session, settings, tenant.id, stored_bytes=row.size_bytes or 0, models=1)
+            except quotas.QuotaExceeded as exc:
+                session.rollback()
+                raise quota_error(exc) from exc
             session.add(row)
             session.commit()
 
@@ -67,3 +78,9 @@ async def upload_model(
         upload.discard()
         if final is not None:
             shutil.rmtree(final, ignore_errors=True)
+            await run_in_threadpool(get_storage(settings).delete, f"models/{tenant.id}/{final.name}")
+
+
+def _tree_bytes(directory: Path) -> int:
+    """What an extracted model occupies: the sum of its files' sizes."""
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file() and not path.is_symlink())

@@ -8,6 +8,11 @@ Terminal statuses never change; a terminal job may be deleted (`delete_finished`
 UPDATE (`transition`), so the API and workers racing on the same job cannot both win, and it records the status
 event in the same transaction. The API routes, the worker and the sweeper ask this module; no other module writes
 a job's status.
+
+Fencing: every claim gets a token, the attempt number it set, and every write of the worker holding it starts with
+`hold`, a conditional UPDATE that lands only while the job is still active under that token and worker. A worker
+cut off past `stale_after_seconds` whose job another worker claimed meanwhile gets `FencedOff` at its next write,
+inside the transaction it tried, so nothing of it lands (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -92,10 +97,38 @@ def request_cancel(session: Session, job_id: str) -> bool:
     )
 
 
+class FencedOff(Exception):
+    """The worker's claim on a job is no longer valid (another worker claimed it, or it ended): it must stop and
+    write nothing more."""
+
+    def __init__(self, job_id: str, token: int) -> None:
+        super().__init__(f"job {job_id}: the claim with fencing token {token} was superseded; stopping")
+        self.job_id, self.token = job_id, token
+
+
+def hold(session: Session, job_id: str, token: int, worker: str) -> None:
+    """Check the fence and refresh the heartbeat in one conditional UPDATE, the first statement of a worker's write
+    (it takes the job's row lock, or SQLite's write lock, so the check holds until the caller commits). Raises
+    `FencedOff` when the job is no longer active under `token` held by `worker`."""
+    held = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == token, Job.worker == worker, Job.status.in_(ACTIVE_STATUSES))
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if held != 1:
+        raise FencedOff(job_id, token)
+
+
 @dataclass
 class Claim:
     attempt: int
     resumed: bool
+
+    @property
+    def token(self) -> int:
+        """The fencing token of this claim: the attempt number, which every later claim raises."""
+        return self.attempt
 
 
 def claim(session: Session, job_id: str, worker: str, *, max_attempts: int, stale_after_seconds: float,
@@ -148,9 +181,11 @@ def _stale(heartbeat_at: datetime | None, now: datetime, stale_after_seconds: fl
 Outcome = Literal["succeeded", "failed", "cancelled"]
 
 
-def finish(session: Session, job_id: str, outcome: Outcome, message: str, values: dict[str, Any]) -> str:
+def finish(session: Session, job_id: str, outcome: Outcome, message: str, values: dict[str, Any], *,
+           token: int, worker: str) -> str:
     """End a running job with `outcome`; a pending cancel turns success into `cancelled`. Returns the status the job
-    has afterwards (unchanged when it had already left the active statuses)."""
+    has afterwards. Raises `FencedOff` when the claim `token` of `worker` no longer holds the job."""
+    hold(session, job_id, token, worker)
     if outcome == SUCCEEDED and transition(session, job_id, SUCCEEDED, from_statuses=(RUNNING,), message=message,
                                            values=values):
         return SUCCEEDED
@@ -164,9 +199,10 @@ def finish(session: Session, job_id: str, outcome: Outcome, message: str, values
     return str(session.scalar(select(Job.status).where(Job.id == job_id)))
 
 
-def hand_back(session: Session, job_id: str, worker: str, step: int) -> str | None:
+def hand_back(session: Session, job_id: str, worker: str, step: int, *, token: int) -> str | None:
     """A draining worker gives its running job back to the queue, the attempt not counted. Returns the job's queue
-    kind, or None when the job is no longer running (e.g. being cancelled)."""
+    kind, or None when the job is no longer running (e.g. being cancelled); `FencedOff` when it is not ours."""
+    hold(session, job_id, token, worker)
     job = session.get(Job, job_id)
     if job is None or not transition(
         session, job_id, QUEUED, from_statuses=(RUNNING,),

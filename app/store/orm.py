@@ -43,6 +43,11 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The operator's limits for this tenant (migration 0007); NULL: the deployment's default (GKD_QUOTA_*).
+    quota_stored_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    quota_datasets: Mapped[int | None] = mapped_column(Integer, default=None)
+    quota_models: Mapped[int | None] = mapped_column(Integer, default=None)
+    quota_active_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class ApiKey(Base):
@@ -95,6 +100,8 @@ class TeacherModel(Base):
     num_attention_heads: Mapped[int | None] = mapped_column(Integer)
     max_position_embeddings: Mapped[int | None] = mapped_column(Integer)
     embedding_size: Mapped[int | None] = mapped_column(Integer)
+    # Bytes an upload occupies in storage, counted against its tenant's quota (migration 0007; NULL before it).
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,6 +59,28 @@ class Settings(BaseSettings):
         "request; a revoked key is therefore refused within this many seconds, not at once. 0 disables the cache.",
     )
 
+    # Capacity shared by the tenants (docs/design.md "Quotas and rate limits")
+    quota_stored_bytes: int = Field(
+        100 * 1024**3, ge=0, description="Default bytes a tenant may store: datasets, uploaded models, checkpoints.")
+    quota_datasets: int = Field(1000, ge=0, description="Default number of datasets a tenant may keep.")
+    quota_models: int = Field(100, ge=0, description="Default number of uploaded models a tenant may keep.")
+    quota_active_jobs: int = Field(
+        20, ge=0, description="Default number of a tenant's unfinished jobs (queued, running, cancelling).")
+    rate_limit: str = Field(
+        "100/second", description="Requests per API key (per client address without one), in `limits` notation, "
+        "several separated by `;` (e.g. `100/second;3000/minute`); empty: no limit.")
+    rate_limit_storage: str | None = Field(
+        None, description="Where rate counters live (`redis://...` or `memory://`); default the broker when it is "
+        "Redis, else this process.")
+    sse_streams_per_tenant: int = Field(
+        100, ge=1, description="Event streams one tenant may hold open at once, across the API processes.")
+    metrics_token: str | None = Field(
+        None, description="When set, GET /metrics needs `Authorization: Bearer <token>` (or an address of "
+        "metrics_allow).")
+    metrics_allow: str = Field(
+        "", description="Comma list of client addresses or networks (CIDR) allowed to GET /metrics without the "
+        "token; empty: none (with a token) or anyone (without).")
+
     # Worker
     task_queue: str = "training"
     max_attempts: int = Field(3, ge=1)
@@ -94,6 +116,26 @@ class Settings(BaseSettings):
     auto_device: Literal["cpu", "gpu"] = Field("cpu", description="Where jobs with device `auto` go.")
     worker_queues: str = Field("", description="Comma list of `cpu`,`gpu`; default from GKD_WORKER_DEVICE.")
     worker_metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve worker /metrics on it.")
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        """Refuse a malformed address list at start-up, not on the first scrape."""
+        import ipaddress
+
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _limits(cls, value: str) -> str:
+        if value.strip():
+            from limits import parse_many
+
+            parse_many(value)
+        return value
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

@@ -150,6 +150,10 @@ class TrainerCallback:
     def on_warning(self, progress: TrainingProgress, code: str, message: str) -> None:
         """Called when the run finds something the user must hear about (`gkd.training.run_warnings`)."""
 
+    def before_checkpoint(self, progress: TrainingProgress, kind: CheckpointKind) -> None:
+        """Called before a checkpoint directory or the training state is written; raising stops the run with
+        nothing written (a service worker that lost its claim on the job must not overwrite the new holder's)."""
+
     def on_checkpoint(self, progress: TrainingProgress, kind: CheckpointKind, path: Path) -> None:
         """Called after a checkpoint directory (`best`/`final`/`epoch-N` exports) or the training state is written."""
 

@@ -625,6 +625,8 @@ class Trainer:
             "config": portable_config(self.config),  # names, not this machine's paths
             "paper": "Gradient Knowledge Distillation, Wang, Li, Sun, arXiv 2211.01071",
         }
+        for callback in self.callbacks:
+            callback.before_checkpoint(progress, "best" if kind == "best" else "final")
         export_student(run.student, run.teacher.tokenizer, run.labels, directory, card)
         for callback in self.callbacks:
             callback.on_checkpoint(progress, kind, directory)
@@ -638,6 +640,8 @@ class Trainer:
         """Write the resumable training state (the main process only) and tell the callbacks."""
         if not self.parallel.is_main:
             return
+        for callback in self.callbacks:
+            callback.before_checkpoint(progress, "state")
         save_training_state(self.state_path, self.config, run.loop, run.student, run.optimizer, run.scheduler)
         for callback in self.callbacks:
             callback.on_checkpoint(progress, "state", self.state_path)

@@ -210,7 +210,9 @@ def test_a_drained_job_waits_for_its_newest_state_in_the_bucket(
     worker_settings = s3_settings(tmp_path / "worker", s3_server, bucket, sqlite_url)
     relative = f"{work_dir(job_id)}/state/training_state.pt"
     state = worker_settings.storage / relative
-    callback = make_callback(JobContext(worker_settings, job_id))
+    ctx = JobContext(worker_settings, job_id)
+    assert ctx.claim("w1") is not None  # uploads are fenced: only the worker holding the job may write
+    callback = make_callback(ctx)
     newest = os.urandom(6 * 1024 * 1024)  # above the test's 5 MiB multipart threshold
     for data in (b"epoch 1" * 1000, newest):
         save_state(state, data)

@@ -211,11 +211,24 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, postgresql_url: str) -> Iterator[Stack]:  # noqa: F811
+def reliability_database() -> Iterator[str]:
+    """A database of the reliability stack's own: its workers live for the whole session and sweep every stale
+    job they can see, so on the service tests' database they would take over those tests' jobs."""
+    from tests.support.postgres import temporary_postgres_database
+    from tests.support.service import PG_SERVER
+
+    if not reachable(5432):
+        pytest.skip("PostgreSQL is not listening on 127.0.0.1:5432")
+    with temporary_postgres_database(PG_SERVER, prefix="gkd_rel") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, reliability_database: str) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("reliability")
     redis = RedisServer(home / "redis").start()
     proxy = TcpProxy()
-    settings = Settings(home=home / "home", database_url=postgresql_url, broker_url=redis.url,
+    settings = Settings(home=home / "home", database_url=reliability_database, broker_url=redis.url,
                         task_queue=f"rel-{secrets.token_hex(4)}", sse_poll_seconds=0.2,
                         enqueue_timeout_seconds=0.5, migrate_on_start=False)
     settings.ensure_dirs()

@@ -108,3 +108,80 @@ def test_cancelled_queued_job_is_never_claimed(client: TestClient, auth: dict, s
     assert JobContext(settings, job_id).claim("w1") is None
     job, _ = job_and_events(settings, job_id)
     assert job.status == "cancelled" and job.attempts == 0
+
+
+# ------------------------------------------------------------------------------------------------- fencing
+
+
+def _taken_over(settings: Settings, job_id: str) -> tuple[JobContext, JobContext]:
+    """w1 claims, goes silent past stale_after_seconds, w2 claims: w1 holds token 1, w2 token 2."""
+    first, second = JobContext(settings, job_id), JobContext(settings, job_id)
+    assert first.claim("w1") is not None and first.token == 1
+    set_job(settings, job_id, heartbeat_at=utcnow() - timedelta(seconds=settings.stale_after_seconds + 5))
+    assert second.claim("w2") is not None and second.token == 2
+    return first, second
+
+
+def test_a_fenced_off_worker_writes_nothing(settings: Settings, job_id: str) -> None:
+    from app.store.events import append_event
+    from app.store.jobs import FencedOff
+
+    first, second = _taken_over(settings, job_id)
+    before, events_before = job_and_events(settings, job_id)
+    with pytest.raises(FencedOff):
+        first.fenced_write(lambda s: append_event(s, job_id, "log", "from the old worker"), "log")
+    with pytest.raises(FencedOff):
+        first.finish("succeeded", "job succeeded", metrics={"latest": {"loss": 1.0}})
+    with pytest.raises(FencedOff):
+        first.requeue("w1", 3)
+    with pytest.raises(FencedOff):
+        first.check_fence()
+    first.heartbeat()  # logged, never raised: the heartbeat thread only marks the context
+    assert first.fenced.is_set()
+    after, events_after = job_and_events(settings, job_id)
+    assert events_after == events_before
+    assert (after.status, after.worker, after.attempts, after.heartbeat_at, after.metrics) == (
+        "running", "w2", 2, before.heartbeat_at, before.metrics)
+    # the holder's writes land
+    second.fenced_write(lambda s: append_event(s, job_id, "log", "from the new worker"), "log")
+    assert second.finish("succeeded", "job succeeded") == "succeeded"
+    done, events = job_and_events(settings, job_id)
+    assert done.status == "succeeded" and [e[0] for e in events] == list(range(1, len(events) + 1))
+    with pytest.raises(FencedOff):  # a finished job fences its last holder too
+        second.check_fence()
+
+
+def test_the_worker_callback_stops_a_fenced_off_run(settings: Settings, job_id: str) -> None:
+    from app.store.jobs import FencedOff
+    from gkd.training.callbacks import StepMetrics, TrainingProgress
+    from worker.runner import make_callback
+
+    first, _ = _taken_over(settings, job_id)
+    callback = make_callback(first)
+    progress = TrainingProgress(step=2, total_steps=10, epoch=0, num_epochs=1, elapsed_seconds=1.0)
+    _, events_before = job_and_events(settings, job_id)
+    with pytest.raises(FencedOff):  # before the training state or an export is written
+        callback.before_checkpoint(progress, "state")
+    with pytest.raises(FencedOff):  # the next metrics write (step 1 always writes one)
+        callback.on_step(TrainingProgress(step=1, total_steps=10, epoch=0, num_epochs=1, elapsed_seconds=1.0),
+                         StepMetrics(loss=1.0))
+    with pytest.raises(FencedOff):  # and the loop's next question
+        callback.should_stop(progress)
+    assert job_and_events(settings, job_id)[1] == events_before
+
+
+def test_run_job_of_a_fenced_off_worker_leaves_the_scratch(settings: Settings, job_id: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fenced worker returns 'fenced' and does not remove the work directory the new holder trains in."""
+    from app.store.jobs import FencedOff
+    from worker import runner
+
+    work = settings.storage / "jobs" / job_id / "work"
+    work.mkdir(parents=True)
+
+    def taken_over(ctx: JobContext, worker: str) -> str:
+        raise FencedOff(ctx.job_id, ctx.token)
+
+    monkeypatch.setattr(runner, "_run_claimed", taken_over)
+    assert runner.run_job(settings, job_id) == "fenced"
+    assert work.is_dir()
