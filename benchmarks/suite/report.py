@@ -93,6 +93,10 @@ def render(report: dict[str, Any], markdown: bool = True) -> str:
         parts += ["# task suite", ""]
         if report.get("environment"):
             parts += [common.environment_markdown(report["environment"]), ""]
+        for merged in report.get("merged_from", []):
+            parts += [f"- merged: `{merged['command']}` ({merged['runs']})"]
+        if report.get("merged_from"):
+            parts.append("")
     overrides = ", ".join(f"{k}={v}" for k, v in s.get("overrides", {}).items()) or "none"
     parts.append(f"Students: the library's default hyperparameters, bounded for CPU time to {s['epochs']} epochs, "
                  f"max length {s['max_length']} and the first {s.get('student_rows') or s['train_rows']} training rows "

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SMOOTHING = 0.95  # per-step factor of the moving average: about the last 20 batches
-OPEN_AT = 0.5  # normalised agreement at which the gradient terms start
+OPEN_AT = 0.3  # normalised agreement at which the gradient terms start (0.5 opened too late: docs/methods.md)
 BACKOFF_MARGIN = 0.15  # fall below the best normalised agreement since opening that halves the weight
 BACKOFF_FACTOR = 0.5
 COOLDOWN_STEPS = 20  # the average's window: a second halving waits for fresh evidence
