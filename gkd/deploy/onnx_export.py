@@ -11,8 +11,6 @@ the ONNX logits are compared with the PyTorch model's before the directory appea
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +23,7 @@ from gkd.data.batching import EncodedDataset, encode
 from gkd.data.readers import read_examples
 from gkd.deploy.feeds import ONNX_FILE, batches_of, input_names, is_onnx_dir, onnx_logits, select
 from gkd.deploy.runtime import require
-from gkd.export.checkpoint import CARD_NAME, read_card, replace_dir
+from gkd.export.checkpoint import CARD_NAME, read_card, staged_directory
 from gkd.models.families import ModelError
 from gkd.models.teacher import check_model_dir, load_tokenizer
 from gkd.versions import versions
@@ -165,9 +163,7 @@ def export_onnx(
     pad_id = int(tokenizer.pad_token_id or 0)
     sample = sample if sample is not None else sample_dataset(tokenizer, data_file, max_length)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as tmp:
         fp32_path = tmp / (ONNX_FILE if quantize is None else "model.fp32.onnx")
         names = _trace(model, fp32_path, opset, tokenizer)
         if quantize == "int8":
@@ -201,10 +197,6 @@ def export_onnx(
             **(extra_card or {}),
         }
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return card
 
 

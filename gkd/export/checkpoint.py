@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -48,9 +50,7 @@ def export_student(
 ) -> Path:
     """Write config (with label names), model.safetensors, tokenizer files and the card; replace atomically."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with staged_directory(directory) as tmp:
         model.config.id2label = dict(enumerate(labels))
         model.config.label2id = {name: i for i, name in enumerate(labels)}
         model.config.architectures = [type(model).__name__]
@@ -64,11 +64,21 @@ def export_student(
         tokenizer.save_pretrained(str(tmp))
         full_card = {"versions": versions(), **card}
         (tmp / CARD_NAME).write_text(json.dumps(full_card, indent=2, default=str), encoding="utf-8")
-        replace_dir(tmp, directory)
+    return directory
+
+
+@contextmanager
+def staged_directory(target: Path) -> Iterator[Path]:
+    """A fresh directory beside `target` to build in; it replaces `target` when the block ends, and is removed
+    when the block raises, so a reader sees the old directory or the whole new one, never a half-written one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
 
 
 def replace_dir(source: Path, target: Path) -> None:
