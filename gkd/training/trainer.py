@@ -390,7 +390,8 @@ class Trainer:
         gradient_scale = (run.guard.weight(run.loop.step) if run.guard is not None else
                           gradient_ramp(run.loop.step, run.total_steps, hp.gradient_warmup_ratio,
                                         hp.gradient_start_ratio))
-        teacher_counts = [0] * len(run.labels)
+        # the teacher's predicted classes, which the accuracy guard's majority share is counted from
+        teacher_counts = torch.zeros(len(run.labels), dtype=torch.long)
         cap, scaler, student = run.cap, run.scaler, run.student
         if cap is not None:
             cap.next_step()
@@ -410,9 +411,8 @@ class Trainer:
                                            run.vector_form, gradient_scale=gradient_scale,
                                            input_gradient_scale=loss_scale)
             share = len(indices) / total_examples
-            if targets is not None:
-                for label in targets.logits.argmax(dim=-1).tolist():
-                    teacher_counts[label] += 1
+            if targets is not None and run.guard is not None:
+                teacher_counts += torch.bincount(targets.logits.argmax(dim=-1).cpu(), minlength=len(run.labels))
             loss, terms = parts.total, dict(parts.terms)
             if parts.gradient is not None and cap is not None and gradient_scale > 0:
                 # Both parts carry the same loss scale, so the cap's ratio of their gradients is unchanged.
@@ -424,9 +424,10 @@ class Trainer:
                 scaler.scale(loss * share).backward()
             for name, value in {"loss": float(loss.detach()), **terms}.items():
                 sums[name] = sums.get(name, 0.0) + value * share
-        sums.update({f"{TEACHER_COUNT}{label}": float(count) for label, count in enumerate(teacher_counts)})
+        if run.guard is not None:
+            sums.update({f"{TEACHER_COUNT}{label}": float(n) for label, n in enumerate(teacher_counts.tolist())})
         sums = self.parallel.synchronise(student, sums)
-        teacher_counts = [int(sums.pop(f"{TEACHER_COUNT}{label}")) for label in range(len(teacher_counts))]
+        summed_counts = [int(sums.pop(f"{TEACHER_COUNT}{label}", 0.0)) for label in range(len(run.labels))]
         scaler.unscale_(run.optimizer)  # clip the true gradients (a no-op unless fp16)
         if hp.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, hp.max_grad_norm)
@@ -441,7 +442,7 @@ class Trainer:
         run.loop.step_in_epoch += 1
         run.loop.gradient_cap = cap.state_dict() if cap is not None else None
         if run.guard is not None and "agree" in sums:
-            run.guard.observe(run.loop.step - 1, sums["agree"], teacher_counts)
+            run.guard.observe(run.loop.step - 1, sums["agree"], summed_counts)
             run.loop.accuracy_guard = run.guard.state_dict()
         if self.method.input_gradients and (gradient_scale > 0 or run.guard is not None):
             sums["grad_weight"] = gradient_scale  # the gradient terms' weight factor (ramp x accuracy guard)
