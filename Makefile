@@ -70,14 +70,14 @@ bench-api: install
 bench-e2e: install
 	$(PY) -m benchmarks.end_to_end --repeats 21
 
-# The long quality run (every method x depth x 3 seeds on the movie-review benchmark, and the beta sweep of
-# benchmarks/results/quality.md; hours on 2 cores).
 # The task suite (benchmarks/suite: five tasks, their own fine-tuned teachers, every method, 3 seeds): hours of CPU,
 # resumable, results in benchmarks/results/suite.{json,md}. SUITE_ARGS narrows it, e.g.
 # SUITE_ARGS="--tasks nyt-2,movie-3 --seeds 1 --methods kd,gradient_kd".
 bench-suite: install
 	$(PY) -m benchmarks.suite $(SUITE_ARGS)
 
+# The long quality run (every method x depth x 3 seeds on the movie-review benchmark, and the beta sweep of
+# benchmarks/results/quality.md; hours on 2 cores).
 bench-quality: install $(EXAMPLE_TEACHER)
 	$(PY) -m benchmarks.quality --train-rows 1600 --epochs 3 --max-length 64 --learning-rate 1e-4 \
 		--sweep --sweep-values 0.03,0.1,0.3,1,3,10 $(QUALITY_ARGS)
