@@ -8,7 +8,6 @@ result is an ordinary Hugging Face classifier directory whose `gkd_card.json` sa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gkd.checksums import sha256_file
 from gkd.config import DistillConfig
 from gkd.data.readers import Example
 from gkd.export.checkpoint import CARD_NAME
@@ -34,12 +34,9 @@ class FinetuneResult:
     card: dict[str, Any]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _data_entry(path: Path) -> dict[str, str]:
+    """A data file as the card names it: its name, and its digest when it is a file here."""
+    return {"file": path.name, **({"sha256": sha256_file(path)} if path.is_file() else {})}
 
 
 def finetune_teacher(
@@ -92,8 +89,7 @@ def finetune_teacher(
     made = {
         "made_by": "gkd teacher finetune",
         "base_model": str(base),
-        "data": {name: {"file": Path(path).name, **({"sha256": _sha256(Path(path))} if Path(path).is_file() else {})}
-                 for name, path in data.items() if path},
+        "data": {name: _data_entry(Path(path)) for name, path in data.items() if path},
         "rows": {name: len(part) for name, part in (examples or {}).items()} or None,
         "epochs": epochs,
         "learning_rate": learning_rate,

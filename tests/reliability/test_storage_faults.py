@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.store.storage.archive import pack_directory
-from app.store.storage.local import sha256_file
+from gkd.checksums import sha256_file
 from tests.reliability.conftest import Stack, report
 from tests.support.servers import wait_for
 from tests.support.service import all_events, job_of, new_key, register_teacher, submit, upload

@@ -9,7 +9,6 @@ by generated ids.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -25,14 +24,6 @@ def resolve(storage: Path, relative: str) -> Path:
     if not full.is_relative_to(storage.resolve()):
         raise ValueError(f"path {relative!r} leaves the storage directory")
     return full
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Storage:
