@@ -138,9 +138,8 @@ def import_archive(settings: Settings, archive: Path, name: str, tenant_id: str)
     try:
         target = work / "x"
         target.mkdir()
-        root = extract_archive(
-            archive, target, max_members=settings.max_archive_members, max_bytes=settings.max_extracted_bytes
-        )
+        root = extract_archive(archive, target, max_members=settings.max_archive_members,
+                               max_bytes=settings.max_extracted_bytes, max_ratio=settings.max_archive_ratio)
         info = describe(root)
         relative = f"models/{tenant_id}/{model_id}"
         final = settings.storage / relative
