@@ -35,11 +35,10 @@ def get_model_route(model_id: str, tenant: CurrentTenant, session: SessionDep) -
     return ModelOut.of(get_model(session, tenant, model_id))
 
 
-@router.delete("/{model_id}", status_code=204, response_class=Response,
-               responses={409: {"description": "an unfinished job uses the model (`resource_in_use`)"}})
+@router.delete("/{model_id}", status_code=204, response_class=Response)
 def delete_model_route(model_id: str, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> Response:
-    """The tenant's model goes (its files with it) unless an unfinished job uses it; finished jobs keep their
-    results. Another tenant's model and a global one are a 404 here."""
+    """The tenant's model goes (its files with it) unless an unfinished job uses it (409 `resource_in_use`);
+    finished jobs keep their results. Another tenant's model and a global one are a 404 here."""
     row = get_model(session, tenant, model_id)
     if row.tenant_id != tenant.id:
         raise not_found("model", model_id)
