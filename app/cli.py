@@ -1,5 +1,6 @@
 """Service commands, contributed to `gkd` through the `gkd.commands` entry-point group: `serve`, `db upgrade`,
-`keys create|revoke`, `tenants set-quota|show`, `models import` (`gkd worker` is the worker's: worker/cli.py).
+`keys create|revoke`, `tenants set-quota|show`, `models import`, `models delete --global` (`gkd worker` is the
+worker's: worker/cli.py).
 
 Without the entry points (a source checkout), `python -m app.cli COMMAND ...` runs the same commands.
 """
@@ -17,7 +18,7 @@ from typing import Any
 import click
 
 from app.store.settings import Settings
-from gkd.client.cli import models_list, models_upload
+from gkd.client.cli import api_options, delete_model_via_api, handle_errors, models_list, models_upload
 
 LOCAL_TENANT = "local"
 WORKER_MODULE = "worker.cli"  # `gkd serve` starts the local worker by module name: the API never imports it
@@ -224,6 +225,48 @@ def models_import(path: Path, name: str, tenant: str | None) -> None:
         _fail(exc.message)
     click.echo(model_id)
     click.echo(f"registered {name!r}: {layers} layers, labels {labels or 'none (base encoder)'}", err=True)
+
+
+@models.command("delete")
+@click.argument("model_id")
+@click.option("--global", "global_", is_flag=True,
+              help="Delete a global model (operator: on the database, not through the API).")
+@api_options
+@handle_errors
+def models_delete(model_id: str, global_: bool) -> None:
+    """Delete a model with its stored files (refused while an unfinished job uses it); finished jobs keep their
+    results. Without --global: one of your tenant's models, via the API; with it: a global model, for operators."""
+    if not global_:
+        delete_model_via_api(model_id)
+        return
+    from app.store import removal
+    from app.store.db import session_scope, upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    try:
+        with session_scope(settings.database_url) as session:
+            row = _global_model(session, model_id)
+            if row is None:
+                _fail(f"no global model {model_id!r} (a tenant's model is deleted through the API, without --global)")
+                return
+            removal.delete_model(session, settings, row)
+    except removal.InUse as exc:
+        _fail(f"model {model_id} is used by unfinished job {exc.job_id}; cancel it or wait for it to finish")
+    except removal.AlreadyRemoved:
+        _fail(f"no global model {model_id!r}")
+    click.echo(f"deleted global model {model_id}", err=True)
+
+
+def _global_model(session: Any, model_id: str) -> Any:
+    """The live global model with this id or name, or None."""
+    from sqlalchemy import or_, select
+
+    from app.store.orm import TeacherModel
+
+    return session.scalar(select(TeacherModel).where(
+        or_(TeacherModel.id == model_id, TeacherModel.name == model_id),
+        TeacherModel.tenant_id.is_(None), TeacherModel.deleted_at.is_(None)).limit(1))
 
 
 # Client commands over HTTP (gkd/client/cli.py): the teachers the API key can use, and uploads through the API.

@@ -107,13 +107,15 @@ def import_directory(
     session: Session, path: Path, name: str, *, tenant_id: str | None = None, source: str = "import"
 ) -> TeacherModel:
     """Register the directory in place (its absolute path). Re-importing the same name for the same owner
-    updates that row instead of adding another, so `gkd serve` can do it at every start."""
+    updates that row instead of adding another, so `gkd serve` can do it at every start (a deleted model's name
+    registers a new row)."""
     path = path.expanduser().resolve()
     info = describe(path)
     existing = session.scalar(
         select(TeacherModel).where(
             TeacherModel.name == name,
             TeacherModel.tenant_id.is_(None) if tenant_id is None else TeacherModel.tenant_id == tenant_id,
+            TeacherModel.deleted_at.is_(None),
         )
     )
     fresh = _row(existing.id if existing else new_id("mdl"), tenant_id, name, str(path), source, info)
@@ -136,9 +138,8 @@ def import_archive(settings: Settings, archive: Path, name: str, tenant_id: str)
     try:
         target = work / "x"
         target.mkdir()
-        root = extract_archive(
-            archive, target, max_members=settings.max_archive_members, max_bytes=settings.max_extracted_bytes
-        )
+        root = extract_archive(archive, target, max_members=settings.max_archive_members,
+                               max_bytes=settings.max_extracted_bytes, max_ratio=settings.max_archive_ratio)
         info = describe(root)
         relative = f"models/{tenant_id}/{model_id}"
         final = settings.storage / relative

@@ -70,24 +70,30 @@ def get_dataset(
 
 VISIBLE_MODELS = PagedQuery.of(
     row_select(TeacherModel).where(
-        or_(TeacherModel.tenant_id == bindparam("tenant_id"), TeacherModel.tenant_id.is_(None))
+        or_(TeacherModel.tenant_id == bindparam("tenant_id"), TeacherModel.tenant_id.is_(None)),
+        TeacherModel.deleted_at.is_(None),
     ),
     TeacherModel.id,
 )
 
 
-def get_model(session: Session, tenant: Tenant, model_id: str, param: str | None = None) -> TeacherModel:
-    """A model by id, or by name (the tenant's own model first, then a shared one such as 'example-teacher')."""
-    row = session.get(TeacherModel, model_id)
+def get_model(
+    session: Session, tenant: Tenant, model_id: str, param: str | None = None, *, lock: bool = False
+) -> TeacherModel:
+    """A live model by id, or by name (the tenant's own model first, then a shared one such as 'example-teacher').
+    `lock` shares the row (PostgreSQL FOR SHARE) so a concurrent DELETE waits for the job insert to commit, while
+    creates of other tenants' jobs on the same global teacher do not wait for each other."""
+    share = {"read": True} if lock else None
+    row = session.get(TeacherModel, model_id, with_for_update=share)
     if row is None and not model_id.startswith("mdl_"):
-        named = session.scalars(
-            select(TeacherModel).where(
-                TeacherModel.name == model_id,
-                or_(TeacherModel.tenant_id == tenant.id, TeacherModel.tenant_id.is_(None)),
-            )
-        ).all()
-        row = min(named, key=lambda m: m.tenant_id is None, default=None)
-    if row is None or row.tenant_id not in (None, tenant.id):
+        named = select(TeacherModel).where(
+            TeacherModel.name == model_id,
+            or_(TeacherModel.tenant_id == tenant.id, TeacherModel.tenant_id.is_(None)),
+            TeacherModel.deleted_at.is_(None),
+        )
+        rows = session.scalars(named.with_for_update(read=True) if lock else named).all()
+        row = min(rows, key=lambda m: m.tenant_id is None, default=None)
+    if row is None or row.tenant_id not in (None, tenant.id) or row.deleted_at is not None:
         raise not_found("model", model_id, param)
     return row
 

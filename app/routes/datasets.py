@@ -6,18 +6,17 @@ import os
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
-from app.errors import ApiError, conflict, storable
+from app.errors import ApiError, conflict, not_found, storable
 from app.reads import row_select
 from app.routes.common import PagedQuery, early_quota_check, get_dataset, paginate, quota_error
 from app.schemas import DatasetOut, Deleted, ListResponse
-from app.store import quotas
+from app.store import quotas, removal
 from app.store.ids import new_id
-from app.store.jobs import TERMINAL_STATUSES
-from app.store.orm import Dataset, Job, utcnow
+from app.store.orm import Dataset, utcnow
 from app.store.storage import get_storage
 from app.uploads import multipart_openapi, receive_upload
 
@@ -127,19 +126,14 @@ def get_dataset_route(dataset_id: str, tenant: CurrentTenant, session: SessionDe
 
 @router.delete("/{dataset_id}", response_model=Deleted)
 def delete_dataset(dataset_id: str, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> Deleted:
-    row = get_dataset(session, tenant, dataset_id, lock=True)
-    in_use = session.scalar(
-        select(Job.id)
-        .where(
-            or_(Job.training_dataset_id == row.id, Job.validation_dataset_id == row.id),
-            Job.status.not_in(TERMINAL_STATUSES),
-        )
-        .limit(1)
-    )
-    if in_use is not None:
-        raise conflict(f"dataset {row.id} is used by unfinished job {in_use}", code="resource_in_use")
-    row.deleted_at = utcnow()
+    row = get_dataset(session, tenant, dataset_id)
     path = row.path
+    try:
+        removal.soft_delete_unless_used(session, Dataset, row.id)
+    except removal.InUse as exc:
+        raise conflict(f"dataset {row.id} is used by unfinished job {exc.job_id}", code="resource_in_use") from exc
+    except removal.AlreadyRemoved as exc:
+        raise not_found("dataset", dataset_id) from exc
     session.commit()
     get_storage(settings).delete(path)
     return Deleted(id=row.id, object="dataset")

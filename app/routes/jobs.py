@@ -17,11 +17,11 @@ from app.errors import ApiError, conflict, invalid, not_found
 from app.reads import row_select
 from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_row, paginate, quota_error
 from app.schemas import Deleted, JobCreate, JobOut, ListResponse
-from app.store import jobs, quotas
+from app.store import jobs, quotas, removal
 from app.store.events import notify
 from app.store.ids import new_id
 from app.store.job_config import check_job_body
-from app.store.orm import Checkpoint, Job, TeacherModel, Tenant, utcnow
+from app.store.orm import Checkpoint, Dataset, Job, TeacherModel, Tenant, utcnow
 from app.store.queue import enqueue_committed_job
 from app.store.storage import get_storage
 from gkd.config import ConfigError, InitFromModel
@@ -196,7 +196,7 @@ def create_job(
             response.headers["Idempotent-Replayed"] = "true"
             return JobOut.of(existing)
 
-    teacher = get_model(session, tenant, body.teacher, param="teacher")
+    teacher = get_model(session, tenant, body.teacher, param="teacher", lock=True)
     continued = _continued_checkpoint(session, tenant, body, teacher) if body.student.init_checkpoint else None
     train = get_dataset(session, tenant, body.training_dataset, param="training_dataset", lock=True)
     dev = None
@@ -204,8 +204,9 @@ def create_job(
         dev = get_dataset(session, tenant, body.validation_dataset, param="validation_dataset", lock=True)
     label_map = _check_against_teacher(body, teacher, train.labels, dev.labels if dev else None)
     student = body.student.model_dump(mode="json")
+    base = None
     if body.student.base_model is not None:
-        base = get_model(session, tenant, body.student.base_model, param="student.init.model")
+        base = get_model(session, tenant, body.student.base_model, param="student.init.model", lock=True)
         _check_base_model(body, teacher, base)
         student["init"]["model"] = base.id  # the worker resolves the id; a name could later mean another model
 
@@ -242,6 +243,7 @@ def create_job(
     session.add(job)
     try:
         session.flush()
+        _check_still_live(session, job, base)
         jobs.record_created(session, job.id)
         # The answer is built before the commit: a body that cannot be serialised rolls the job back instead
         # of leaving a committed (and enqueued) job that a retrying client would create again.
@@ -260,6 +262,22 @@ def create_job(
     enqueue_committed_job(request.app.state.celery(), settings, session, job.id)
     session.refresh(job)
     return JobOut.of(job)
+
+
+def _check_still_live(session: Session, job: Job, base: TeacherModel | None) -> None:
+    """After the INSERT, in its transaction: a dataset or model deleted since it was read is a 404 and no job
+    (app.store.removal: the delete and the create never both succeed, on SQLite as on PostgreSQL)."""
+    references: list[tuple[str, removal.Removable, str]] = [
+        ("teacher", TeacherModel, job.teacher_id), ("training_dataset", Dataset, job.training_dataset_id)]
+    if job.validation_dataset_id is not None:
+        references.append(("validation_dataset", Dataset, job.validation_dataset_id))
+    if base is not None:
+        references.append(("student.init.model", TeacherModel, base.id))
+    removed = removal.first_removed(session, references)
+    if removed is not None:
+        session.rollback()
+        param, row_id = removed
+        raise not_found("model" if param in ("teacher", "student.init.model") else "dataset", row_id, param)
 
 
 _JOBS_OF_TENANT = row_select(Job).where(Job.tenant_id == bindparam("tenant_id"))

@@ -1,4 +1,5 @@
-"""GET /v1/models (teachers visible to the tenant: its own and global ones), POST /v1/models (upload)."""
+"""GET /v1/models (teachers visible to the tenant: its own and global ones), POST /v1/models (upload),
+DELETE /v1/models/{id} (the tenant's own; global models only by the operator's `gkd models delete --global`)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,15 @@ import re
 import shutil
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep
-from app.errors import ApiError, storable
+from app.errors import ApiError, conflict, not_found, storable
 from app.registry import RegistryError, import_archive
 from app.routes.common import VISIBLE_MODELS, early_quota_check, get_model, paginate, quota_error
 from app.schemas import ListResponse, ModelOut
-from app.store import quotas
+from app.store import quotas, removal
 from app.store.storage import get_storage
 from app.uploads import multipart_openapi, receive_upload
 
@@ -32,6 +33,22 @@ def list_models(tenant: CurrentTenant, session: SessionDep, page: PageDep) -> di
 @router.get("/{model_id}", response_model=ModelOut)
 def get_model_route(model_id: str, tenant: CurrentTenant, session: SessionDep) -> ModelOut:
     return ModelOut.of(get_model(session, tenant, model_id))
+
+
+@router.delete("/{model_id}", status_code=204, response_class=Response)
+def delete_model_route(model_id: str, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> Response:
+    """The tenant's model goes (its files with it) unless an unfinished job uses it (409 `resource_in_use`);
+    finished jobs keep their results. Another tenant's model and a global one are a 404 here."""
+    row = get_model(session, tenant, model_id)
+    if row.tenant_id != tenant.id:
+        raise not_found("model", model_id)
+    try:
+        removal.delete_model(session, settings, row)
+    except removal.InUse as exc:
+        raise conflict(f"model {row.id} is used by unfinished job {exc.job_id}", code="resource_in_use") from exc
+    except removal.AlreadyRemoved as exc:
+        raise not_found("model", model_id) from exc
+    return Response(status_code=204)
 
 
 @router.post(

@@ -103,6 +103,8 @@ class TeacherModel(Base):
     # Bytes an upload occupies in storage, counted against its tenant's quota (migration 0007; NULL before it).
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Soft delete (migration 0008): finished jobs keep naming their teacher; the files are gone.
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Job(Base):

@@ -81,7 +81,7 @@ def quota_for(settings: Settings, tenant: Tenant) -> Quota:
 
 
 def usage(session: Session, tenant_id: str) -> Usage:
-    """Counted from the rows (no counters to drift): live datasets, own models, unfinished jobs, and their bytes.
+    """Counted from the rows (no counters to drift): live datasets, own live models, unfinished jobs, and their bytes.
     A checkpoint archive that serves two rows (best and final at the same step) counts once."""
     dataset_count, dataset_bytes = session.execute(
         select(func.count(), func.coalesce(func.sum(Dataset.size_bytes), 0))
@@ -89,7 +89,7 @@ def usage(session: Session, tenant_id: str) -> Usage:
     ).one()
     model_count, model_bytes = session.execute(
         select(func.count(), func.coalesce(func.sum(TeacherModel.size_bytes), 0))
-        .where(TeacherModel.tenant_id == tenant_id)
+        .where(TeacherModel.tenant_id == tenant_id, TeacherModel.deleted_at.is_(None))
     ).one()
     archives = (
         select(Checkpoint.path, func.max(Checkpoint.size_bytes).label("size"))

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(4 * 1024 * 1024 * 1024, ge=1)
     max_extracted_bytes: int = Field(8 * 1024 * 1024 * 1024, ge=1)
     max_archive_members: int = Field(10_000, ge=1)
+    max_archive_ratio: float = Field(
+        200.0, ge=1, description="An uploaded model archive may unpack to at most this many times its own size."
+    )
     checkpoint_compresslevel: int = Field(
         0, ge=0, le=9, description="gzip level of checkpoint archives; 0 stores (weights barely compress)."
     )

@@ -94,6 +94,12 @@ class AsyncModels(_AsyncResource):
     async def get(self, model_id: str) -> Model:
         return Model.model_validate(await self._http.json("GET", f"/v1/models/{c.ident(model_id)}"))
 
+    async def delete(self, model_id: str) -> None:
+        """Delete one of your models with its files (ConflictError while an unfinished job uses it; NotFoundError
+        for a global model). Finished jobs that used it keep their results."""
+        response = await self._http.request("DELETE", f"/v1/models/{c.ident(model_id)}")
+        await response.aclose()
+
     async def upload(self, archive_or_dir: str | os.PathLike[str], name: str | None = None) -> Model:
         with ExitStack() as stack:
             path, filename = c.model_source(Path(archive_or_dir), stack)

@@ -100,6 +100,11 @@ class Models(_Resource):
     def get(self, model_id: str) -> Model:
         return Model.model_validate(self._http.json("GET", f"/v1/models/{c.ident(model_id)}"))
 
+    def delete(self, model_id: str) -> None:
+        """Delete one of your models with its files (ConflictError while an unfinished job uses it; NotFoundError
+        for a global model). Finished jobs that used it keep their results."""
+        self._http.request("DELETE", f"/v1/models/{c.ident(model_id)}").close()
+
     def upload(self, archive_or_dir: str | os.PathLike[str], name: str | None = None) -> Model:
         """Upload a .tar.gz/.zip of a Hugging Face model directory, or the directory itself (packed on the fly)."""
         with ExitStack() as stack:

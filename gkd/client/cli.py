@@ -1,7 +1,7 @@
 """Client commands of the `gkd` CLI, talking to a running service over HTTP (gkd.client):
 
     gkd datasets upload FILE [--name N] | list | get ID | delete ID
-    gkd models list | upload PATH          (next to the admin command `gkd models import`)
+    gkd models list | upload PATH | delete ID   (next to the admin commands `gkd models import`, `delete --global`)
     gkd jobs submit --teacher T --train D [--dev D] [--method M] [--layers N] [--set KEY=VALUE ...] [--export onnx]
                     [--export onnx-int8] [--watch]
     gkd jobs list [--status S] | get ID | cancel ID | delete ID | events ID | watch ID
@@ -223,8 +223,8 @@ def _take(items: Iterable[Any], limit: int | None) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------------------- models
-# `gkd models` is the service's group (app/cli.py, with the admin command `import`); these two client
-# commands are added to it there, so one `models` group offers import (local, admin), list and upload.
+# `gkd models` is the service's group (app/cli.py, with the admin command `import`); these client commands are
+# added to it there, so one `models` group offers import (local, admin), list, upload and delete (`--global`: admin).
 
 
 @click.command("list")
@@ -251,6 +251,16 @@ def models_upload(path: Path, name: str | None) -> None:
     else:
         click.echo(model.id)
         click.echo(f"uploaded {model.name!r}: {model.num_layers} layers, labels {model.labels}", err=True)
+
+
+def delete_model_via_api(model_id: str) -> None:
+    """`gkd models delete ID` without `--global` (app/cli.py): one of the key's tenant's models, via the API."""
+    with _client() as client:
+        client.models.delete(model_id)
+    if _json_mode():
+        _emit_json({"id": model_id, "object": "model", "deleted": True})
+    else:
+        click.echo(f"deleted model {model_id}", err=True)
 
 
 # --------------------------------------------------------------------------------------------- jobs

@@ -121,3 +121,40 @@ def test_cancel_finished_job_is_conflict(client: gc.Client, server: Server, api_
     events = list(client.jobs.events(job.id))
     assert events[0].seq == 1 and events[-1].is_terminal
     assert [e.seq for e in client.jobs.events(job.id, after=1)] == [e.seq for e in events[1:]]
+
+
+def test_models_delete_sync_async_and_cli(client: gc.Client, server: Server, api_key: str, tiny_teacher: Path,
+                                          tmp_path: Path) -> None:
+    import asyncio
+
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    in_use = register_teacher(server.settings, api_key, tiny_teacher, name="in-use")
+    dataset = client.datasets.upload(write_rows(tmp_path / "t.csv", 16))
+    job = client.jobs.create(teacher=in_use, training_dataset=dataset, student={"num_layers": 1},
+                             hyperparameters={"epochs": 1, "batch_size": 8, "max_length": 16})
+    with pytest.raises(gc.ConflictError) as info:
+        client.models.delete(in_use)
+    assert info.value.status_code == 409 and info.value.code == "resource_in_use"
+    client.jobs.cancel(job.id)
+    assert client.jobs.wait(job.id, timeout=60, poll_interval=0.2).status == "cancelled"
+    assert client.models.delete(in_use) is None
+    with pytest.raises(gc.NotFoundError):
+        client.models.get(in_use)
+
+    by_async = register_teacher(server.settings, api_key, tiny_teacher, name="by-async")
+
+    async def delete_async() -> None:
+        async with gc.AsyncClient(server.url, api_key, timeout=20) as async_client:
+            await async_client.models.delete(by_async)
+            with pytest.raises(gc.NotFoundError):
+                await async_client.models.delete(by_async)
+
+    asyncio.run(delete_async())
+
+    by_cli = register_teacher(server.settings, api_key, tiny_teacher, name="by-cli")
+    result = CliRunner().invoke(cli, ["models", "delete", by_cli, "--base-url", server.url, "--api-key", api_key])
+    assert result.exit_code == 0, result.output
+    assert {in_use, by_async, by_cli}.isdisjoint(m.id for m in client.models.list())

@@ -15,6 +15,8 @@ import tarfile
 import tempfile
 import threading
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -120,14 +122,31 @@ def _check_member_name(name: str) -> PurePosixPath:
     return path
 
 
-def extract_archive(archive: Path, target: Path, *, max_members: int, max_bytes: int) -> Path:
+class _CountingReader:
+    """A read-only stream over a file that counts the compressed bytes taken from it (how far a refusal got)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.consumed = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.consumed += len(data)
+        return data
+
+
+def extract_archive(archive: Path, target: Path, *, max_members: int, max_bytes: int,
+                    max_ratio: float | None = None) -> Path:
     """Extract a .tar.gz/.tgz/.tar or .zip into the empty directory `target`, refusing links, devices,
-    absolute paths, `..`, pickle weights and oversized content. Returns the model root inside `target`
+    absolute paths, `..`, pickle weights and oversized content: more than `max_bytes` unpacked, or (with
+    `max_ratio`) more than `max_ratio` times the archive's own size. Returns the model root inside `target`
     (the target itself, or its only top-level directory)."""
+    limit = expansion_limit(archive.stat().st_size, max_bytes=max_bytes, max_ratio=max_ratio)
     if tarfile.is_tarfile(archive):
-        _extract_tar(archive, target, max_members=max_members, max_bytes=max_bytes)
+        with archive.open("rb") as raw:
+            extract_tar_stream(_CountingReader(raw), target, max_members=max_members, limit=limit)
     elif zipfile.is_zipfile(archive):
-        _extract_zip(archive, target, max_members=max_members, max_bytes=max_bytes)
+        _extract_zip(archive, target, max_members=max_members, limit=limit)
     else:
         raise ArchiveError("the upload is not a .tar.gz or .zip archive", param="file")
     entries = [p for p in target.iterdir() if not p.name.startswith(".")]
@@ -136,23 +155,49 @@ def extract_archive(archive: Path, target: Path, *, max_members: int, max_bytes:
     return target
 
 
-def _extract_tar(archive: Path, target: Path, *, max_members: int, max_bytes: int) -> None:
+@dataclass(frozen=True)
+class ExpansionLimit:
+    """The most bytes an archive may unpack to, and why (for the refusal's message)."""
+
+    bytes: int
+    reason: str
+
+
+def expansion_limit(compressed_size: int, *, max_bytes: int, max_ratio: float | None) -> ExpansionLimit:
+    """The configured byte limit, or `max_ratio` times the archive's size when that is smaller: a small archive
+    that declares gigabytes (a bomb) is refused by its headers, not after unpacking them."""
+    by_size = ExpansionLimit(max_bytes, f"more than {max_bytes} bytes")
+    if max_ratio is None:
+        return by_size
+    by_ratio = int(max_ratio * max(compressed_size, 1))
+    if by_ratio >= max_bytes:
+        return by_size
+    return ExpansionLimit(by_ratio, f"more than {max_ratio:g} times its compressed size ({by_ratio} bytes)")
+
+
+def _check_tar_member(member: tarfile.TarInfo) -> None:
+    _check_member_name(member.name)
+    if member.issym() or member.islnk():
+        raise ArchiveError(f"archive member {member.name!r} is a link; links are refused")
+    if not (member.isfile() or member.isdir()):
+        raise ArchiveError(f"archive member {member.name!r} is not a regular file or directory")
+
+
+def extract_tar_stream(stream: BinaryIO | _CountingReader, target: Path, *, max_members: int,
+                       limit: ExpansionLimit) -> None:
+    """Unpack a (compressed) tar read front to back from `stream` into `target`: each member is checked when its
+    header arrives (count, name, type, declared size against what is left of `limit`) and written before the next
+    header is read, so an excess stops the reading there instead of after a pass over the whole archive."""
+    total = 0
     try:
-        with tarfile.open(archive, mode="r:*") as tar:
-            members = tar.getmembers()
-            if len(members) > max_members:
-                raise ArchiveError(f"the archive has more than {max_members} members")
-            total = 0
-            for member in members:
-                _check_member_name(member.name)
-                if member.issym() or member.islnk():
-                    raise ArchiveError(f"archive member {member.name!r} is a link; links are refused")
-                if not (member.isfile() or member.isdir()):
-                    raise ArchiveError(f"archive member {member.name!r} is not a regular file or directory")
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:  # type: ignore[call-overload]
+            for count, member in enumerate(tar, start=1):
+                if count > max_members:
+                    raise ArchiveError(f"the archive has more than {max_members} members")
+                _check_tar_member(member)
                 total += member.size
-                if total > max_bytes:
-                    raise ArchiveError(f"the archive expands to more than {max_bytes} bytes")
-            for member in members:
+                if total > limit.bytes:
+                    raise ArchiveError(f"the archive expands to {limit.reason}")
                 dest = target.joinpath(*PurePosixPath(member.name).parts)
                 if member.isdir():
                     dest.mkdir(parents=True, exist_ok=True)
@@ -162,13 +207,15 @@ def _extract_tar(archive: Path, target: Path, *, max_members: int, max_bytes: in
                 assert source is not None
                 with source, dest.open("xb") as out:
                     shutil.copyfileobj(source, out, 1 << 20)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         if isinstance(exc, FileExistsError):
             raise ArchiveError("the archive lists the same file twice") from exc
         raise ArchiveError(f"the archive cannot be read: {exc}") from exc
 
 
-def _extract_zip(archive: Path, target: Path, *, max_members: int, max_bytes: int) -> None:
+def _extract_zip(archive: Path, target: Path, *, max_members: int, limit: ExpansionLimit) -> None:
+    """The central directory lists every member up front (no decompression): all are checked before writing,
+    and each member's bytes are counted while it is written (a header may lie about its size)."""
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
@@ -182,8 +229,8 @@ def _extract_zip(archive: Path, target: Path, *, max_members: int, max_bytes: in
                 if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                     raise ArchiveError(f"archive member {info.filename!r} is a link or special file")
                 total += info.file_size
-                if total > max_bytes:
-                    raise ArchiveError(f"the archive expands to more than {max_bytes} bytes")
+                if total > limit.bytes:
+                    raise ArchiveError(f"the archive expands to {limit.reason}")
             for info in infos:
                 dest = target.joinpath(*PurePosixPath(info.filename.rstrip("/")).parts)
                 if info.is_dir():
