@@ -1,6 +1,7 @@
 """Pause and resume with a real API and a real Celery worker (one, concurrency 1): the paused job's worker saves
 the training state at the next step and lets go, runs another job meanwhile, and the resumed job continues from
-exactly that step to final weights equal, tensor for tensor, to an uninterrupted run with the same seed."""
+exactly that step to final weights equal, tensor for tensor, to an uninterrupted run with the same seed. A cancel
+that comes while the worker is pausing wins: the job ends cancelled, its scratch removed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.store.db import upgrade
+from app.store.job_config import work_dir
 from app.store.settings import Settings
 from tests.support.broker import forget_redis_queue
 from tests.support.servers import start_worker, stop, wait_for
@@ -104,3 +106,30 @@ def test_paused_job_frees_the_worker_and_resumes_bit_exactly(tmp_path: Path, tin
         stop(worker)
         if settings.broker_url.startswith("redis"):
             forget_redis_queue(REDIS_URL, settings.task_queue)
+
+
+def test_cancel_while_pausing_ends_cancelled(tmp_path: Path, tiny_teacher: Path) -> None:
+    settings = Settings(home=tmp_path / "home", task_queue=f"pause-{secrets.token_hex(4)}", sse_poll_seconds=0.2,
+                        broker_polling_seconds=0.2)
+    upgrade(settings.database_url)
+    log = tmp_path / "worker.log"
+    # The worker looks at the job's status only when it writes progress (every 5 steps) or every 60 s, so the
+    # cancel lands while the job is still `pausing`.
+    worker = start_worker(settings, log, GKD_CANCEL_CHECK_SECONDS="60", GKD_METRICS_EVERY_STEPS="5")
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as api:
+            headers = {"Authorization": f"Bearer {new_key(settings)}"}
+            teacher = register_teacher(settings, headers, tiny_teacher)
+            job_id = submit(api, headers, teacher, upload(api, headers, 48), epochs=100)["id"]
+            wait_for(lambda: job_of(api, headers, job_id)["progress"].get("step", 0) >= 2, 120,
+                     "the job to train", tail=lambda: log.read_text(errors="replace")[-3000:])
+            assert api.post(f"/v1/jobs/{job_id}/pause", headers=headers).json()["status"] == "pausing"
+            assert api.post(f"/v1/jobs/{job_id}/cancel", headers=headers).json()["status"] == "cancelling"
+            done = wait_for(lambda: (j := job_of(api, headers, job_id))["status"] in ("cancelled", "paused") and j,
+                            60, "the worker to stop", interval=0.1)
+            assert done["status"] == "cancelled"
+            statuses = [e["data"]["status"] for e in all_events(api, headers, job_id) if e["type"] == "status"]
+            assert statuses == ["queued", "running", "pausing", "cancelling", "cancelled"]
+            wait_for(lambda: not (settings.storage / work_dir(job_id)).exists(), 30, "the scratch to go")
+    finally:
+        stop(worker)
