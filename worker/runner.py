@@ -525,18 +525,19 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             **({"warnings": callback.warnings} if callback.warnings else {}),
         }
         if result.stopped:  # a drain, a pause or a cancel stopped it, its training state saved
-            if not state_uploaded:
-                log.warning("job %s: the newest training state is not in the bucket; the job resumes from an "
-                            "earlier one", job_id)
+            stale_state = "" if state_uploaded else "the newest training state is not in the bucket; "
             if callback.draining and not callback.stop_asked:
                 kind = ctx.requeue(worker, result.steps)
                 if kind is not None:
                     from worker.celery_app import celery
 
+                    if stale_state:
+                        log.warning("job %s: %sthe next worker resumes from an earlier one", job_id, stale_state)
                     send_run_job(celery, settings, job_id, kind)  # if this fails, the sweeper re-enqueues it
                     return "requeued"
-            # a pause: its scratch (the training state) stays for the resume
-            if ctx.park(result.steps, callback.progress, metrics):
+            if ctx.park(result.steps, callback.progress, metrics):  # paused: its scratch stays for the resume
+                if stale_state:
+                    log.warning("job %s: %sits resume starts from an earlier one", job_id, stale_state)
                 return jobs.PAUSED
             return ctx.finish(jobs.CANCELLED, "job cancelled", metrics=metrics)
         # Trained to the end: `succeeded`, also when a pause came late; a pending cancel makes it `cancelled`.
