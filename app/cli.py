@@ -136,7 +136,7 @@ def _quota_option(resource: str, help_: str) -> Any:
 @_quota_option("stored_bytes", "Bytes of datasets, models and checkpoints, e.g. 50G.")
 @_quota_option("datasets", "Datasets kept.")
 @_quota_option("models", "Uploaded models kept.")
-@_quota_option("active_jobs", "Unfinished jobs (queued, running, cancelling).")
+@_quota_option("active_jobs", "Unfinished jobs (queued, running, cancelling, pausing, paused).")
 def tenants_set_quota(tenant: str, **values: str | None) -> None:
     """Set the quotas of TENANT (by name); what is not given stays as it is."""
     from app.store.db import session_scope, upgrade

@@ -160,6 +160,13 @@ class JobContext:
         return self.write(lambda session: jobs.finish(session, self.job_id, status, message, values,
                                                       token=self.token, worker=self.worker), f"finish {status}")
 
+    def park(self, step: int, progress: dict[str, Any], metrics: dict[str, Any]) -> bool:
+        """The training state of a `pausing` job is saved: `pausing` -> `paused` with the progress and metrics it
+        stopped at, freeing this worker. False when the job is no longer pausing (a cancel came first)."""
+        values = {"progress": progress, "metrics": metrics}
+        return bool(self.write(lambda session: jobs.park(session, self.job_id, self.worker, step, values,
+                                                         token=self.token), "park"))
+
     def requeue(self, worker: str, step: int) -> str | None:
         """A draining worker hands the job back: `running` -> `queued`, the attempt not counted. Returns the
         job's queue kind, or None when the job is no longer running (e.g. being cancelled)."""
@@ -204,7 +211,7 @@ def make_callback(ctx: JobContext) -> Any:
         """Progress, metrics events, cancellation and checkpoint upload for one job."""
 
         def __init__(self) -> None:
-            self.cancel_seen = False
+            self.stop_asked = False  # the job left `running`: a cancel or a pause was asked
             self.draining = False
             self.last_check = 0.0
             self.last_step_time: float | None = None
@@ -279,7 +286,7 @@ def make_callback(ctx: JobContext) -> Any:
                 return True
 
             if not ctx.write(tx, "metrics"):
-                self.cancel_seen = True
+                self.stop_asked = True
 
         def metrics(self) -> dict[str, Any]:
             """The job's `metrics` column: latest and best figures, and the codes of its warnings (if any)."""
@@ -322,7 +329,7 @@ def make_callback(ctx: JobContext) -> Any:
                 return True
 
             if not ctx.fenced_write(tx, "phase"):
-                self.cancel_seen = True
+                self.stop_asked = True
 
         def on_train_begin(self, progress: Any) -> None:
             if progress.resumed_from_step:
@@ -426,14 +433,14 @@ def make_callback(ctx: JobContext) -> Any:
             if DRAIN.is_set():
                 self.draining = True
                 return True
-            if self.cancel_seen:
+            if self.stop_asked:
                 return True
             now = time.monotonic()
             if now - self.last_check >= ctx.settings.cancel_check_seconds:
                 self.last_check = now
                 if ctx.status() != jobs.RUNNING:
-                    self.cancel_seen = True
-            return self.cancel_seen
+                    self.stop_asked = True
+            return self.stop_asked
 
     return JobCallback()
 
@@ -517,18 +524,23 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             "best": _clean(dict(result.best_metrics)) or callback.best,
             **({"warnings": callback.warnings} if callback.warnings else {}),
         }
-        if result.stopped and callback.draining and not callback.cancel_seen:
-            if not state_uploaded:
-                log.warning("job %s: the newest training state is not in the bucket; the next worker resumes "
-                            "from an earlier one", job_id)
-            kind = ctx.requeue(worker, result.steps)
-            if kind is not None:
-                from worker.celery_app import celery
+        if result.stopped:  # a drain, a pause or a cancel stopped it, its training state saved
+            stale_state = "" if state_uploaded else "the newest training state is not in the bucket; "
+            if callback.draining and not callback.stop_asked:
+                kind = ctx.requeue(worker, result.steps)
+                if kind is not None:
+                    from worker.celery_app import celery
 
-                send_run_job(celery, settings, job_id, kind)  # if this fails, the sweeper re-enqueues it
-                return "requeued"
-        if result.stopped or callback.cancel_seen:
+                    if stale_state:
+                        log.warning("job %s: %sthe next worker resumes from an earlier one", job_id, stale_state)
+                    send_run_job(celery, settings, job_id, kind)  # if this fails, the sweeper re-enqueues it
+                    return "requeued"
+            if ctx.park(result.steps, callback.progress, metrics):  # paused: its scratch stays for the resume
+                if stale_state:
+                    log.warning("job %s: %sits resume starts from an earlier one", job_id, stale_state)
+                return jobs.PAUSED
             return ctx.finish(jobs.CANCELLED, "job cancelled", metrics=metrics)
+        # Trained to the end: `succeeded`, also when a pause came late; a pending cancel makes it `cancelled`.
         return ctx.finish(jobs.SUCCEEDED, f"job succeeded after {result.steps} steps", metrics=metrics)
     finally:
         if callback is not None:

@@ -1,4 +1,4 @@
-"""POST/GET /v1/jobs, POST /v1/jobs/{id}/cancel, DELETE /v1/jobs/{id}."""
+"""POST/GET /v1/jobs, POST /v1/jobs/{id}/cancel|pause|resume, DELETE /v1/jobs/{id}."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from app.schemas import Deleted, JobCreate, JobOut, ListResponse
 from app.store import jobs, quotas, removal
 from app.store.events import notify
 from app.store.ids import new_id
-from app.store.job_config import check_job_body
+from app.store.job_config import check_job_body, work_dir
 from app.store.orm import Checkpoint, Dataset, Job, TeacherModel, Tenant, utcnow
 from app.store.queue import enqueue_committed_job
+from app.store.settings import Settings
 from app.store.storage import get_storage
 from gkd.config import ConfigError, InitFromModel
 from gkd.data.labels import LabelMapError, label_map_for
@@ -312,6 +313,8 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, settings
     if jobs.request_cancel(session, job.id):
         session.commit()
         notify(settings.notify_url, job.id)
+        if _current(session, job.id).status == jobs.CANCELLED:  # no worker held it: its scratch is ours to remove
+            _remove_scratch(settings, job.id)
     else:
         session.rollback()
         current = session.get(Job, job.id, populate_existing=True)
@@ -319,9 +322,63 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, settings
         if current.status in jobs.TERMINAL_STATUSES:
             raise ApiError(409, f"job {job.id} already finished with status {current.status!r}",
                            code="job_finished")
-    current = session.get(Job, job.id, populate_existing=True)
+    return JobOut.of(_current(session, job.id))
+
+
+def _remove_scratch(settings: Settings, job_id: str) -> None:
+    """Remove the scratch (a paused or handed-back job's saved training state) of a job cancelled while no worker
+    held it, as the worker does for the jobs it ends; the checkpoint archives stay."""
+    try:
+        get_storage(settings).delete(work_dir(job_id))
+    except Exception:  # noqa: BLE001 - the job is cancelled; a leftover directory is logged for the operator
+        log.warning("job %s is cancelled but its scratch could not be removed", job_id, exc_info=True)
+
+
+def _current(session: Session, job_id: str) -> Job:
+    current = session.get(Job, job_id, populate_existing=True)
     assert current is not None
-    return JobOut.of(current)
+    return current
+
+
+def _illegal(job: Job, action: str, allowed: str) -> ApiError:
+    """The 409 of a pause or resume the job's status does not allow."""
+    if job.status in jobs.TERMINAL_STATUSES:
+        return conflict(f"job {job.id} already finished with status {job.status!r}; it cannot be {action}",
+                        code="job_finished")
+    return conflict(f"job {job.id} is {job.status}; only a {allowed} job can be {action}", code="illegal_transition")
+
+
+@router.post("/{job_id}/pause", response_model=JobOut)
+def pause_job(job_id: str, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> JobOut:
+    """A queued job is `paused` at once; a running one is `pausing` until its worker has saved the training state
+    at its next step, then `paused`. Asking again while pausing or paused answers the job as it is."""
+    job = get_job(session, tenant, job_id)
+    session.rollback()
+    if jobs.request_pause(session, job.id):
+        session.commit()
+        notify(settings.notify_url, job.id)
+        return JobOut.of(_current(session, job.id))
+    session.rollback()
+    current = _current(session, job.id)
+    if current.status in (jobs.PAUSING, jobs.PAUSED):
+        return JobOut.of(current)
+    raise _illegal(current, "paused", "queued or running")
+
+
+@router.post("/{job_id}/resume", response_model=JobOut)
+def resume_job(job_id: str, request: Request, tenant: CurrentTenant, session: SessionDep,
+               settings: SettingsDep) -> JobOut:
+    """A paused job is queued again and continues from its saved training state (not counted again against the
+    tenant's quota: a paused job is still unfinished)."""
+    job = get_job(session, tenant, job_id)
+    session.rollback()
+    if not jobs.resume(session, job.id):
+        session.rollback()
+        raise _illegal(_current(session, job.id), "resumed", "paused")
+    session.commit()
+    notify(settings.notify_url, job.id)
+    enqueue_committed_job(request.app.state.celery(), settings, session, job.id)
+    return JobOut.of(_current(session, job.id))
 
 
 @router.delete("/{job_id}", response_model=Deleted)

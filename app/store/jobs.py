@@ -4,6 +4,14 @@
                      ^         |  \\-> cancelling -> cancelled | failed
                      +---------+  (a draining worker hands the job back)
 
+    queued  -> paused                      (pause: a job no worker holds is parked at once)
+    running -> pausing -> paused           (pause: the worker saves the training state at the next step)
+    paused  -> queued                      (resume: it continues from the saved state)
+    paused  -> cancelled; pausing -> cancelling
+
+`pausing` is `running` with a pause pending, as `cancelling` is with a cancel pending: a worker still holds the
+job (heartbeats, fencing). A training that ends while pausing ends `succeeded`. A paused job is unfinished (it keeps
+its datasets, counts against the tenant's unfinished-jobs quota, cannot be deleted) but no worker holds it.
 Terminal statuses never change; a terminal job may be deleted (`delete_finished`). Each move is one conditional
 UPDATE (`transition`), so the API and workers racing on the same job cannot both win, and it records the status
 event in the same transaction. The API routes, the worker and the sweeper ask this module; no other module writes
@@ -30,18 +38,22 @@ from app.store.orm import Checkpoint, Job, JobEvent, utcnow
 
 log = logging.getLogger(__name__)
 
-JobStatus = Literal["validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["validating", "queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed",
+                    "cancelled"]
 STATUSES: tuple[str, ...] = get_args(JobStatus)
-VALIDATING, QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = STATUSES
+VALIDATING, QUEUED, RUNNING, CANCELLING, PAUSING, PAUSED, SUCCEEDED, FAILED, CANCELLED = STATUSES
 TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
-ACTIVE_STATUSES = (RUNNING, CANCELLING)  # a worker holds the job (and sends heartbeats)
+ACTIVE_STATUSES = (RUNNING, CANCELLING, PAUSING)  # a worker holds the job (and sends heartbeats)
+PAUSABLE_STATUSES = (QUEUED, RUNNING)
 INITIAL_STATUS = QUEUED  # what POST /v1/jobs creates
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     VALIDATING: frozenset({QUEUED, CANCELLED, FAILED}),
-    QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),
-    RUNNING: frozenset({QUEUED, CANCELLING, SUCCEEDED, FAILED, CANCELLED}),
+    QUEUED: frozenset({RUNNING, PAUSED, CANCELLED, FAILED}),
+    RUNNING: frozenset({QUEUED, CANCELLING, PAUSING, SUCCEEDED, FAILED, CANCELLED}),
     CANCELLING: frozenset({CANCELLED, FAILED}),
+    PAUSING: frozenset({PAUSED, CANCELLING, SUCCEEDED, FAILED, CANCELLED}),
+    PAUSED: frozenset({QUEUED, CANCELLED}),
     **{status: frozenset() for status in TERMINAL_STATUSES},
 }
 assert set(TRANSITIONS) == set(STATUSES)
@@ -89,11 +101,48 @@ def record_created(session: Session, job_id: str) -> None:
 
 
 def request_cancel(session: Session, job_id: str) -> bool:
-    """Cancel a job that has not started, or ask its worker to stop (`cancelling`); False when it had finished."""
+    """Cancel a job no worker holds (not started, or paused), or ask its worker to stop (`cancelling`); False when
+    it had finished."""
     return transition(
         session, job_id, CANCELLED, from_statuses=(VALIDATING, QUEUED), message="job cancelled before it started"
     ) or transition(
-        session, job_id, CANCELLING, from_statuses=(RUNNING,), message="cancellation requested; waiting for the worker"
+        session, job_id, CANCELLED, from_statuses=(PAUSED,), message="job cancelled while paused"
+    ) or transition(
+        session, job_id, CANCELLING, from_statuses=(RUNNING, PAUSING),
+        message="cancellation requested; waiting for the worker",
+    )
+
+
+def request_pause(session: Session, job_id: str) -> bool:
+    """Park a queued job (`paused` at once: a worker that receives its task skips it), or ask the running job's
+    worker to save its training state and let go (`pausing`). False when the job is in neither status."""
+    return transition(
+        session, job_id, PAUSED, from_statuses=(QUEUED,), message="job paused before a worker took it",
+        values={"enqueued_at": None},
+    ) or transition(
+        session, job_id, PAUSING, from_statuses=(RUNNING,),
+        message="pause requested; the worker saves the training state at its next step",
+    )
+
+
+def resume(session: Session, job_id: str) -> bool:
+    """Queue a paused job again (the caller enqueues it after the commit); it continues from its saved training
+    state. False when the job is not paused."""
+    return transition(session, job_id, QUEUED, from_statuses=(PAUSED,),
+                      message="job resumed; queued again", values={"enqueued_at": None})
+
+
+def park(session: Session, job_id: str, worker: str, step: int, values: dict[str, Any] | None = None, *,
+         token: int) -> bool:
+    """The worker of a `pausing` job has saved its training state and lets go: `paused` with `values` (the progress
+    and metrics it stopped at), the attempt not counted (pausing is no failure). False when the job is no longer
+    pausing (e.g. being cancelled); `FencedOff` when it is not ours."""
+    hold(session, job_id, token, worker)
+    job = session.get(Job, job_id)
+    return job is not None and transition(
+        session, job_id, PAUSED, from_statuses=(PAUSING,),
+        message=f"job paused at step {step}; its training state is saved and it resumes from there",
+        values={**(values or {}), "worker": None, "attempts": max(0, job.attempts - 1), "heartbeat_at": None},
     )
 
 
@@ -141,12 +190,19 @@ def claim(session: Session, job_id: str, worker: str, *, max_attempts: int, stal
         log.warning("job %s does not exist; dropping the task", job_id)
         return None
     now = utcnow()
+    if job.status == PAUSED:
+        return None  # parked: the task of its resume brings it back
     if job.status in TERMINAL_STATUSES or (job.status in ACTIVE_STATUSES and not _stale(job.heartbeat_at, now,
                                                                                          stale_after_seconds)):
         return None  # finished, or another worker holds it: a duplicate delivery
     if job.status == CANCELLING:
         transition(session, job.id, CANCELLED, from_statuses=(CANCELLING,),
                    message="job cancelled (its worker was lost)")
+        return None
+    if job.status == PAUSING:  # lost after the pause was asked: park it; it resumes from its last saved state
+        transition(session, job.id, PAUSED, from_statuses=(PAUSING,),
+                   message="job paused (its worker was lost; it resumes from its last saved training state)",
+                   values={"worker": None, "heartbeat_at": None})
         return None
     if job.attempts >= max_attempts:
         transition(
@@ -183,11 +239,12 @@ Outcome = Literal["succeeded", "failed", "cancelled"]
 
 def finish(session: Session, job_id: str, outcome: Outcome, message: str, values: dict[str, Any], *,
            token: int, worker: str) -> str:
-    """End a running job with `outcome`; a pending cancel turns success into `cancelled`. Returns the status the job
-    has afterwards. Raises `FencedOff` when the claim `token` of `worker` no longer holds the job."""
+    """End a running job with `outcome`; a pending cancel turns success into `cancelled` (a pending pause does not:
+    the training is done). Returns the status the job has afterwards. Raises `FencedOff` when the claim `token` of
+    `worker` no longer holds the job."""
     hold(session, job_id, token, worker)
-    if outcome == SUCCEEDED and transition(session, job_id, SUCCEEDED, from_statuses=(RUNNING,), message=message,
-                                           values=values):
+    if outcome == SUCCEEDED and transition(session, job_id, SUCCEEDED, from_statuses=(RUNNING, PAUSING),
+                                           message=message, values=values):
         return SUCCEEDED
     if outcome in (SUCCEEDED, CANCELLED) and transition(
         session, job_id, CANCELLED, from_statuses=ACTIVE_STATUSES, message="job cancelled", values=values

@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     quota_datasets: int = Field(1000, ge=0, description="Default number of datasets a tenant may keep.")
     quota_models: int = Field(100, ge=0, description="Default number of uploaded models a tenant may keep.")
     quota_active_jobs: int = Field(
-        20, ge=0, description="Default number of a tenant's unfinished jobs (queued, running, cancelling).")
+        20, ge=0,
+        description="Default number of a tenant's unfinished jobs (queued, running, cancelling, pausing, paused).")
     rate_limit: str = Field(
         "100/second", description="Requests per API key (per client address without one), in `limits` notation, "
         "several separated by `;` (e.g. `100/second;3000/minute`); empty: no limit.")

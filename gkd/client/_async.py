@@ -152,6 +152,14 @@ class AsyncJobs(_AsyncResource):
     async def cancel(self, job_id: str) -> Job:
         return Job.model_validate(await self._http.json("POST", f"/v1/jobs/{c.ident(job_id)}/cancel"))
 
+    async def pause(self, job_id: str) -> Job:
+        """See `Client.jobs.pause`."""
+        return Job.model_validate(await self._http.json("POST", f"/v1/jobs/{c.ident(job_id)}/pause"))
+
+    async def resume(self, job_id: str) -> Job:
+        """See `Client.jobs.resume`."""
+        return Job.model_validate(await self._http.json("POST", f"/v1/jobs/{c.ident(job_id)}/resume"))
+
     async def delete(self, job_id: str) -> Deleted:
         return Deleted.model_validate(await self._http.json("DELETE", f"/v1/jobs/{c.ident(job_id)}"))
 

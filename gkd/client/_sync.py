@@ -153,6 +153,15 @@ class Jobs(_Resource):
     def cancel(self, job_id: str) -> Job:
         return Job.model_validate(self._http.json("POST", f"/v1/jobs/{c.ident(job_id)}/cancel"))
 
+    def pause(self, job_id: str) -> Job:
+        """Pause a queued job at once, or a running one once its worker saved the training state (`pausing`, then
+        `paused`). ConflictError when it finished or is being cancelled."""
+        return Job.model_validate(self._http.json("POST", f"/v1/jobs/{c.ident(job_id)}/pause"))
+
+    def resume(self, job_id: str) -> Job:
+        """Queue a paused job again; it continues from where it stopped. ConflictError unless it is paused."""
+        return Job.model_validate(self._http.json("POST", f"/v1/jobs/{c.ident(job_id)}/resume"))
+
     def delete(self, job_id: str) -> Deleted:
         """Delete a finished job with its events, checkpoints and files (ConflictError while it is active)."""
         return Deleted.model_validate(self._http.json("DELETE", f"/v1/jobs/{c.ident(job_id)}"))

@@ -4,7 +4,7 @@
     gkd models list | upload PATH | delete ID   (next to the admin commands `gkd models import`, `delete --global`)
     gkd jobs submit --teacher T --train D [--dev D] [--method M] [--layers N] [--set KEY=VALUE ...] [--export onnx]
                     [--export onnx-int8] [--watch]
-    gkd jobs list [--status S] | get ID | cancel ID | delete ID | events ID | watch ID
+    gkd jobs list [--status S] | get ID | cancel ID | pause ID | resume ID | delete ID | events ID | watch ID
     gkd jobs download ID [--kind best|final|epoch-N|best-onnx|best-onnx-int8]
     gkd jobs metrics ID [-o FILE]          (every step's and evaluation's metrics as CSV)
 
@@ -36,7 +36,8 @@ _META = "gkd.client."
 METHODS = ("gradient_kd", "gradient_kd_cls", "kd", "pkd", "ce")
 CHECKPOINT_KINDS = ("best", "final", "best-onnx", "best-onnx-int8")
 EXPORT_FORMATS = ("onnx", "onnx-int8")
-JOB_STATUSES = ("validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+JOB_STATUSES = ("validating", "queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed",
+                "cancelled")
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -269,7 +270,7 @@ def delete_model_via_api(model_id: str) -> None:
 @click.group()
 @api_options
 def jobs() -> None:
-    """Distillation jobs (submit, list, get, cancel, delete, events, watch, download, metrics)."""
+    """Distillation jobs (submit, list, get, cancel, pause, resume, delete, events, watch, download, metrics)."""
 
 
 def _parse_value(text: str) -> Any:
@@ -412,9 +413,34 @@ def jobs_get(job_id: str) -> None:
 @api_options
 @handle_errors
 def jobs_cancel(job_id: str) -> None:
-    """Cancel a job (409 when it already finished)."""
+    """Cancel a job, also a paused one (409 when it already finished)."""
     with _client() as client:
-        job = client.jobs.cancel(job_id)
+        _show_status(client.jobs.cancel(job_id))
+
+
+@jobs.command("pause")
+@click.argument("job_id")
+@api_options
+@handle_errors
+def jobs_pause(job_id: str) -> None:
+    """Pause a job: a queued one at once, a running one once its worker saved the training state (`pausing`,
+    then `paused`); the worker is free for other jobs. 409 when it finished or is being cancelled."""
+    with _client() as client:
+        _show_status(client.jobs.pause(job_id))
+
+
+@jobs.command("resume")
+@click.argument("job_id")
+@api_options
+@handle_errors
+def jobs_resume(job_id: str) -> None:
+    """Queue a paused job again; it continues from the step it paused at (409 unless it is paused)."""
+    with _client() as client:
+        _show_status(client.jobs.resume(job_id))
+
+
+def _show_status(job: Job) -> None:
+    """A job after a status change: `ID STATUS`, or the whole job with --json."""
     if _json_mode():
         _emit_json(job.to_dict())
     else:
@@ -552,6 +578,9 @@ def watch_job(client: Client, job_id: str, *, as_json: bool = False, file: Any =
                 bar.refresh()
             elif event.type in ("status", "checkpoint", "warning") or (event.type == "log" and event.message):
                 bar.write(f"[{event.seq}] {event.type}: {event.message}", file=out)
+            if event.type == "status" and data.get("status") in ("pausing", "paused", "queued"):
+                # the stream goes on while the job is paused: it ends when the job, once resumed, finishes
+                _set_bar(bar, str(data["status"]), bar.n, bar.total, str(getattr(bar, "unit", "step")))
     finally:
         bar.close()
     final = client.jobs.get(job.id)

@@ -267,6 +267,15 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
 
     page.route(f"**/v1/jobs/{long_job['id']}/events/stream*", drop_first_stream)
     page.goto(f"{url}/dashboard/#/jobs/{long_job['id']}")
+    # pause (at once while queued, else once the worker saved the state) and resume, with the buttons by Cancel
+    page.get_by_role("button", name="Pause job").click()
+    page.wait_for_selector("#job-status [data-status=paused]", timeout=60_000)
+    page.wait_for_selector("#resume-job:visible")
+    assert page.locator("#pause-job").is_hidden() and page.locator("#cancel-job").is_visible()
+    shot(page, "07-paused")
+    page.get_by_role("button", name="Resume job").click()
+    page.wait_for_selector("#job-status [data-status=running]", timeout=60_000)
+    assert page.locator("#resume-job").is_hidden() and page.locator("#pause-job").is_visible()
     page.get_by_role("button", name="Cancel job").click()
     page.wait_for_selector("#job-status [data-status=cancelled]", timeout=60_000)
     page.wait_for_selector("#stream-state[data-state=ended]")
@@ -275,6 +284,8 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     shown = [int(s) for s in page.locator("#event-log li").evaluate_all("els => els.map((e) => e.dataset.seq)")]
     assert sorted(shown) == [e["seq"] for e in long_events]  # nothing lost, nothing twice
     assert long_events[-1]["data"]["status"] == "cancelled"
+    statuses = [e["data"]["status"] for e in long_events if e["type"] == "status"]
+    assert "paused" in statuses and statuses[statuses.index("paused") + 1] == "queued", statuses
 
     # --- forgetting the key signs out
     page.get_by_role("button", name="Forget key").click()

@@ -8,8 +8,6 @@ of the weights and the attempt limit, with real processes on PostgreSQL + Redis.
 
 from __future__ import annotations
 
-import io
-import tarfile
 import time
 from pathlib import Path
 
@@ -18,21 +16,9 @@ from fastapi.testclient import TestClient
 
 from tests.reliability.conftest import Stack, report, worker_pid
 from tests.support.servers import wait_for
-from tests.support.service import all_events, job_of, new_key, register_teacher, submit, upload
+from tests.support.service import all_events, final_tensors, job_of, new_key, register_teacher, submit, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
-
-
-def final_tensors(api: TestClient, headers: dict, job_id: str) -> dict:
-    from safetensors.torch import load
-
-    checkpoints = {c["kind"]: c for c in api.get(f"/v1/jobs/{job_id}/checkpoints", headers=headers).json()["data"]}
-    content = api.get(f"/v1/jobs/{job_id}/checkpoints/{checkpoints['final']['id']}/content", headers=headers)
-    assert content.status_code == 200
-    with tarfile.open(fileobj=io.BytesIO(content.content), mode="r:gz") as archive:
-        member = archive.extractfile("model.safetensors")
-        assert member is not None
-        return load(member.read())
 
 
 def test_killed_worker_resumes_to_identical_weights_then_attempt_limit(stack: Stack, api: TestClient,

@@ -105,6 +105,9 @@ def test_active_jobs_quota(client: TestClient, auth: dict, settings: Settings, t
     assert len(client.get("/v1/jobs", headers=auth).json()["data"]) == 1
     replay = client.post("/v1/jobs", headers={**auth, "Idempotency-Key": "one"}, json=body)  # not a new job
     assert replay.json()["id"] == first.json()["id"]
+    assert client.post(f"/v1/jobs/{first.json()['id']}/pause", headers=auth).json()["status"] == "paused"
+    assert_error(client.post("/v1/jobs", headers=auth, json=body), 429, "rate_limit_error",
+                 param="active_jobs")  # a paused job is unfinished: it keeps its place
     assert client.post(f"/v1/jobs/{first.json()['id']}/cancel", headers=auth).json()["status"] == "cancelled"
     assert client.post("/v1/jobs", headers=auth, json=body).status_code == 201  # a finished job no longer counts
 

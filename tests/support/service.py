@@ -4,9 +4,11 @@ few API calls many tests make (upload a dataset, submit a tiny job, follow or pa
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 import socket
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -125,3 +127,16 @@ def all_events(client: TestClient, headers: dict[str, str], job_id: str) -> list
         if not page["has_more"]:
             return events
         after = events[-1]["seq"]
+
+
+def final_tensors(client: TestClient, headers: dict[str, str], job_id: str) -> dict[str, Any]:
+    """The tensors of the job's `final` checkpoint, downloaded through the API (to compare runs bit for bit)."""
+    from safetensors.torch import load
+
+    checkpoints = {c["kind"]: c for c in client.get(f"/v1/jobs/{job_id}/checkpoints", headers=headers).json()["data"]}
+    content = client.get(f"/v1/jobs/{job_id}/checkpoints/{checkpoints['final']['id']}/content", headers=headers)
+    assert content.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(content.content), mode="r:gz") as archive:
+        member = archive.extractfile("model.safetensors")
+        assert member is not None
+        return dict(load(member.read()))

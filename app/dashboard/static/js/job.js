@@ -1,9 +1,9 @@
-// Job page: summary, progress, live loss and evaluation curves from the event stream, cancel, delete, metrics CSV,
-// checkpoints.
+// Job page: summary, progress, live loss and evaluation curves from the event stream, pause, resume, cancel, delete,
+// metrics CSV, checkpoints.
 
 import { api, download, followEvents, listAll } from "./api.js";
 import {
-  TERMINAL, announce, errorBox, fmtBytes, fmtDuration, fmtNum, h, pageTitle, progressCell, replace, statusBadge,
+  PAUSABLE, TERMINAL, announce, errorBox, fmtBytes, fmtDuration, fmtNum, h, pageTitle, progressCell, replace, statusBadge,
   studentText, timeEl,
 } from "./ui.js";
 
@@ -32,6 +32,8 @@ export async function render(main, { jobId }) {
   pageTitle(job.name || job.id);
 
   const statusSlot = h("span", { id: "job-status" });
+  const pause = h("button", { type: "button", class: "secondary", id: "pause-job" }, "Pause job");
+  const resume = h("button", { type: "button", class: "secondary", id: "resume-job" }, "Resume job");
   const cancel = h("button", { type: "button", class: "danger", id: "cancel-job" }, "Cancel job");
   const remove = h("button", { type: "button", class: "danger", id: "delete-job" }, "Delete job");
   const metricsCsv = h("button", { type: "button", class: "secondary", id: "metrics-csv" }, "Metrics CSV");
@@ -55,7 +57,7 @@ export async function render(main, { jobId }) {
     h("p", {}, h("a", { href: "#/jobs" }, "← All jobs")),
     h("div", { class: "title-row" },
       h("h1", {}, job.name || job.id, " ", statusSlot),
-      h("div", { class: "actions" }, metricsCsv, cancel, remove)),
+      h("div", { class: "actions" }, metricsCsv, pause, resume, cancel, remove)),
     errorSlot,
     warningSlot,
     h("section", { class: "card", "aria-labelledby": "h-progress" },
@@ -84,14 +86,19 @@ export async function render(main, { jobId }) {
     replace(statusSlot, statusBadge(j.status));
     cancel.disabled = TERMINAL.has(j.status) || j.status === "cancelling";
     cancel.hidden = TERMINAL.has(j.status);
+    pause.hidden = !PAUSABLE.has(j.status) && j.status !== "pausing";
+    pause.disabled = j.status === "pausing"; // the worker is saving the training state
+    resume.hidden = j.status !== "paused";
+    resume.disabled = false;
     remove.hidden = !TERMINAL.has(j.status);
     const p = j.progress || {};
+    const still = TERMINAL.has(j.status) || j.status === "paused"; // no ETA, no phase: nothing runs
     replace(progress,
       h("div", {},
         progressCell(p, j.status), " ",
         h("span", {}, `step ${p.step ?? 0}${p.total_steps ? ` of ${p.total_steps}` : ""}, epoch ${p.epoch ?? 0}`),
-        TERMINAL.has(j.status) ? null : h("span", {}, ` · ETA ${fmtDuration(p.eta_seconds)}`)),
-      TERMINAL.has(j.status) || !p.phase ? null : phaseLine(p.phase));
+        still ? null : h("span", {}, ` · ETA ${fmtDuration(p.eta_seconds)}`)),
+      still || !p.phase ? null : phaseLine(p.phase));
     for (const code of j.metrics?.warnings || []) if (!warnings.has(code)) warnings.set(code, `warning: ${code}`);
     showWarnings();
     const best = j.metrics?.best || {};
@@ -129,16 +136,19 @@ export async function render(main, { jobId }) {
   }
   refreshCheckpoints();
 
-  cancel.addEventListener("click", async () => {
-    cancel.disabled = true;
-    try {
-      showJob(await api(`/v1/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" }));
-      announce(`Job ${current.status}.`);
-    } catch (error) {
-      replace(errorSlot, errorBox(error));
-      cancel.disabled = false;
-    }
-  });
+  // Cancel, pause and resume: POST /v1/jobs/{id}/<action>; the answer is the job in its new status.
+  for (const [button, action] of [[cancel, "cancel"], [pause, "pause"], [resume, "resume"]]) {
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        showJob(await api(`/v1/jobs/${encodeURIComponent(jobId)}/${action}`, { method: "POST" }));
+        announce(`Job ${current.status}.`);
+      } catch (error) {
+        replace(errorSlot, errorBox(error));
+        button.disabled = false;
+      }
+    });
+  }
 
   metricsCsv.addEventListener("click", async () => {
     try {

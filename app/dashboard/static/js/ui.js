@@ -34,7 +34,11 @@ export function announce(message) {
 }
 
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-export const STATUSES = ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"];
+export const STATUSES = [
+  "queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed", "cancelled",
+];
+// The statuses a pause or a resume is accepted from (docs/design.md "Job states").
+export const PAUSABLE = new Set(["queued", "running"]);
 
 export function statusBadge(status) {
   return h("span", { class: `status status-${status}`, "data-status": status }, status);
