@@ -243,6 +243,8 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     assert any(e["type"] == "phase" and e["data"]["phase"] == "teacher_cache" for e in events)
     # two measures, two names: the job's gradient agreement is explained beside its curve
     assert "saliency profile cosine" in page.locator("#gradient-agreement-note").inner_text()
+    checkpoint_columns = page.locator("#checkpoint-table thead").inner_text().lower()
+    assert "gradient agreement" in checkpoint_columns and "saliency agreement" not in checkpoint_columns
     shot(page, "04-job")
 
     # --- download the final checkpoint (fetched with the header, saved as a blob)
@@ -267,6 +269,8 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     first = examples.first
     assert first.locator("[data-model=teacher] .tok").count() == first.locator("[data-model=student] .tok").count()
     assert first.locator("[data-model=student] .tok[data-score]").count() >= 3
+    assert "saliency profile cosine" in first.inner_text()
+    assert "gradient agreement" in page.locator("#profile-cosine-note").inner_text()  # the other measure, named apart
     assert_labelled(page)
     shot(page, "05-saliency")
     page.fill("#sal-texts", "the film was wonderful")

@@ -267,12 +267,14 @@ function addLog(log, event) {
 }
 
 function checkpointTable(jobId, rows) {
+  // named as on the curves: the metric saliency_agreement is the "gradient agreement" (not the saliency page's cosine)
   const keys = ["accuracy", "macro_f1", "teacher_agreement", "saliency_agreement"];
   // best-onnx / best-onnx-int8 (the job's export) carry their CPU speed, measured by the worker on the dev set.
   const speed = ["ms_per_example_batch1", "examples_per_second_batch32"];
   return h("div", { class: "table-wrap" }, h("table", { id: "checkpoint-table" },
     h("thead", {}, h("tr", {},
-      ["Kind", "Step", ...keys.map((k) => k.replace("_", " ")), "ms/example (batch 1)", "examples/s (batch 32)",
+      ["Kind", "Step", ...keys.map((k) => EVAL_SERIES.find(([key]) => key === k)[1]), "ms/example (batch 1)",
+        "examples/s (batch 32)",
         "Size", ""].map((c) => h("th", { scope: "col" }, c)))),
     h("tbody", {}, rows.map((c) => {
       const status = h("span", { class: "visually-hidden", "aria-live": "polite" });
