@@ -227,6 +227,9 @@ def make_callback(ctx: JobContext) -> Any:
             self.best: dict[str, Any] = dict(stored.get("best") or {})
             self.warnings: list[str] = list(stored.get("warnings") or [])  # codes of `warning` events
             self.best_archive: PackedArchive | None = None  # the `best` archive this attempt packed
+            # Whether the gradient terms already have weight: a resumed attempt reads it from the last recorded step
+            # (the step they started on is always recorded), so the start is announced once per job.
+            self.gradient_started = (self.latest.get("grad_weight") or 0) > 0
             hyperparameters = ctx.read(lambda s: s.scalar(select(Job.hyperparameters).where(Job.id == ctx.job_id)))
             self.keep_epochs = int((hyperparameters or {}).get("n_checkpoints") or 0)
             storage = get_storage(ctx.settings)
@@ -258,7 +261,9 @@ def make_callback(ctx: JobContext) -> Any:
         # job's row lock, or SQLite's write lock), the status is read after it, inside the same transaction:
         # if the job is being cancelled the transaction is rolled back (seq stays gapless) and training
         # stops, so no metrics event ever follows the `cancelling` event.
-        def _record(self, progress: Any, message: str, data: dict[str, Any] | None) -> None:
+        def _record(self, progress: Any, message: str, data: dict[str, Any] | None,
+                    note: tuple[str, dict[str, Any]] | None = None) -> None:
+            """`note`: a `log` event (message, data) written in the same transaction, after the metrics event."""
             self.progress = {**progress.as_dict(), "phase": self.progress.get("phase")}
             if self.training:  # between evaluations the job is training: the phase follows the steps
                 self.progress["phase"] = PhaseProgress("training", progress.step, progress.total_steps,
@@ -270,6 +275,8 @@ def make_callback(ctx: JobContext) -> Any:
                 ctx.hold(session)
                 if data is not None:
                     append_event(session, ctx.job_id, "metrics", message, data)
+                if note is not None:
+                    append_event(session, ctx.job_id, "log", *note)
                 else:
                     session.execute(update(Job).where(Job.id == ctx.job_id).values(heartbeat_at=now)
                                     .execution_options(synchronize_session=False))
@@ -350,10 +357,21 @@ def make_callback(ctx: JobContext) -> Any:
             self.last_step_time = now
             values = _clean({**metrics.as_dict(), "step": progress.step, "epoch": progress.epoch})
             self.latest = {**self.latest, **values}
+            note = self.gradient_start_note(progress.step, values.get("grad_weight"))
             every = ctx.settings.metrics_every_steps
-            if progress.step % every == 0 or progress.step == progress.total_steps or progress.step == 1:
+            if (progress.step % every == 0 or progress.step == progress.total_steps or progress.step == 1
+                    or note is not None):
                 message = f"step {progress.step}/{progress.total_steps} loss {values.get('loss')}"
-                self._record(progress, message, values)
+                self._record(progress, message, values, note)
+
+        def gradient_start_note(self, step: int, weight: float | None) -> tuple[str, dict[str, Any]] | None:
+            """The `log` event of the first step whose gradient terms have weight: the total loss gains a term
+            there, and the dashboard marks the step on its loss curves (docs/dashboard.md)."""
+            if self.gradient_started or not weight or weight <= 0:
+                return None
+            self.gradient_started = True
+            return (f"gradient term started at step {step} (weight {weight:g}): the total loss includes it from here",
+                    {"step": step, "gradient_term_started": True, "grad_weight": weight})
 
         def on_evaluate(self, progress: Any, metrics: dict[str, float]) -> None:
             values = _clean({**metrics, "step": progress.step, "epoch": progress.epoch, "eval": True})

@@ -94,6 +94,26 @@ def assert_labelled(page: Any) -> None:
     assert page.evaluate(UNLABELLED) == []
 
 
+def labels_beside_checkboxes(page: Any) -> None:
+    """Every checkbox of the form has its label on the same line, just right of it."""
+    boxes = page.locator("#new-job-form input[type=checkbox]")
+    assert boxes.count() >= 3
+    for i in range(boxes.count()):
+        box = boxes.nth(i).bounding_box()
+        label = page.locator(f"label[for='{boxes.nth(i).get_attribute('id')}']").bounding_box()
+        assert box and label, boxes.nth(i).get_attribute("id")
+        assert label["y"] < box["y"] + box["height"] and box["y"] < label["y"] + label["height"]  # same line
+        wraps = label["x"] <= box["x"] and box["x"] + box["width"] <= label["x"] + label["width"]
+        assert wraps or 0 <= label["x"] - (box["x"] + box["width"]) < 40  # around it or right beside it
+
+
+def sign_in(page: Any, url: str, key: str) -> None:
+    page.goto(url + "/")
+    page.fill("#api-key", key)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#nav:not([hidden])")
+
+
 def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_teacher: Path, tmp_path: Path) -> None:
     from gkd.config import Hyperparameters, StudentSpec
 
@@ -144,6 +164,19 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     # --- new job: the form is generated from /openapi.json, i.e. from gkd.config
     page.get_by_role("link", name="New job").click()
     page.wait_for_selector("#new-job-form")
+    # the research-level fields are folded under "Advanced"; the essentials are in view
+    advanced = page.locator("#advanced-settings")
+    assert advanced.get_attribute("open") is None
+    assert page.locator("#f-hyperparameters-epochs").is_visible()
+    assert page.locator("#f-student-num_layers").is_visible()
+    assert page.locator("#f-hyperparameters-temperature").is_hidden()
+    folded = advanced.locator("input, select").count()
+    assert folded == len(StudentSpec.model_fields) + len(Hyperparameters.model_fields) - 6
+    assert f"({folded} fields, all at their defaults)" in advanced.locator("summary").inner_text()
+    advanced.locator("summary").click()
+    assert advanced.get_attribute("open") == "" and page.locator("#f-hyperparameters-temperature").is_visible()
+    labels_beside_checkboxes(page)
+    shot(page, "03-new-job-advanced")
     for prefix, model in (("student", StudentSpec), ("hyperparameters", Hyperparameters)):
         for name, info in model.model_fields.items():
             field = page.locator(f"#f-{prefix}-{name}")
@@ -170,16 +203,25 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     assert page.locator("#f-student-num_layers").get_attribute("aria-invalid") == "true"
     assert page.evaluate("document.activeElement.id") == "f-student-num_layers"
     page.fill("#f-student-num_layers", "1")
+    page.fill("#f-hyperparameters-seed", "7")  # an advanced field
+    advanced.locator("summary").filter(has_text="1 changed").wait_for()
+    advanced.locator("summary").click()  # folded again: its fields are still sent
+    assert page.locator("#f-hyperparameters-seed").is_hidden()
     shot(page, "03-new-job")
-    page.click("#submit-job")
+    with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as submitted:
+        page.click("#submit-job")
+    sent = submitted.value.post_data_json
+    assert set(sent["student"]) == set(StudentSpec.model_fields)
+    assert set(sent["hyperparameters"]) == set(Hyperparameters.model_fields)
+    assert sent["hyperparameters"]["seed"] == 7 and sent["hyperparameters"]["epochs"] == 1
     page.wait_for_url("**/dashboard/#/jobs/job_*")
     job_id = page.url.rsplit("/", 1)[1]
     assert key not in page.url
 
     # --- job page: the curve grows from the event stream until the job succeeds
-    page.wait_for_selector("#loss-chart")
+    page.wait_for_selector("#loss-chart-loss")
     page.evaluate("""() => {
-        const box = document.getElementById('loss-chart');
+        const box = document.getElementById('loss-chart-loss');
         window.__points = [Number(box.dataset.points)];
         new MutationObserver(() => window.__points.push(Number(box.dataset.points)))
             .observe(box, {attributes: true, attributeFilter: ['data-points']});
@@ -191,16 +233,18 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     train_steps = {e["data"]["step"] for e in events if e["type"] == "metrics" and not e["data"].get("eval")}
     evals = [e for e in events if e["type"] == "metrics" and e["data"].get("eval")]
     assert len(train_steps) >= 3 and evals
-    page.wait_for_function(f"document.getElementById('loss-chart').dataset.points === '{len(train_steps)}'")
+    page.wait_for_function(f"document.getElementById('loss-chart-loss').dataset.points === '{len(train_steps)}'")
     observed = page.evaluate("window.__points")
     assert observed == sorted(observed) and observed[-1] == len(train_steps) and len(set(observed)) >= 2, observed
     assert page.locator("#eval-table tbody tr").count() == len(evals)
-    assert page.locator("#loss-chart canvas").count() >= 1
+    assert page.locator("#loss-chart-loss canvas").count() >= 1
     assert page.locator("#event-log li").count() == len(events)
     assert page.locator("#cancel-job").is_hidden()
     assert any(e["type"] == "phase" and e["data"]["phase"] == "teacher_cache" for e in events)
     # two measures, two names: the job's gradient agreement is explained beside its curve
     assert "saliency profile cosine" in page.locator("#gradient-agreement-note").inner_text()
+    checkpoint_columns = page.locator("#checkpoint-table thead").inner_text().lower()
+    assert "gradient agreement" in checkpoint_columns and "saliency agreement" not in checkpoint_columns
     shot(page, "04-job")
 
     # --- download the final checkpoint (fetched with the header, saved as a blob)
@@ -225,6 +269,8 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     first = examples.first
     assert first.locator("[data-model=teacher] .tok").count() == first.locator("[data-model=student] .tok").count()
     assert first.locator("[data-model=student] .tok[data-score]").count() >= 3
+    assert "saliency profile cosine" in first.inner_text()
+    assert "gradient agreement" in page.locator("#profile-cosine-note").inner_text()  # the other measure, named apart
     assert_labelled(page)
     shot(page, "05-saliency")
     page.fill("#sal-texts", "the film was wonderful")
@@ -291,6 +337,58 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     page.get_by_role("button", name="Forget key").click()
     page.wait_for_selector("#api-key")
     assert page.evaluate("sessionStorage.getItem('gkd.apiKey')") is None
+    assert page.problems == [], page.problems
+
+
+def test_loss_terms_have_their_own_charts_and_the_gradient_start_is_marked(
+        service: tuple[Settings, str], page: Any, tiny_teacher: Path) -> None:
+    """A gradient_kd job whose gradient term starts half-way: total, ce, kd and grad each get a chart of their own
+    (own y scale), and every one marks the step the worker announced, with a caption saying what the mark means."""
+    settings, url = service
+    key = new_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    teacher_id = register_teacher(settings, key, tiny_teacher, name="tiny-teacher")
+    train = httpx.post(url + "/v1/datasets", headers=headers,
+                       files={"file": ("train.csv", csv_bytes(sentiment_rows(48)), "text/csv")})
+    assert train.status_code == 201, train.text
+    # a fixed schedule (no accuracy guard, which a run this short would never open): full weight from half-way
+    hyperparameters = {"epochs": 1, "batch_size": 4, "max_length": 16, "accuracy_guard": False,
+                       "gradient_start_ratio": 0.5, "gradient_warmup_ratio": 0.0}
+    job = httpx.post(url + "/v1/jobs", headers=headers, json={
+        "teacher": teacher_id, "training_dataset": train.json()["id"], "method": "gradient_kd",
+        "student": {"num_layers": 1}, "hyperparameters": hyperparameters, "name": "gradient-start"}).json()
+    sign_in(page, url, key)
+    page.goto(f"{url}/dashboard/#/jobs/{job['id']}")
+    page.wait_for_selector("#job-status [data-status=succeeded]", timeout=120_000)
+    page.wait_for_selector("#stream-state[data-state=ended]")
+
+    events = httpx.get(f"{url}/v1/jobs/{job['id']}/events?limit=1000", headers=headers).json()["data"]
+    starts = [e["data"]["step"] for e in events if e["type"] == "log" and e["data"].get("gradient_term_started")]
+    assert len(starts) == 1, events
+    start = starts[0]
+    steps = [e["data"] for e in events if e["type"] == "metrics" and not e["data"].get("eval")]
+    assert 1 < start < steps[-1]["step"]  # the term starts mid-run
+    for term in ("loss", "ce", "kd", "grad"):
+        points = sorted(d["step"] for d in steps if isinstance(d.get(term), float | int))
+        chart = page.locator(f"#loss-chart-{term}")
+        page.wait_for_function(f"document.getElementById('loss-chart-{term}').dataset.points === '{len(points)}'")
+        assert chart.is_visible() and chart.locator("canvas").count() >= 1
+        assert chart.locator(".u-legend .u-series").count() == 2  # the step and this one term: its own y scale
+        assert chart.get_attribute("data-mark-step") == str(start)
+        mark = chart.locator(".chart-mark")
+        assert mark.is_visible() and mark.get_attribute("data-step") == str(start)
+        # the line stands where the step lies on the chart's x axis
+        area = chart.locator(".u-over").bounding_box()
+        line = mark.bounding_box()
+        assert area and line
+        expected = (start - points[0]) / (points[-1] - points[0])
+        assert (line["x"] - area["x"]) / area["width"] == pytest.approx(expected, abs=0.03), term
+    assert points[0] == start  # the grad term's own chart begins where it starts
+    assert page.locator("#loss-chart-pkd").locator("xpath=..").is_hidden()  # gradient_kd has no pkd term
+    assert f"step {start}" in page.locator("#gradient-start-note").inner_text()
+    assert "not training diverging" in page.locator("#loss-note").inner_text()
+    page.locator("#h-curves").scroll_into_view_if_needed()
+    shot(page, "07-loss-terms")
     assert page.problems == [], page.problems
 
 

@@ -2,17 +2,20 @@
 // metrics CSV, checkpoints.
 
 import { api, download, followEvents, listAll } from "./api.js";
+import { Chart } from "./charts.js";
 import {
   PAUSABLE, TERMINAL, announce, errorBox, fmtBytes, fmtDuration, fmtNum, h, pageTitle, progressCell, replace, statusBadge,
   studentText, timeEl,
 } from "./ui.js";
 
-const LOSS_SERIES = [
-  ["loss", "total", "#174ea6", []],
-  ["kd", "kd", "#b34700", [8, 4]],
-  ["ce", "ce", "#1b6b2c", [2, 3]],
-  ["grad", "grad", "#7b2d8e", [10, 3, 2, 3]],
-  ["pkd", "pkd", "#5f6368", [4, 4]],
+// One chart per loss term, each on its own y scale: the total jumps when the gradient term starts (a term is added),
+// which on a shared scale reads as divergence.
+const LOSS_TERMS = [
+  ["loss", "Total loss", "#174ea6", []],
+  ["ce", "Cross-entropy with the labels (ce)", "#1b6b2c", []],
+  ["kd", "Logit distillation, KL to the teacher (kd)", "#b34700", []],
+  ["grad", "Gradient term, input-gradient alignment (grad)", "#7b2d8e", []],
+  ["pkd", "Hidden-state distillation (pkd)", "#5f6368", []],
 ];
 const EVAL_SERIES = [
   ["accuracy", "dev accuracy", "#174ea6", []],
@@ -47,8 +50,23 @@ export async function render(main, { jobId }) {
     replace(warningSlot, warnings.size ? h("ul", { class: "warning-list", role: "status" },
       [...warnings.values()].map((text) => h("li", {}, text))) : null);
   }
-  const lossChart = new Chart("loss-chart", "Training loss", LOSS_SERIES);
-  const evalChart = new Chart("eval-chart", "Dev accuracy and gradient agreement per evaluation", EVAL_SERIES, [0, 1]);
+  const lossCharts = LOSS_TERMS.map(([key, caption, color, dash]) =>
+    new Chart(`loss-chart-${key}`, caption, [[key, key === "loss" ? "total" : key, color, dash]], { height: 170 }));
+  for (const chart of lossCharts.slice(1)) chart.figure.hidden = true; // shown once the job reports the term
+  const evalChart = new Chart("eval-chart", "Dev accuracy and gradient agreement per evaluation", EVAL_SERIES,
+    { range: [0, 1] });
+  const charts = [...lossCharts, evalChart];
+  const lossNote = h("p", { class: "muted chart-note", id: "loss-note" }, "Each loss term on its own scale.");
+  let gradientStart = null; // { step, exact }: the step the gradient term starts on
+  function markGradientStart(step, exact) {
+    if (typeof step !== "number" || (gradientStart && (gradientStart.exact || !exact))) return;
+    gradientStart = { step, exact };
+    for (const chart of charts) chart.setMark(step, "gradient term starts");
+    replace(lossNote, "Each loss term on its own scale. ",
+      h("span", { id: "gradient-start-note", "data-step": String(step) }, `The dashed line at step ${step} marks where `,
+        "the gradient term starts: from there the total loss includes it, so a rise in the total there is a ",
+        "new term being added, not training diverging."));
+  }
   const evalTable = h("tbody");
   const log = h("ol", { class: "events", id: "event-log", "aria-label": "Events, newest first" });
   const checkpoints = h("div", { id: "checkpoints" }, h("p", { class: "muted" }, "No checkpoint yet."));
@@ -64,7 +82,11 @@ export async function render(main, { jobId }) {
       h("h2", { id: "h-progress" }, "Progress ", streamState), progress),
     h("section", { class: "card", "aria-labelledby": "h-curves" },
       h("h2", { id: "h-curves" }, "Curves"),
-      h("div", { class: "grid-2" }, lossChart.figure, evalChart.figure),
+      h("h3", {}, "Training loss per term"),
+      h("div", { class: "small-multiples", id: "loss-charts" }, lossCharts.map((c) => c.figure)),
+      lossNote,
+      h("h3", {}, "Evaluations"),
+      evalChart.figure,
       h("p", { class: "muted", id: "gradient-agreement-note" },
         "Gradient agreement (the API's saliency_agreement): the mean over dev tokens of the cosine between the ",
         "teacher's and the student's input-gradient vectors, i.e. whether each token pushes both models the same ",
@@ -191,7 +213,14 @@ export async function render(main, { jobId }) {
         evalTable.prepend(h("tr", {}, h("td", {}, String(d.step)), h("td", {}, String(d.epoch ?? "")),
           EVAL_SERIES.map(([k]) => h("td", { class: "num" }, fmtNum(d[k])))));
       } else {
-        lossChart.add(d.step, d);
+        for (const chart of lossCharts) {
+          const [key] = chart.series[0];
+          if (typeof d[key] !== "number") continue;
+          chart.figure.hidden = false;
+          chart.add(d.step, { [key]: d[key] });
+        }
+        // events of jobs run before the worker announced the start: the first step with gradient weight
+        if (d.grad_weight > 0) markGradientStart(d.step, false);
       }
       scheduleRefresh();
     } else if (event.type === "status") {
@@ -199,6 +228,8 @@ export async function render(main, { jobId }) {
       announce(`Job ${d.status}.`);
       if (TERMINAL.has(d.status)) refreshCheckpoints();
       return TERMINAL.has(d.status);
+    } else if (event.type === "log" && d.gradient_term_started) {
+      markGradientStart(d.step, true);
     } else if (event.type === "checkpoint") {
       refreshCheckpoints();
     } else if (event.type === "warning") {
@@ -225,14 +256,13 @@ export async function render(main, { jobId }) {
     },
   });
 
-  const onResize = () => { lossChart.resize(); evalChart.resize(); };
+  const onResize = () => { for (const chart of charts) chart.resize(); };
   window.addEventListener("resize", onResize);
   return () => {
     controller.abort();
     clearTimeout(refreshTimer);
     window.removeEventListener("resize", onResize);
-    lossChart.destroy();
-    evalChart.destroy();
+    for (const chart of charts) chart.destroy();
   };
 }
 
@@ -247,12 +277,14 @@ function addLog(log, event) {
 }
 
 function checkpointTable(jobId, rows) {
+  // named as on the curves: the metric saliency_agreement is the "gradient agreement" (not the saliency page's cosine)
   const keys = ["accuracy", "macro_f1", "teacher_agreement", "saliency_agreement"];
   // best-onnx / best-onnx-int8 (the job's export) carry their CPU speed, measured by the worker on the dev set.
   const speed = ["ms_per_example_batch1", "examples_per_second_batch32"];
   return h("div", { class: "table-wrap" }, h("table", { id: "checkpoint-table" },
     h("thead", {}, h("tr", {},
-      ["Kind", "Step", ...keys.map((k) => k.replace("_", " ")), "ms/example (batch 1)", "examples/s (batch 32)",
+      ["Kind", "Step", ...keys.map((k) => EVAL_SERIES.find(([key]) => key === k)[1]), "ms/example (batch 1)",
+        "examples/s (batch 32)",
         "Size", ""].map((c) => h("th", { scope: "col" }, c)))),
     h("tbody", {}, rows.map((c) => {
       const status = h("span", { class: "visually-hidden", "aria-live": "polite" });
@@ -283,77 +315,6 @@ function checkpointTable(jobId, rows) {
             : h("a", { href: `#/jobs/${jobId}/checkpoints/${c.id}/saliency`, "data-saliency": c.kind },
               "Saliency", h("span", { class: "visually-hidden" }, ` of the ${c.kind} checkpoint`)), status)));
     }))));
-}
-
-/** A uPlot line chart over training steps, fed point by point; redraws at most once per frame. */
-class Chart {
-  constructor(id, caption, series, range) {
-    this.series = series;
-    this.range = range;
-    this.points = new Map(); // step -> values
-    this.box = h("div", { class: "chart-box", id, "data-points": "0", role: "img", "aria-label": `${caption}: no data yet` });
-    this.empty = h("p", { class: "chart-empty" }, "Waiting for data…");
-    this.figure = h("figure", { class: "chart" }, h("figcaption", {}, caption), this.box, this.empty);
-    this.plot = null;
-    this.frame = null;
-  }
-
-  add(step, values) {
-    if (typeof step !== "number") return;
-    this.points.set(step, { ...(this.points.get(step) || {}), ...values });
-    if (!this.frame) this.frame = requestAnimationFrame(() => { this.frame = null; this.draw(); });
-  }
-
-  data() {
-    const steps = [...this.points.keys()].sort((a, b) => a - b);
-    const present = this.series.filter(([k]) => steps.some((s) => typeof this.points.get(s)[k] === "number"));
-    const columns = present.map(([k]) => steps.map((s) => {
-      const v = this.points.get(s)[k];
-      return typeof v === "number" ? v : null;
-    }));
-    return { steps, present, columns };
-  }
-
-  draw() {
-    const { steps, present, columns } = this.data();
-    this.box.dataset.points = String(steps.length);
-    if (!steps.length || !window.uPlot) return;
-    this.empty.hidden = true;
-    const last = steps[steps.length - 1];
-    const summary = present.map(([k, label], i) => `${label} ${fmtNum(columns[i][columns[i].length - 1])}`).join(", ");
-    this.box.setAttribute("aria-label", `${this.figure.querySelector("figcaption").textContent}: ${steps.length} points, at step ${last}: ${summary}`);
-    const keys = present.map(([k]) => k).join(",");
-    if (this.plot && this.keys !== keys) { this.plot.destroy(); this.plot = null; }
-    if (!this.plot) {
-      this.keys = keys;
-      this.plot = new window.uPlot({
-        width: this.width(),
-        height: 240,
-        scales: { x: { time: false }, y: this.range ? { range: this.range } : {} },
-        axes: [{ label: "step", stroke: "#16181d", grid: { stroke: "#e3e6ec" } },
-          { stroke: "#16181d", grid: { stroke: "#e3e6ec" }, size: 56 }],
-        series: [{ label: "step" }, ...present.map(([, label, color, dash]) => ({
-          label, stroke: color, width: 2, dash, points: { show: steps.length < 60 }, spanGaps: true,
-        }))],
-        legend: { live: true },
-      }, [steps, ...columns], this.box);
-    } else {
-      this.plot.setData([steps, ...columns]);
-    }
-  }
-
-  width() {
-    return Math.max(280, Math.floor(this.box.clientWidth || this.figure.clientWidth || 500));
-  }
-
-  resize() {
-    if (this.plot) this.plot.setSize({ width: this.width(), height: 240 });
-  }
-
-  destroy() {
-    if (this.frame) cancelAnimationFrame(this.frame);
-    if (this.plot) this.plot.destroy();
-  }
 }
 
 const PHASE_TITLES = {

@@ -126,17 +126,37 @@ function field(path, prop) {
     h("span", { class: "help", id: helpId }, help.join(""))), read, d];
 }
 
-function group(schemas, prefix, schema, legend) {
+// The settings most jobs change; every other field of the schema (a new one included) goes under "Advanced".
+const ESSENTIAL = new Set([
+  "student.num_layers", "student.hidden_size",
+  "hyperparameters.epochs", "hyperparameters.batch_size", "hyperparameters.learning_rate", "hyperparameters.max_length",
+]);
+
+/** The inputs of one schema object (`student`, `hyperparameters`), split into essential and advanced ones. */
+function group(schemas, prefix, schema) {
   const readers = {};
-  const fields = [];
+  const essential = [];
+  const advanced = [];
   for (const [name, prop] of Object.entries(schema.properties)) {
     const [el, read] = field(`${prefix}.${name}`, prop);
-    fields.push(el);
+    (ESSENTIAL.has(`${prefix}.${name}`) ? essential : advanced).push(el);
     readers[name] = read;
   }
-  const el = h("fieldset", { id: `fs-${prefix}` }, h("legend", {}, legend),
-    schema.description ? h("p", { class: "help" }, schema.description) : null, h("div", { class: "fields" }, fields));
-  return [el, () => Object.fromEntries(Object.entries(readers).map(([k, r]) => [k, r()]))];
+  const read = () => Object.fromEntries(Object.entries(readers).map(([k, r]) => [k, r()]));
+  return { essential, advanced, read, description: schema.description };
+}
+
+function fieldset(id, legend, fields, description) {
+  return h("fieldset", { id }, h("legend", {}, legend), description ? h("p", { class: "help" }, description) : null,
+    h("div", { class: "fields" }, fields));
+}
+
+const inputState = (el) => (el.type === "checkbox" ? el.checked : el.value);
+
+/** Counts the inputs of `section` that differ from their state when the form was drawn (their defaults). */
+function changeCounter(section) {
+  const initial = new Map([...section.querySelectorAll("input, select")].map((el) => [el, inputState(el)]));
+  return () => [...initial].filter(([el, value]) => inputState(el) !== value).length;
 }
 
 export async function render(main) {
@@ -166,8 +186,22 @@ export async function render(main) {
   const exportBoxes = exportFormats.map((f) => h("input", { type: "checkbox", id: `f-export-${f}`, name: "export",
     value: f, "data-export": f }));
 
-  const [studentSet, readStudent] = group(schemas, "student", deref(schemas, props.student), "Student");
-  const [hpSet, readHp] = group(schemas, "hyperparameters", deref(schemas, props.hyperparameters), "Hyperparameters");
+  const student = group(schemas, "student", deref(schemas, props.student));
+  const hp = group(schemas, "hyperparameters", deref(schemas, props.hyperparameters));
+  const advancedCount = student.advanced.length + hp.advanced.length;
+  const advancedSummary = h("span", {});
+  const advanced = h("details", { id: "advanced-settings", class: "advanced" },
+    h("summary", {}, "Advanced settings ", advancedSummary),
+    h("p", { class: "help" }, "Research-level settings of the student and the training. Their defaults are the ",
+      "recommended ones; every one of them is sent with the job."),
+    fieldset("fs-student-advanced", "Student", student.advanced),
+    fieldset("fs-hyperparameters-advanced", "Hyperparameters", hp.advanced));
+  const changedCount = changeCounter(advanced);
+  const showAdvancedSummary = () => {
+    const changed = changedCount();
+    advancedSummary.textContent = `(${advancedCount} fields${changed ? `, ${changed} changed` : ", all at their defaults"})`;
+  };
+  showAdvancedSummary();
   const errors = h("div", { id: "form-errors", tabindex: "-1" });
   const submit = h("button", { type: "submit", id: "submit-job" }, "Start distillation");
   let idempotencyKey = crypto.randomUUID();
@@ -189,12 +223,16 @@ export async function render(main) {
       exportFormats.length ? h("div", { class: "field", id: "f-export" }, h("span", {}, "Export ", h("code", {}, "export")),
         exportBoxes.map((box) => h("label", { class: "checkbox", for: box.id }, box, ` ${box.value}`)),
         h("span", { class: "help" }, props.export?.description || "")) : null)),
-    studentSet,
-    hpSet,
+    fieldset("fs-student", "Student", student.essential, student.description),
+    fieldset("fs-hyperparameters", "Training", hp.essential, hp.description),
+    advanced,
     h("p", {}, submit));
   replace(main, form);
 
-  form.addEventListener("input", () => { idempotencyKey = crypto.randomUUID(); });
+  form.addEventListener("input", () => { idempotencyKey = crypto.randomUUID(); showAdvancedSummary(); });
+  form.addEventListener("change", showAdvancedSummary);
+  // The browser's own checks (min, max, required) must be able to show a folded field: open its section first.
+  form.addEventListener("invalid", (event) => { event.target.closest("details")?.setAttribute("open", ""); }, true);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
@@ -206,8 +244,8 @@ export async function render(main) {
         training_dataset: train.value,
         validation_dataset: dev.value || null,
         name: name.value.trim() || null,
-        student: readStudent(),
-        hyperparameters: readHp(),
+        student: student.read(),
+        hyperparameters: hp.read(),
         export: exportBoxes.filter((box) => box.checked).map((box) => box.value),
       };
     } catch (error) {
@@ -224,6 +262,7 @@ export async function render(main) {
       replace(errors, errorBox(error));
       const target = error.param && document.getElementById(fieldId(error.param));
       if (target) {
+        target.closest("details")?.setAttribute("open", "");  // a folded field the server named is shown
         target.setAttribute("aria-invalid", "true");
         target.focus();
       } else {

@@ -26,6 +26,10 @@ export async function render(main, { jobId, checkpointId }) {
       + "depends on it), scaled to the most salient word of the row ([CLS] and [SEP] are not shaded): ",
       h("span", { class: "legend-scale", role: "img", "aria-label": "from transparent (low) to amber (high)" }),
       " low → high. ", h("code", {}, checkpointId)),
+    h("p", { class: "muted", id: "profile-cosine-note" }, "Each example's saliency profile cosine compares how much each ",
+      "token matters to the two models (the shading above), not which way it pushes them, so it reads higher than ",
+      "the job page's gradient agreement (the API's saliency_agreement), which compares the input-gradient vectors ",
+      "themselves over the whole dev set."),
     h("div", { class: "card" }, devForm, textForm),
     results);
 
