@@ -13,12 +13,13 @@ from app.store.settings import Settings
 
 
 def worker_argv(settings: Settings, *, name: str = "gkd@%h", loglevel: str = "INFO") -> list[str]:
-    from worker.celery_app import worker_queues
+    from worker.celery_app import is_webhook_worker, worker_queues
 
+    pool = (["--pool=threads", f"--concurrency={settings.webhook_concurrency}"] if is_webhook_worker(settings)
+            else ["--pool=solo", "--concurrency=1"])
     return [
         "worker",
-        "--pool=solo",
-        "--concurrency=1",
+        *pool,
         f"--queues={','.join(worker_queues(settings))}",
         "--without-gossip",
         "--without-mingle",
