@@ -4,6 +4,7 @@ a job's status changes made by the API queue deliveries to the endpoints that as
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,10 @@ def test_create_shows_the_secret_once_and_stores_it_encrypted(client: TestClient
     ("http://[::ffff:127.0.0.1]/hook", "non-public"),
     ("http://0.0.0.0/hook", "non-public"),
     ("https://no-such-host.invalid/hook", "resolve"),
+    ("http://[::1/hook", "malformed"),
+    ("http://93.184.215.14:99999/hook", "malformed"),
+    ("http://" + "a" * 70 + ".example/hook", "resolve"),  # a DNS label over 63 characters
+    ("http://93.184.215.14/#frag", "fragment"),
 ])
 def test_urls_that_may_not_be_targets_get_422(client: TestClient, auth: dict, settings: Settings, url: str,
                                               why: str) -> None:
@@ -93,9 +98,14 @@ def test_urls_that_may_not_be_targets_get_422(client: TestClient, auth: dict, se
     {"url": PUBLIC_URL},
     {"url": PUBLIC_URL, "event_types": ["job.failed"], "secret": "mine"},
     {"url": 5, "event_types": ["job.failed"]},
+    {"url": "http://93.184.215.14/\u0000", "event_types": ["job.failed"]},
+    {"url": "http://93.184.215.14/\ud800", "event_types": ["job.failed"]},
+    {"url": PUBLIC_URL, "event_types": ["job.failed"], "description": "x" * 301},
 ])
 def test_bad_bodies_get_422(client: TestClient, auth: dict, body: dict) -> None:
-    assert_error(client.post("/v1/webhooks", headers=auth, json=body), 422, "invalid_request_error")
+    raw = json.dumps(body)  # ASCII with escapes: a lone surrogate travels as the JSON text \\ud800
+    response = client.post("/v1/webhooks", headers={**auth, "content-type": "application/json"}, content=raw)
+    assert_error(response, 422, "invalid_request_error")
     assert client.get("/v1/webhooks", headers=auth).json()["data"] == []
 
 
