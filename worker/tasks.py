@@ -37,12 +37,14 @@ def run_job(job_id: str) -> str:
 
 
 @celery.task(name=DELIVER_WEBHOOK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def deliver_webhook(delivery_id: str) -> str | None:
+def deliver_webhook(delivery_id: str, lease: str | None = None) -> str | None:
     """One attempt of a webhook delivery; the next attempt (after a failure) is scheduled in the database and sent by
     a webhook worker's dispatcher when due, so no retry waits in a broker message that a killed worker would hold."""
+    from datetime import datetime
+
     from worker.webhooks import attempt
 
-    return attempt(worker_settings(), delivery_id)
+    return attempt(worker_settings(), delivery_id, datetime.fromisoformat(lease) if lease else None)
 
 
 @worker_shutting_down.connect

@@ -25,7 +25,7 @@ from app.store.db import sessionmaker_for, with_retries
 from app.store.orm import Webhook, WebhookDelivery
 from app.store.queue import send_delivery
 from app.store.settings import Settings
-from app.store.webhook_outbox import PENDING, claim_due, record_attempt, release
+from app.store.webhook_outbox import PENDING, claim_due, record_attempt, release, start_attempt
 from app.store.webhook_secrets import unseal
 from app.store.webhook_urls import Target, UnsafeUrl, resolve_target
 
@@ -63,10 +63,13 @@ def post(settings: Settings, url: str, body: str, headers: dict[str, str]) -> in
         return response.status_code
 
 
-def attempt(settings: Settings, delivery_id: str) -> str | None:
-    """Make one attempt of a pending delivery and record it; the delivery's status after it (None: nothing to do)."""
+def attempt(settings: Settings, delivery_id: str, lease: datetime | None = None) -> str | None:
+    """Make one attempt of a pending delivery, if the task's `lease` still holds, and record it; the delivery's
+    status after it (None: nothing to do)."""
     sessions = sessionmaker_for(settings.database_url)
     with sessions() as session:
+        if not start_attempt(session, settings, delivery_id, lease):
+            return None
         delivery = session.get(WebhookDelivery, delivery_id)
         endpoint = session.get(Webhook, delivery.webhook_id) if delivery is not None else None
         if delivery is None or endpoint is None or delivery.status != PENDING:
@@ -121,10 +124,12 @@ class Dispatcher(threading.Thread):
             cls._running = None
 
     def dispatch_once(self) -> int:
+        """Send at most twice what this worker's threads take at once per round, so that deliveries do not wait in
+        the queue past their lease when many are due."""
         sent = 0
         with sessionmaker_for(self.settings.database_url)() as session:
-            for delivery_id in claim_due(session, self.settings):
-                if send_delivery(self.celery, self.settings, delivery_id):
+            for delivery_id, lease in claim_due(session, self.settings, 2 * self.settings.webhook_concurrency):
+                if send_delivery(self.celery, self.settings, delivery_id, lease):
                     sent += 1
                 else:
                     release(session, delivery_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from kombu import Queue
@@ -89,10 +89,12 @@ def send_run_job(celery: Celery, settings: Settings, job_id: str, kind: str | No
     return True
 
 
-def send_delivery(celery: Celery, settings: Settings, delivery_id: str) -> bool:
-    """Send one webhook delivery's attempt to the webhook queue; False when the broker refused it."""
+def send_delivery(celery: Celery, settings: Settings, delivery_id: str, lease: datetime) -> bool:
+    """Send one attempt of a webhook delivery, leased until `lease`, to the webhook queue; False when the broker
+    refused it."""
     try:
-        celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=settings.webhook_queue, retry=True,
+        celery.send_task(DELIVER_WEBHOOK, args=[delivery_id, lease.isoformat()], queue=settings.webhook_queue,
+                         retry=True,
                          retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
                                        "interval_max": 1.0})
     except Exception as exc:  # noqa: BLE001 - the delivery stays due; the next round sends it

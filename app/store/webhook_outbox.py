@@ -66,9 +66,10 @@ def lease_seconds(settings: Settings) -> float:
     return settings.webhook_timeout_seconds * 2 + 5
 
 
-def claim_due(session: Session, settings: Settings, limit: int = 100) -> list[str]:
-    """Pending deliveries whose time has come, each pushed `lease_seconds` into the future by a conditional UPDATE so
-    that several webhook workers do not all send it. Commits."""
+def claim_due(session: Session, settings: Settings, limit: int) -> list[tuple[str, datetime]]:
+    """Up to `limit` pending deliveries whose time has come, each leased: its `next_attempt_at` pushed
+    `lease_seconds` ahead by a conditional UPDATE, so that several dispatchers never both send it. Returns (id,
+    lease) pairs; the task carries the lease and attempts only while it still holds (`start_attempt`). Commits."""
     now = utcnow()
     due = session.execute(
         select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
@@ -76,20 +77,35 @@ def claim_due(session: Session, settings: Settings, limit: int = 100) -> list[st
         .order_by(WebhookDelivery.next_attempt_at).limit(limit)
     ).all()
     session.rollback()
-    lease_until = now + timedelta(seconds=lease_seconds(settings))
-    claimed: list[str] = []
+    lease = now + timedelta(seconds=lease_seconds(settings))
+    claimed: list[tuple[str, datetime]] = []
     for delivery_id, seen in due:
-        won = session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING,
-                   WebhookDelivery.next_attempt_at == seen)
-            .values(next_attempt_at=lease_until)
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
-        session.commit()
-        if won:
-            claimed.append(delivery_id)
+        if _move_lease(session, delivery_id, seen, lease):
+            claimed.append((delivery_id, lease))
     return claimed
+
+
+def start_attempt(session: Session, settings: Settings, delivery_id: str, lease: datetime | None) -> bool:
+    """Take the delivery for one attempt: only while the lease the task was sent with still holds (a message that
+    waited past its lease was sent again; the newer one attempts), renewing it for the attempt. Commits."""
+    if lease is None:  # sent by hand: attempt a pending delivery
+        lease = session.scalar(select(WebhookDelivery.next_attempt_at).where(WebhookDelivery.id == delivery_id))
+        session.rollback()
+        if lease is None:
+            return False
+    return _move_lease(session, delivery_id, lease, utcnow() + timedelta(seconds=lease_seconds(settings)))
+
+
+def _move_lease(session: Session, delivery_id: str, seen: datetime, lease: datetime) -> bool:
+    moved = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING,
+               WebhookDelivery.next_attempt_at == seen)
+        .values(next_attempt_at=lease)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    return bool(moved)
 
 
 def release(session: Session, delivery_id: str) -> None:

@@ -70,10 +70,31 @@ def test_a_due_delivery_is_claimed_once(plain_settings: Settings) -> None:
     settings = plain_settings
     delivery_id, _ = _queued_delivery(settings)
     with sessionmaker_for(settings.database_url)() as one, sessionmaker_for(settings.database_url)() as two:
-        first = claim_due(one, settings)
-        second = claim_due(two, settings)
-    assert delivery_id in first and delivery_id not in second
+        first = claim_due(one, settings, 100)
+        second = claim_due(two, settings, 100)
+    assert delivery_id in [d for d, _ in first] and delivery_id not in [d for d, _ in second]
     assert _row(settings, delivery_id).next_attempt_at > utcnow()  # leased: due again only if its task dies
+
+
+def _expire_lease(settings: Settings, delivery_id: str) -> None:
+    with sessionmaker_for(settings.database_url)() as session:
+        session.query(WebhookDelivery).filter_by(id=delivery_id).update({"next_attempt_at": utcnow()})
+        session.commit()
+
+
+def test_a_message_sent_again_after_its_lease_attempts_once(plain_settings: Settings) -> None:
+    """The first message waited in the queue past its lease, so the delivery was sent again: the stale message
+    makes no request, the newer one does."""
+    settings = plain_settings.model_copy(update={"webhook_allow_private": True})
+    with receiver() as got:
+        delivery_id, _ = _queued_delivery(settings, got.url)
+        with sessionmaker_for(settings.database_url)() as session:
+            [(_, stale)] = claim_due(session, settings, 100)
+            _expire_lease(settings, delivery_id)
+            [(_, fresh)] = claim_due(session, settings, 100)
+        assert attempt(settings, delivery_id, stale) is None and got.received == []
+        assert attempt(settings, delivery_id, fresh) == SUCCEEDED and len(got.received) == 1
+        assert attempt(settings, delivery_id, fresh) is None and len(got.received) == 1  # a duplicate message
 
 
 def test_the_host_is_checked_again_at_delivery(plain_settings: Settings) -> None:
@@ -84,9 +105,7 @@ def test_the_host_is_checked_again_at_delivery(plain_settings: Settings) -> None
         assert attempt(refused, delivery_id) == PENDING
         row = _row(refused, delivery_id)
         assert row.attempts == 1 and "non-public" in (row.error or "") and got.received == []
-        with sessionmaker_for(allowed.database_url)() as session:  # due now, with private targets allowed again
-            session.query(WebhookDelivery).filter_by(id=delivery_id).update({"next_attempt_at": utcnow()})
-            session.commit()
+        _expire_lease(allowed, delivery_id)  # due now, with private targets allowed again
         assert attempt(allowed, delivery_id) == SUCCEEDED
         assert len(got.received) == 1 and got.received[0].headers["webhook-id"] == delivery_id
 
