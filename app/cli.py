@@ -342,6 +342,9 @@ def serve(host: str | None, port: int | None, no_worker: bool) -> None:
     click.echo("worker: " + (f"pid {worker_proc.pid}, webhooks pid {webhook_proc.pid}"
                              if worker_proc and webhook_proc else "none (--no-worker)"))
     click.echo("quickstart:\n" + quickstart(url, shlex.quote(key) if " " in key else key))
+    # uvicorn raises the signal that stopped it again once it has shut down; with SIGTERM's default action that
+    # would end this process before the `finally` below, leaving the workers running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:
