@@ -368,27 +368,36 @@ def serve(host: str | None, port: int | None, no_worker: bool) -> None:
     url = f"http://{settings.host}:{settings.port}"
 
     worker_proc: subprocess.Popen[bytes] | None = None
+    webhook_proc: subprocess.Popen[bytes] | None = None
     if not no_worker:
         env = {**os.environ, "GKD_HOME": str(settings.home), "GKD_DATABASE_URL": settings.database_url,
                "GKD_BROKER_URL": settings.broker_url}
         cmd = [sys.executable, "-m", WORKER_MODULE, "--name", "gkd-local@%h"]
         worker_proc = subprocess.Popen(cmd, env=env)
+        # Webhook deliveries have a worker of their own, so they never wait behind a training job.
+        webhook_proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, "--name", "gkd-webhooks@%h"],
+                                        env={**env, "GKD_WORKER_QUEUES": "webhooks"})
 
     click.echo(f"gkd API on {url}  (docs: {url}/docs)")
     for line in registered:
         click.echo(f"model {line}")
     click.echo(f"local API key (tenant {LOCAL_TENANT!r}): {key}")
-    click.echo("worker: " + (f"pid {worker_proc.pid}" if worker_proc else "none (--no-worker)"))
+    click.echo("worker: " + (f"pid {worker_proc.pid}, webhooks pid {webhook_proc.pid}"
+                             if worker_proc and webhook_proc else "none (--no-worker)"))
     click.echo("quickstart:\n" + quickstart(url, shlex.quote(key) if " " in key else key))
+    # uvicorn raises the signal that stopped it again once it has shut down; with SIGTERM's default action that
+    # would end this process before the `finally` below, leaving the workers running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:
-        if worker_proc is not None and worker_proc.poll() is None:
-            worker_proc.send_signal(signal.SIGTERM)
-            try:
-                worker_proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker_proc.kill()
+        for proc in (worker_proc, webhook_proc):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
 
 @click.group()

@@ -13,8 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from app import api_docs, dashboard, errors
 from app.ratelimit import RateLimitMiddleware
 from app.reads import Reads
-from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, results, saliency
-from app.schemas import JobCreate
+from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, results, saliency, webhooks
+from app.schemas import JobCreate, WebhookCreate
 from app.store.queue import make_celery
 from app.store.settings import Settings
 from app.streams import StreamSlots
@@ -51,11 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return make_celery(settings)
 
     app.state.celery = celery_producer
-    errors.install(app, body_models=(JobCreate, saliency.SaliencyRequest))
+    errors.install(app, body_models=(JobCreate, saliency.SaliencyRequest, WebhookCreate))
     # Routers are matched in this order, one route after another: the polled ones first (a job's status, its events)
     # cost the least matching. The OpenAPI document lists paths in the same order.
-    for module in (jobs, events, checkpoints, results, datasets, models, saliency, health, metrics, dashboard,
-                   api_docs):
+    for module in (jobs, events, checkpoints, results, datasets, models, webhooks, saliency, health, metrics,
+                   dashboard, api_docs):
         app.include_router(module.router)
     if settings.rate_limit.strip():
         app.add_middleware(RateLimitMiddleware, settings=settings)

@@ -7,9 +7,11 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints, field_validator
 
-from app.store.orm import Checkpoint, Dataset, Job, JobEvent, TeacherModel
+from app.store.orm import Checkpoint, Dataset, Job, JobEvent, TeacherModel, Webhook, WebhookDelivery
+from app.store.webhook_outbox import PENDING, EventType
+from app.store.webhook_urls import MAX_URL_LENGTH
 from gkd.config import (
     DataSpec,
     DistillConfig,
@@ -273,3 +275,62 @@ class Deleted(BaseModel):
     id: str
     object: str
     deleted: bool = True
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: StorableText = Field(..., min_length=1, max_length=MAX_URL_LENGTH,
+                              description="http(s) URL the events are POSTed to; its host must be public.")
+    event_types: list[EventType] = Field(..., min_length=1, max_length=16,
+                                         description="The events to send; each at most once in the list.")
+    description: Annotated[StorableText, StringConstraints(max_length=300)] | None = None
+
+    @field_validator("event_types")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("event_types must not repeat an event type")
+        return value
+
+
+class WebhookOut(BaseModel):
+    id: str
+    object: Literal["webhook"] = "webhook"
+    url: str
+    event_types: list[str]
+    description: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Webhook) -> WebhookOut:
+        return cls(id=row.id, url=row.url, event_types=list(row.event_types), description=row.description,
+                   created_at=row.created_at)
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(..., description="The signing secret (whsec_...), shown only in this response.")
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str = Field(..., description="The message id, sent as the webhook-id header (the same on every attempt).")
+    object: Literal["webhook.delivery"] = "webhook.delivery"
+    webhook_id: str
+    event_type: str
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: int = Field(..., description="Attempts made so far.")
+    response_status: int | None = Field(..., description="HTTP status of the last attempt; null: no response.")
+    latency_ms: int | None = Field(..., description="Duration of the last attempt.")
+    error: str | None = Field(..., description="Why the last attempt failed; null when it succeeded.")
+    payload: dict[str, Any]
+    created_at: datetime
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None = Field(..., description="When the next attempt is due; null when done.")
+
+    @classmethod
+    def of(cls, row: WebhookDelivery) -> WebhookDeliveryOut:
+        return cls(id=row.id, webhook_id=row.webhook_id, event_type=row.event_type, status=row.status,
+                   attempts=row.attempts, response_status=row.response_status, latency_ms=row.latency_ms,
+                   error=row.error, payload=row.payload, created_at=row.created_at,
+                   last_attempt_at=row.last_attempt_at,
+                   next_attempt_at=row.next_attempt_at if row.status == PENDING else None)

@@ -19,6 +19,7 @@ import yaml
 from gkd import __version__
 from gkd.client.cli import datasets as client_datasets
 from gkd.client.cli import jobs as client_jobs
+from gkd.client.cli import webhooks as client_webhooks
 from gkd.config import ConfigError, DistillConfig, read_mapping
 
 
@@ -332,6 +333,7 @@ def teacher_finetune(base: Path, train: Path, dev: Path | None, test: Path | Non
 # Client commands (HTTP, gkd.client); `gkd models list|upload` join the service's `models` group (app/cli.py).
 main.add_command(client_datasets)
 main.add_command(client_jobs)
+main.add_command(client_webhooks)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -11,13 +11,14 @@ from app.store.settings import Settings
 
 
 def worker_kinds(settings: Settings) -> list[str]:
-    """Queue kinds this worker consumes: GKD_WORKER_QUEUES (`cpu`, `gpu` or `cpu,gpu`), else from
+    """Queue kinds this worker consumes: GKD_WORKER_QUEUES (`cpu`, `gpu`, `cpu,gpu`, or `webhooks` for a webhook
+    worker, which sends deliveries and never trains), else from
     GKD_WORKER_DEVICE (`cuda...` -> gpu, `cpu` -> cpu, `auto` -> cpu, and gpu too when CUDA is available, so
     the one local worker of `gkd serve` takes every job)."""
     kinds = [kind.strip() for kind in settings.worker_queues.split(",") if kind.strip()]
     for kind in kinds:
-        if kind not in ("cpu", "gpu"):
-            raise ValueError(f"GKD_WORKER_QUEUES: unknown device kind {kind!r} (use cpu, gpu or cpu,gpu)")
+        if kind not in ("cpu", "gpu", "webhooks"):
+            raise ValueError(f"GKD_WORKER_QUEUES: unknown queue kind {kind!r} (use cpu, gpu, cpu,gpu or webhooks)")
     if kinds:
         return kinds
     if settings.worker_device.startswith("cuda"):
@@ -30,7 +31,13 @@ def worker_kinds(settings: Settings) -> list[str]:
 
 
 def worker_queues(settings: Settings) -> list[str]:
-    return [queue_for(settings, kind) for kind in worker_kinds(settings)]
+    return [settings.webhook_queue if kind == "webhooks" else queue_for(settings, kind)
+            for kind in worker_kinds(settings)]
+
+
+def is_webhook_worker(settings: Settings) -> bool:
+    """Only webhooks: a pool of threads sends several deliveries at once (a training worker runs one job)."""
+    return worker_kinds(settings) == ["webhooks"]
 
 
 celery = make_celery(Settings(), include=["worker.tasks"])

@@ -13,12 +13,13 @@ from app.store.settings import Settings
 
 
 def worker_argv(settings: Settings, *, name: str = "gkd@%h", loglevel: str = "INFO") -> list[str]:
-    from worker.celery_app import worker_queues
+    from worker.celery_app import is_webhook_worker, worker_queues
 
+    pool = (["--pool=threads", f"--concurrency={settings.webhook_concurrency}"] if is_webhook_worker(settings)
+            else ["--pool=solo", "--concurrency=1"])
     return [
         "worker",
-        "--pool=solo",
-        "--concurrency=1",
+        *pool,
         f"--queues={','.join(worker_queues(settings))}",
         "--without-gossip",
         "--without-mingle",
@@ -32,7 +33,8 @@ def worker_argv(settings: Settings, *, name: str = "gkd@%h", loglevel: str = "IN
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--name", default="gkd@%h", show_default=True, help="Celery node name.")
 def worker(loglevel: str, name: str) -> None:
-    """Run one Celery worker (solo pool: one job at a time) against GKD_DATABASE_URL / GKD_BROKER_URL."""
+    """Run one Celery worker against GKD_DATABASE_URL / GKD_BROKER_URL: a training worker (solo pool, one job at a
+    time) or, with GKD_WORKER_QUEUES=webhooks, a webhook worker (threads) that sends the webhook deliveries."""
     from worker.celery_app import celery
 
     settings: Settings = celery.conf.gkd_settings

@@ -36,6 +36,7 @@ from app.store.queue import send_job, send_run_job
 from app.store.settings import Settings
 from app.store.storage import get_storage
 from app.store.storage.archive import pack_directory
+from app.store.webhook_outbox import record_event
 from worker.publisher import BackgroundPublisher
 
 log = logging.getLogger(__name__)
@@ -431,6 +432,7 @@ def make_callback(ctx: JobContext) -> Any:
                 if pruned:
                     data["pruned"] = [ckpt_id for ckpt_id, _ in pruned]
                 append_event(session, ctx.job_id, "checkpoint", f"{kind} checkpoint at step {progress.step}", data)
+                record_event(session, ctx.job_id, "checkpoint.created", {"job_id": ctx.job_id, **data})
                 return [path for _, path in pruned]
 
             def record() -> None:

@@ -9,6 +9,8 @@ keys       API keys and tenants
 events     a job's numbered events and the wake-up of its event streams
 jobs       the job state machine: statuses, legal moves, claim, finish, cancel, hand back
 job_config a job's `DistillConfig`: checked by the API, built for the worker
-queue      the task name, the queues, the Celery producer, enqueueing after commit, the sweeper's re-enqueue
+queue      the task names, the queues, the Celery producer, enqueueing after commit, the sweeper's re-enqueue
+webhooks   a tenant's webhook endpoints (quota); webhook_outbox: deliveries written with their event, attempts;
+           webhook_urls: which URLs may be targets; webhook_secrets: signing secrets, encrypted at rest
 storage/   local directory, S3-compatible bucket, archive packing and extraction
 """

@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.store.orm import Job, JobEvent, utcnow
+from app.store.webhook_outbox import record_event
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,10 @@ def append_event(
 
 
 def status_event(session: Session, job_id: str, status: str, message: str = "") -> JobEvent:
-    return append_event(session, job_id, "status", message or f"job {status}", {"status": status})
+    """The job's status event, and its webhook deliveries (`job.<status>`) in the same transaction."""
+    event = append_event(session, job_id, "status", message or f"job {status}", {"status": status})
+    record_event(session, job_id, f"job.{status}", {"job_id": job_id, "status": status, "message": event.message})
+    return event
 
 
 def event_dict(event: JobEvent) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from kombu import Queue
@@ -23,7 +23,8 @@ from app.store.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RUN_JOB = "worker.tasks.run_job"  # the one task: run (or resume) the job whose id it carries
+RUN_JOB = "worker.tasks.run_job"  # run (or resume) the job whose id it carries
+DELIVER_WEBHOOK = "worker.tasks.deliver_webhook"  # one attempt of one webhook delivery (a webhook worker's queue)
 QUEUE_KINDS = ("cpu", "gpu")  # what a job's `device` asks for; `auto` is the deployment's GKD_AUTO_DEVICE
 
 
@@ -51,8 +52,8 @@ def make_celery(settings: Settings, *, include: Sequence[str] = ()) -> Celery:
         transport_options["visibility_timeout"] = settings.visibility_timeout_seconds
     celery.conf.update(
         task_default_queue=settings.task_queue,
-        task_queues=[Queue(settings.task_queue), Queue(settings.gpu_task_queue)],
-        task_routes={RUN_JOB: {"queue": settings.task_queue}},
+        task_queues=[Queue(settings.task_queue), Queue(settings.gpu_task_queue), Queue(settings.webhook_queue)],
+        task_routes={RUN_JOB: {"queue": settings.task_queue}, DELIVER_WEBHOOK: {"queue": settings.webhook_queue}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
@@ -84,6 +85,20 @@ def send_run_job(celery: Celery, settings: Settings, job_id: str, kind: str | No
         )
     except Exception as exc:  # noqa: BLE001 - the broker being down must not fail the request
         log.warning("could not enqueue job %s (the sweeper will retry): %s", job_id, exc)
+        return False
+    return True
+
+
+def send_delivery(celery: Celery, settings: Settings, delivery_id: str, lease: datetime) -> bool:
+    """Send one attempt of a webhook delivery, leased until `lease`, to the webhook queue; False when the broker
+    refused it."""
+    try:
+        celery.send_task(DELIVER_WEBHOOK, args=[delivery_id, lease.isoformat()], queue=settings.webhook_queue,
+                         retry=True,
+                         retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
+                                       "interval_max": 1.0})
+    except Exception as exc:  # noqa: BLE001 - the delivery stays due; the next round sends it
+        log.warning("could not send webhook delivery %s: %s", delivery_id, exc)
         return False
     return True
 

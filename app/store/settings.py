@@ -85,6 +85,24 @@ class Settings(BaseSettings):
         "", description="Comma list of client addresses or networks (CIDR) allowed to GET /metrics without the "
         "token; empty: none (with a token) or anyone (without).")
 
+    # Webhooks (docs/design.md "Webhooks")
+    quota_webhooks: int = Field(10, ge=0, description="Webhook endpoints one tenant may keep.")
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhook URLs whose host is or resolves to a loopback, private, link-local or "
+        "otherwise non-public address (a local receiver in development and tests); off in production.")
+    webhook_secret_key: str | None = Field(
+        None, description="Fernet key (urlsafe base64, 32 bytes) that encrypts the endpoints' signing secrets in "
+        "the database; default a key generated once in <home>/webhook_secret.key. Every API and worker process "
+        "must use the same key.")
+    webhook_queue: str = Field("webhooks", description="Celery queue of webhook deliveries (a worker of its own).")
+    webhook_concurrency: int = Field(4, ge=1, description="Deliveries one webhook worker sends at once (threads).")
+    webhook_max_attempts: int = Field(8, ge=1, description="Attempts of one delivery before it is `failed`.")
+    webhook_backoff_seconds: float = Field(5.0, gt=0, description="Wait before the 2nd attempt; doubles after.")
+    webhook_backoff_max_seconds: float = Field(3600.0, gt=0, description="Longest wait between two attempts.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="One attempt's connect + read limit.")
+    webhook_poll_seconds: float = Field(
+        1.0, gt=0, description="How often a webhook worker looks for due deliveries (the outbox) and sends them.")
+
     # Worker
     task_queue: str = "training"
     max_attempts: int = Field(3, ge=1)

@@ -33,7 +33,18 @@ from gkd.client.errors import (
     UnsafeArchiveError,
     WaitTimeoutError,
 )
-from gkd.client.models import TERMINAL_STATUSES, Checkpoint, Dataset, Deleted, Job, JobEvent, Model, Page
+from gkd.client.models import (
+    TERMINAL_STATUSES,
+    Checkpoint,
+    Dataset,
+    Deleted,
+    Job,
+    JobEvent,
+    Model,
+    Page,
+    Webhook,
+    WebhookDelivery,
+)
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -63,4 +74,6 @@ __all__ = [
     "SyncPager",
     "UnsafeArchiveError",
     "WaitTimeoutError",
+    "Webhook",
+    "WebhookDelivery",
 ]

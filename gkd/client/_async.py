@@ -20,7 +20,7 @@ from gkd.client import _common as c
 from gkd.client._archive import safe_extract
 from gkd.client._http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, AsyncHTTP, backoff
 from gkd.client.errors import APIConnectionError, ChecksumError, RateLimitError, ServerError, WaitTimeoutError
-from gkd.client.models import Checkpoint, Dataset, Deleted, Job, JobEvent, Model, Page
+from gkd.client.models import Checkpoint, Dataset, Deleted, Job, JobEvent, Model, Page, Webhook, WebhookDelivery
 from gkd.client.sse import SSEDecoder
 
 T = TypeVar("T")
@@ -274,6 +274,28 @@ class AsyncCheckpoints(_AsyncResource):
             tmp.unlink(missing_ok=True)
 
 
+class AsyncWebhooks(_AsyncResource):
+    async def create(self, url: str, event_types: Sequence[str], *, description: str | None = None) -> Webhook:
+        """Register an endpoint for `event_types`; the result's `secret` is shown only this once."""
+        body = {"url": url, "event_types": list(event_types), "description": description}
+        return Webhook.model_validate(await self._http.json("POST", "/v1/webhooks", json=body))
+
+    def list(self, *, limit: int | None = None, after: str | None = None) -> AsyncPager[Webhook]:
+        return AsyncPager(self._page("/v1/webhooks", Webhook, {"limit": limit}), after)
+
+    async def get(self, webhook_id: str) -> Webhook:
+        return Webhook.model_validate(await self._http.json("GET", f"/v1/webhooks/{c.ident(webhook_id)}"))
+
+    async def delete(self, webhook_id: str) -> Deleted:
+        return Deleted.model_validate(await self._http.json("DELETE", f"/v1/webhooks/{c.ident(webhook_id)}"))
+
+    def deliveries(self, webhook_id: str, *, limit: int | None = None,
+                   after: str | None = None) -> AsyncPager[WebhookDelivery]:
+        """The delivery log, newest first."""
+        path = f"/v1/webhooks/{c.ident(webhook_id)}/deliveries"
+        return AsyncPager(self._page(path, WebhookDelivery, {"limit": limit}), after)
+
+
 class AsyncClient:
     """Asynchronous client of the gkd service; `async with AsyncClient() as client: ...`."""
 
@@ -287,6 +309,7 @@ class AsyncClient:
         self.models = AsyncModels(self)
         self.jobs = AsyncJobs(self)
         self.checkpoints = AsyncCheckpoints(self)
+        self.webhooks = AsyncWebhooks(self)
 
     @property
     def base_url(self) -> str:

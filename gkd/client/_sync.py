@@ -25,7 +25,7 @@ from gkd.client.errors import (
     ServerError,
     WaitTimeoutError,
 )
-from gkd.client.models import Checkpoint, Dataset, Deleted, Job, JobEvent, Model, Page
+from gkd.client.models import Checkpoint, Dataset, Deleted, Job, JobEvent, Model, Page, Webhook, WebhookDelivery
 from gkd.client.sse import SSEDecoder
 
 T = TypeVar("T")
@@ -281,6 +281,29 @@ class Checkpoints(_Resource):
             tmp.unlink(missing_ok=True)
 
 
+class Webhooks(_Resource):
+    def create(self, url: str, event_types: Sequence[str], *, description: str | None = None) -> Webhook:
+        """Register an endpoint for `event_types` (job.queued, job.running, job.succeeded, job.failed,
+        job.cancelled, job.paused, checkpoint.created). The result's `secret` is shown only this once."""
+        body = {"url": url, "event_types": list(event_types), "description": description}
+        return Webhook.model_validate(self._http.json("POST", "/v1/webhooks", json=body))
+
+    def list(self, *, limit: int | None = None, after: str | None = None) -> SyncPager[Webhook]:
+        return SyncPager(self._page("/v1/webhooks", Webhook, {"limit": limit}), after)
+
+    def get(self, webhook_id: str) -> Webhook:
+        return Webhook.model_validate(self._http.json("GET", f"/v1/webhooks/{c.ident(webhook_id)}"))
+
+    def delete(self, webhook_id: str) -> Deleted:
+        return Deleted.model_validate(self._http.json("DELETE", f"/v1/webhooks/{c.ident(webhook_id)}"))
+
+    def deliveries(self, webhook_id: str, *, limit: int | None = None,
+                   after: str | None = None) -> SyncPager[WebhookDelivery]:
+        """The delivery log, newest first: status, attempts, last response status, latency and error."""
+        path = f"/v1/webhooks/{c.ident(webhook_id)}/deliveries"
+        return SyncPager(self._page(path, WebhookDelivery, {"limit": limit}), after)
+
+
 class Client:
     """Synchronous client of the gkd service.
 
@@ -298,6 +321,7 @@ class Client:
         self.models = Models(self)
         self.jobs = Jobs(self)
         self.checkpoints = Checkpoints(self)
+        self.webhooks = Webhooks(self)
 
     @property
     def base_url(self) -> str:

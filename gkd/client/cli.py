@@ -7,6 +7,7 @@
     gkd jobs list [--status S] | get ID | cancel ID | pause ID | resume ID | delete ID | events ID | watch ID
     gkd jobs download ID [--kind best|final|epoch-N|best-onnx|best-onnx-int8]
     gkd jobs metrics ID [-o FILE]          (every step's and evaluation's metrics as CSV)
+    gkd webhooks create URL --event TYPE [--event TYPE ...] | list | delete ID | deliveries ID
 
 Every command takes `--base-url` (env GKD_BASE_URL, default http://127.0.0.1:8000), `--api-key`
 (env GKD_API_KEY), `--timeout` and `--json` (machine-readable output), on the command or on its group
@@ -221,6 +222,69 @@ def _take(items: Iterable[Any], limit: int | None) -> list[Any]:
             break
         out.append(item)
     return out
+
+
+# ----------------------------------------------------------------------------------------- webhooks
+WEBHOOK_EVENT_TYPES = ("job.queued", "job.running", "job.succeeded", "job.failed", "job.cancelled", "job.paused",
+                       "checkpoint.created")
+
+
+@click.group()
+@api_options
+def webhooks() -> None:
+    """Webhook endpoints: signed POSTs to your URL when your jobs change (create, list, delete, deliveries)."""
+
+
+@webhooks.command("create")
+@click.argument("url")
+@click.option("--event", "events", multiple=True, required=True, type=click.Choice(WEBHOOK_EVENT_TYPES),
+              help="An event type to send (repeat the option for several).")
+@click.option("--description", default=None, help="A note for you.")
+@api_options
+@handle_errors
+def webhooks_create(url: str, events: tuple[str, ...], description: str | None) -> None:
+    """Register URL; prints the endpoint's id, and its signing secret (whsec_...) once, on stderr."""
+    with _client() as client:
+        webhook = client.webhooks.create(url, list(events), description=description)
+    if _json_mode():
+        _emit_json(webhook.to_dict())
+        return
+    click.echo(webhook.id)
+    click.echo(f"signing secret (shown only now; keep it to verify the signatures): {webhook.secret}", err=True)
+
+
+@webhooks.command("list")
+@click.option("--limit", type=int, default=None, help="Show at most this many (default: all).")
+@api_options
+@handle_errors
+def webhooks_list(limit: int | None) -> None:
+    """Your webhook endpoints, newest first."""
+    with _client() as client:
+        items = _take(client.webhooks.list(), limit)
+    _show_list(items, ["id", "url", "event_types", "created_at"])
+
+
+@webhooks.command("delete")
+@click.argument("webhook_id")
+@api_options
+@handle_errors
+def webhooks_delete(webhook_id: str) -> None:
+    """Delete an endpoint; its pending deliveries are dropped."""
+    with _client() as client:
+        _show_one(client.webhooks.delete(webhook_id))
+
+
+@webhooks.command("deliveries")
+@click.argument("webhook_id")
+@click.option("--limit", type=int, default=20, show_default=True, help="Show at most this many.")
+@api_options
+@handle_errors
+def webhooks_deliveries(webhook_id: str, limit: int | None) -> None:
+    """The endpoint's delivery log, newest first: status, attempts, last HTTP status, latency, error."""
+    with _client() as client:
+        items = _take(client.webhooks.deliveries(webhook_id), limit)
+    _show_list(items, ["id", "event_type", "status", "attempts", "response_status", "latency_ms", "error",
+                       "created_at"])
 
 
 # ------------------------------------------------------------------------------------------- models

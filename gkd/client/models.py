@@ -153,3 +153,34 @@ class Page(_Resource, Generic[T]):
     data: list[T]
     has_more: bool = False
     next_cursor: str | None = None
+
+
+class Webhook(_Resource):
+    """A webhook endpoint. `secret` (whsec_...) is set only on the result of `webhooks.create`: keep it, the service
+    never shows it again."""
+
+    id: str
+    object: str = "webhook"
+    url: str
+    event_types: list[str] = Field(default_factory=list)
+    description: str | None = None
+    created_at: datetime | None = None
+    secret: str | None = None
+
+
+class WebhookDelivery(_Resource):
+    """One event sent (or being sent) to an endpoint, with its last attempt. `id` is the webhook-id header."""
+
+    id: str
+    object: str = "webhook.delivery"
+    webhook_id: str
+    event_type: str
+    status: str  # pending | succeeded | failed
+    attempts: int = 0
+    response_status: int | None = None
+    latency_ms: int | None = None
+    error: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None

@@ -389,6 +389,38 @@ def test_loss_terms_have_their_own_charts_and_the_gradient_start_is_marked(
     assert "not training diverging" in page.locator("#loss-note").inner_text()
     page.locator("#h-curves").scroll_into_view_if_needed()
     shot(page, "07-loss-terms")
+def test_webhooks_page(service: tuple[Settings, str], page: Any) -> None:
+    """Add an endpoint (a private address is refused with the API's message; the secret is shown once), read its
+    delivery log, delete it: keyboard-reachable, every input labelled."""
+    settings, url = service
+    key = new_key(settings)
+    page.goto(url + "/dashboard/")
+    page.fill("#api-key", key)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#no-jobs")
+    page.get_by_role("link", name="Webhooks").click()
+    page.wait_for_selector("#webhook-form")
+    assert_labelled(page)
+    page.fill("#webhook-url", "http://127.0.0.1:9/hooks")
+    page.get_by_role("button", name="Add endpoint").click()
+    page.get_by_role("alert").filter(has_text="non-public").wait_for()
+    page.fill("#webhook-url", "http://93.184.215.14/hooks")
+    page.get_by_label("checkpoint.created").check()
+    page.get_by_role("button", name="Add endpoint").click()
+    secret = page.locator("#webhook-secret code.mono")
+    secret.wait_for()
+    assert secret.inner_text().startswith("whsec_")
+    row = page.locator("#webhooks-table tbody tr")
+    assert row.count() == 1
+    assert "checkpoint.created" in row.inner_text() and "job.succeeded" in row.inner_text()
+    webhook_id = row.get_attribute("data-webhook")
+    listed = httpx.get(f"{url}/v1/webhooks", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+    assert [w["id"] for w in listed] == [webhook_id]
+    row.locator("summary").click()
+    row.get_by_text("No deliveries yet.").wait_for()
+    shot(page, "webhooks")
+    page.get_by_role("button", name="Delete webhook http://93.184.215.14/hooks").click()
+    page.get_by_text("No endpoints yet.").wait_for()
     assert page.problems == [], page.problems
 
 

@@ -80,14 +80,14 @@ def test_required_variables_are_required() -> None:
 
 def test_compose_services_and_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker-cpu", "worker-gpu"}
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker-cpu", "worker-webhooks", "worker-gpu"}
     for name in ("postgres", "redis"):
         assert services[name]["healthcheck"]["test"]
         assert ":" in services[name]["image"] and not services[name]["image"].endswith(":latest")
     assert services["migrate"]["command"] == ["gkd", "db", "upgrade"]
     assert services["migrate"]["restart"] == "no"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("api", "worker-cpu", "worker-gpu"):
+    for name in ("api", "worker-cpu", "worker-webhooks", "worker-gpu"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["redis"]["condition"] == "service_healthy"
@@ -97,6 +97,7 @@ def test_compose_services_and_start_order(compose: dict[str, Any]) -> None:
     assert services["api"]["environment"]["GKD_MIGRATE_ON_START"] == "false"
     assert services["worker-cpu"]["environment"]["GKD_WORKER_QUEUES"] == "cpu"
     assert services["worker-gpu"]["environment"]["GKD_WORKER_QUEUES"] == "gpu"
+    assert services["worker-webhooks"]["environment"]["GKD_WORKER_QUEUES"] == "webhooks"
     device = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert services["worker-gpu"]["profiles"] == ["gpu"]
@@ -110,7 +111,7 @@ def test_compose_services_and_start_order(compose: dict[str, Any]) -> None:
             assert not source.startswith((".", "/")), f"bind mount {volume}"
             assert source in declared
     assert {"pgdata", "redisdata", "storage"} <= declared
-    for name in ("api", "worker-cpu", "worker-gpu", "migrate"):
+    for name in ("api", "worker-cpu", "worker-webhooks", "worker-gpu", "migrate"):
         assert "storage:/var/lib/gkd" in services[name]["volumes"]
 
 

@@ -37,6 +37,18 @@ def test_queues_per_device_kind(tmp_path: Path) -> None:
         worker_kinds(settings.model_copy(update={"worker_queues": "tpu"}))
 
 
+def test_a_webhook_worker_consumes_only_deliveries_with_threads(tmp_path: Path) -> None:
+    from worker.cli import worker_argv
+
+    settings = Settings(home=tmp_path, task_queue="train", webhook_queue="hooks", webhook_concurrency=3,
+                        worker_queues="webhooks")
+    assert worker_queues(settings) == ["hooks"]
+    argv = worker_argv(settings)
+    assert "--queues=hooks" in argv and "--pool=threads" in argv and "--concurrency=3" in argv
+    training = worker_argv(settings.model_copy(update={"worker_queues": "cpu"}))
+    assert "--queues=train" in training and "--pool=solo" in training  # deliveries never wait behind a job
+
+
 def test_worker_metrics_text_and_endpoint() -> None:
     metrics = WorkerMetrics()
     metrics.step(None)

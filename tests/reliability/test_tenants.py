@@ -76,9 +76,14 @@ def test_every_endpoint_hides_other_tenants_ids(stack: Stack, api: TestClient, t
     wait_for(lambda: job_of(api, owner, job)["status"] == "succeeded", 90, "the owner's job", interval=0.2,
              tail=stack.tail)
     checkpoint = api.get(f"/v1/jobs/{job}/checkpoints", headers=owner).json()["data"][0]["id"]
-    ids = {"dataset_id": dataset, "model_id": teacher, "job_id": job, "checkpoint_id": checkpoint}
+    # A public address literal (no lookup) and an event no job here sends: nothing is ever delivered to it.
+    webhook = api.post("/v1/webhooks", headers=owner,
+                       json={"url": "http://93.184.215.14/hooks", "event_types": ["job.paused"]}).json()["id"]
+    ids = {"dataset_id": dataset, "model_id": teacher, "job_id": job, "checkpoint_id": checkpoint,
+           "webhook_id": webhook}
     missing = {"dataset_id": "ds_00000000000000000000000000", "model_id": "mdl_00000000000000000000000000",
-               "job_id": "job_00000000000000000000000000", "checkpoint_id": "ckpt_00000000000000000000000000"}
+               "job_id": "job_00000000000000000000000000", "checkpoint_id": "ckpt_00000000000000000000000000",
+               "webhook_id": "wh_00000000000000000000000000"}
 
     checked = []
     for method, path in routes(api):

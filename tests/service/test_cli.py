@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -92,3 +93,56 @@ def test_serve_prints_the_same_local_key(tmp_path: Path) -> None:
     assert stat.S_IMODE((home / "local_api_key").stat().st_mode) == 0o600
     again, output = _serve_once(home)
     assert again == key and key in output
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as handle:  # a zombie waiting for its reaper has ended too
+        return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_serve_starts_a_webhook_worker_and_stops_its_workers_on_sigterm(tmp_path: Path) -> None:
+    """Both workers are webhook workers here (GKD_WORKER_QUEUES reaches them), so none loads torch."""
+    port = free_port()
+    env = {**os.environ, "GKD_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+           "GKD_WORKER_QUEUES": "webhooks"}
+    env.pop("GKD_DATABASE_URL", None)
+    env.pop("GKD_BROKER_URL", None)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
+                                   stdout=handle, stderr=subprocess.STDOUT)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not pids:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith("worker: pid "):  # "worker: pid N, webhooks pid M"
+                    pids = [int(word.strip(",")) for word in line.split() if word.strip(",").isdigit()]
+            time.sleep(0.3)
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        while True:  # uvicorn runs (its signal handling is what ended serve early)
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        process.terminate()
+        process.wait(timeout=60)
+        deadline = time.monotonic() + 40
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not any(_alive(pid) for pid in pids), "gkd serve left its workers running"
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()

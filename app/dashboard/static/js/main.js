@@ -10,6 +10,7 @@ const ROUTES = [
   [/^#\/jobs$/, "jobs", () => ({})],
   [/^#\/new$/, "new", () => ({})],
   [/^#\/datasets$/, "datasets", () => ({})],
+  [/^#\/webhooks$/, "webhooks", () => ({})],
 ];
 const MODULES = {
   jobs: () => import("./jobs.js"),
@@ -17,8 +18,9 @@ const MODULES = {
   new: () => import("./newjob.js"),
   datasets: () => import("./datasets.js"),
   saliency: () => import("./saliency.js"),
+  webhooks: () => import("./webhooks.js"),
 };
-const NAV = { jobs: "jobs", job: "jobs", saliency: "jobs", new: "new", datasets: "datasets" };
+const NAV = { jobs: "jobs", job: "jobs", saliency: "jobs", new: "new", datasets: "datasets", webhooks: "webhooks" };
 
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
