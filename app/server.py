@@ -37,28 +37,44 @@ def header_overflow_response(limit: int) -> bytes:
 def bounded_headers_protocol(limit: int) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol, refusing a request whose line and headers pass `limit` bytes.
 
-    The count is of the bytes received since the request began, checked after each chunk is parsed: a chunk
-    that completes the headers is never refused, so the bound is exact to within one read (64 KiB)."""
+    Two counts: the bytes received while a request's headers are incomplete (checked after each read, so a
+    header that never ends is cut within one read of the bound: memory stays bounded), and the size of the
+    line and headers once complete (a whole oversized header block can arrive in one read)."""
 
     class BoundedHeadersProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._head_bytes: int | None = 0  # None while a request's body streams (its headers are complete)
+            self._refused = False
 
         def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
             if self._head_bytes is not None:
                 self._head_bytes += len(data)
             super().data_received(data)
-            if self._head_bytes is not None and self._head_bytes > limit and not self.transport.is_closing():
-                self.logger.warning("request headers over %d bytes: 431", limit)
+            over = self._head_bytes is not None and self._head_bytes > limit
+            if (self._refused or over) and not self.transport.is_closing():
+                self._refused = True
+                self.logger.warning("request line and headers over %d bytes: 431", limit)
                 self.transport.write(header_overflow_response(limit))
                 self.transport.close()
 
         def on_headers_complete(self) -> None:
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > limit:
+                self._refused = True  # no ASGI task: data_received answers once the parser returns
+                return
             self._head_bytes = None
             super().on_headers_complete()
 
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
         def on_message_complete(self) -> None:
+            if self._refused:
+                return
             self._head_bytes = 0  # the next request on this connection starts its own count
             super().on_message_complete()
 

@@ -87,6 +87,16 @@ def test_a_header_past_the_bound_is_a_431_read_no_further(server: Server) -> Non
     assert httpx.get(server.url + "/healthz").status_code == 200  # the server goes on
 
 
+def test_a_whole_oversized_header_block_in_one_write_is_a_431(server: Server) -> None:
+    """What curl sends: line, a 100 KiB header and the blank line arrive in one read, headers complete."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100 * 1024 + b"\r\n\r\n")
+        answer = answer_of(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "headers_too_large"
+    assert httpx.get(server.url + "/healthz", headers={"X-Pad": "a" * (HEADER_BYTES - 1024)}).status_code == 200
+
+
 def test_sigterm_during_a_trickling_upload_ends_the_server_within_the_bound(server: Server,
                                                                           settings: Settings) -> None:
     key = new_key(settings)
