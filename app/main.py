@@ -20,7 +20,7 @@ from app.store.queue import make_celery
 from app.store.settings import Settings
 from app.streams import StreamSlots
 from app.tenant_cache import TenantCache
-from app.tmp_sweep import sweep_stale
+from app.tmp_sweep import api_temporaries, sweep_stale
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         settings.ensure_dirs()
-        await run_in_threadpool(sweep_stale, settings.tmp_dir, settings.tmp_stale_seconds)
+        await run_in_threadpool(lambda: sweep_stale(api_temporaries(settings.storage), settings.tmp_stale_seconds))
         if settings.migrate_on_start:
             from app.store.db import upgrade
 

@@ -1,9 +1,10 @@
-"""Start-up sweep of the storage volume's temporary directory (issue 20, finding 9).
+"""Start-up sweep of what a killed API process left on the storage volume (issue 20, finding 9).
 
-A killed API process leaves its `.part` uploads and half-extracted models in <storage>/tmp for good. Several
-API processes share that directory, so an entry is removed only when nothing has touched it for
-`tmp_stale_seconds`: a live upload writes on every chunk and a live extraction adds files as it goes, so the
-newest modification time anywhere in an entry says whether someone is still at work on it.
+A killed API process leaves its `.part` uploads and half-extracted models in <storage>/tmp, and half-extracted
+checkpoints (`jobs/<id>/extracted/.extract-*`, the saliency routes') for good. Several API processes share them,
+so an entry is removed only when nothing has touched it for `tmp_stale_seconds`: a live upload writes on every
+chunk and a live extraction adds files as it goes, so the newest modification time anywhere in an entry says
+whether someone is still at work on it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -30,13 +32,18 @@ def last_touched(entry: Path) -> float:
     return newest
 
 
-def sweep_stale(tmp_dir: Path, older_than: float, now: float | None = None) -> list[str]:
-    """Remove the entries of `tmp_dir` untouched for `older_than` seconds; the names removed."""
+def api_temporaries(storage: Path) -> list[Path]:
+    """What the API writes before it is complete: storage/tmp's entries and checkpoint extractions in progress."""
+    tmp_dir = storage / "tmp"
+    entries = sorted(tmp_dir.iterdir()) if tmp_dir.is_dir() else []
+    return entries + sorted(storage.glob("jobs/*/extracted/.extract-*"))
+
+
+def sweep_stale(entries: Iterable[Path], older_than: float, now: float | None = None) -> list[str]:
+    """Remove the `entries` untouched for `older_than` seconds; the names removed."""
     now = time.time() if now is None else now
     removed: list[str] = []
-    if not tmp_dir.is_dir():
-        return removed
-    for entry in sorted(tmp_dir.iterdir()):
+    for entry in entries:
         try:
             if now - last_touched(entry) < older_than:
                 continue
@@ -51,5 +58,5 @@ def sweep_stale(tmp_dir: Path, older_than: float, now: float | None = None) -> l
             continue
         removed.append(entry.name)
     if removed:
-        log.info("removed %d stale temporary entries from %s", len(removed), tmp_dir)
+        log.info("removed %d stale temporary entries: %s", len(removed), ", ".join(removed[:10]))
     return removed

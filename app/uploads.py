@@ -143,6 +143,8 @@ async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int, fil
         async for chunk in request.stream():
             if chunk:
                 parser.write(chunk)
+                if handle is not None:
+                    handle.flush()  # each chunk reaches the file: its mtime shows the start-up sweep it is live
         parser.finalize()
         complete = True
     except (ApiError, HTTPException):  # ours, or the body bound's 413 (app.body_limit)

@@ -54,8 +54,9 @@ class Settings(BaseSettings):
         "(their temporary files are removed) and exits.")
     tmp_stale_seconds: float = Field(
         3600.0, gt=0,
-        description="At start-up the API deletes entries of <storage>/tmp untouched this long (uploads and "
-        "extractions a killed process left); a live upload writes on every chunk, so it never looks this old.")
+        description="At start-up the API deletes entries of <storage>/tmp and checkpoint extractions "
+        "(jobs/*/extracted/.extract-*) untouched this long (what a killed process left); a live upload writes on "
+        "every chunk, so it never looks this old.")
     checkpoint_compresslevel: int = Field(
         0, ge=0, le=9, description="gzip level of checkpoint archives; 0 stores (weights barely compress)."
     )

@@ -223,10 +223,17 @@ def test_start_up_sweeps_stale_temporaries_and_keeps_fresh_ones(settings: Settin
     busy.mkdir(parents=True)
     os.utime(busy.parent, (old, old))  # an old directory...
     (busy / "config.json").write_text("{}")  # ...where a file was just written: an extraction in progress
+    extract = settings.storage / "jobs" / "job_1" / "extracted" / ".extract-abc"  # a saliency extraction cut off
+    extract.mkdir(parents=True)
+    os.utime(extract, (old, old))
+    done = extract.parent / "ckpt_1-0123"  # a complete one stays, however old
+    done.mkdir()
+    os.utime(done, (old, old))
 
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         assert client.get("/healthz").status_code == 200
     assert tmp_entries(settings) == ["model-busy", "upload-live.part"]
+    assert sorted(p.name for p in extract.parent.iterdir()) == ["ckpt_1-0123"]
 
 
 # finding 12: the stream's type in the OpenAPI document
