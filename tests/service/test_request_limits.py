@@ -241,3 +241,30 @@ def test_the_event_stream_is_text_event_stream_in_openapi(client: TestClient) ->
     operation = client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}/events/stream"]["get"]
     content = operation["responses"]["200"]["content"]
     assert list(content) == ["text/event-stream"]
+
+
+def test_the_body_count_trips_at_the_first_message_past_the_bound() -> None:
+    """No Content-Length: the middleware counts what `receive` hands the app and stops it one message past."""
+    import asyncio
+
+    from app.body_limit import BodyLimitMiddleware, BodyTooLarge
+
+    read: list[int] = []
+
+    async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            message = await receive()
+            read.append(len(message["body"]))
+            if not message.get("more_body"):
+                return
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"x" * 400, "more_body": True}  # an endless chunked body
+
+    async def send(message: dict) -> None:
+        raise AssertionError("the middleware answers through the app's handler, not by itself")
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/jobs", "headers": [(b"content-type", b"application/json")]}
+    with pytest.raises(BodyTooLarge):
+        asyncio.run(BodyLimitMiddleware(app, lambda _scope: 1000)(scope, receive, send))  # type: ignore[arg-type]
+    assert read == [400, 400]  # the third message (1,200 bytes in all) was refused, not handed on
