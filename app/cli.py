@@ -350,9 +350,11 @@ def quickstart(url: str, key: str, data_dir: str = "var/data/movie_reviews") -> 
 @click.option("--port", default=None, type=int, help="Port (default GKD_PORT, 8000).")
 @click.option("--no-worker", is_flag=True, help="Do not start the local Celery worker subprocess.")
 def serve(host: str | None, port: int | None, no_worker: bool) -> None:
-    """Run the API (and one local worker): migrations, built-in models, a local key, then uvicorn."""
-    import uvicorn
+    """Run the API (and one local worker): migrations, built-in models, a local key, then uvicorn.
 
+    The server refuses request headers over GKD_MAX_HEADER_BYTES (431) and, on Ctrl-C or SIGTERM, waits at most
+    GKD_GRACEFUL_SHUTDOWN_SECONDS for running requests."""
+    from app import server
     from app.main import create_app
     from app.store.db import upgrade
 
@@ -389,7 +391,7 @@ def serve(host: str | None, port: int | None, no_worker: bool) -> None:
     # would end this process before the `finally` below, leaving the workers running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        server.run(create_app(settings), settings)  # header bound and shutdown timeout: app.server
     finally:
         for proc in (worker_proc, webhook_proc):
             if proc is not None and proc.poll() is None:

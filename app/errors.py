@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.store.public_paths import public_text
 from gkd.text import unstorable_reason
 
 log = logging.getLogger(__name__)
@@ -105,12 +106,19 @@ def dotted(loc: tuple[Any, ...] | list[Any]) -> str | None:
     return ".".join(str(p) for p in parts) or None
 
 
-async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+def public_message(request: Request, message: str) -> str:
+    """The message with server paths shown relative to the tenant's ids (`app.store.public_paths`)."""
+    settings = getattr(request.app.state, "settings", None)
+    return message if settings is None else public_text(message, settings)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    exc.message = public_message(request, exc.message)
     return error_response(exc)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     if status == 404 and exc.detail == "Not Found":
@@ -118,7 +126,7 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     elif status == 405:
         message = "method not allowed on this route"
     else:
-        message = str(exc.detail)
+        message = public_message(request, str(exc.detail))
     body = error_body(
         _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error"),
         _CODE_BY_STATUS.get(status, "server_error" if status >= 500 else "bad_request"),

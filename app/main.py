@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app import api_docs, dashboard, errors
+from app.body_limit import BodyLimitMiddleware, limits_for
 from app.ratelimit import RateLimitMiddleware
 from app.reads import Reads
 from app.routes import checkpoints, datasets, events, health, jobs, metrics, models, results, saliency, webhooks
@@ -19,6 +20,7 @@ from app.store.queue import make_celery
 from app.store.settings import Settings
 from app.streams import StreamSlots
 from app.tenant_cache import TenantCache
+from app.tmp_sweep import api_temporaries, sweep_stale
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         settings.ensure_dirs()
+        await run_in_threadpool(lambda: sweep_stale(api_temporaries(settings.storage), settings.tmp_stale_seconds))
         if settings.migrate_on_start:
             from app.store.db import upgrade
 
@@ -59,5 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     if settings.rate_limit.strip():
         app.add_middleware(RateLimitMiddleware, settings=settings)
+    app.add_middleware(BodyLimitMiddleware, limit_for=limits_for(settings))  # outermost: before the rate counter
     app.state.stream_slots = StreamSlots.for_settings(settings)
     return app

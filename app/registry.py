@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.store.ids import new_id
 from app.store.orm import TeacherModel, utcnow
+from app.store.public_paths import replace_paths
 from app.store.settings import Settings
 from app.store.storage import get_storage
 from app.store.storage.archive import ArchiveError, extract_archive
@@ -130,6 +131,11 @@ def import_directory(
     return fresh
 
 
+def archive_view(relative: str) -> str:
+    """A path inside an uploaded archive as its uploader knows it."""
+    return f"the archive's {relative}" if relative else "the archive"
+
+
 def import_archive(settings: Settings, archive: Path, name: str, tenant_id: str) -> tuple[TeacherModel, Path]:
     """Extract and check an uploaded archive, then move it into storage. Returns the unsaved row and the
     final directory (the caller inserts the row and removes the directory if that fails)."""
@@ -140,7 +146,11 @@ def import_archive(settings: Settings, archive: Path, name: str, tenant_id: str)
         target.mkdir()
         root = extract_archive(archive, target, max_members=settings.max_archive_members,
                                max_bytes=settings.max_extracted_bytes, max_ratio=settings.max_archive_ratio)
-        info = describe(root)
+        try:
+            info = describe(root)
+        except RegistryError as exc:  # "<tmp>/model-x/x/config.json ..." -> "the archive's config.json ..."
+            exc.message = replace_paths(exc.message, target, archive_view)
+            raise
         relative = f"models/{tenant_id}/{model_id}"
         final = settings.storage / relative
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from app.store.events import append_event, notify
 from app.store.ids import new_id
 from app.store.job_config import config_for_job, work_dir
 from app.store.orm import Checkpoint, Job, utcnow
+from app.store.public_paths import public_text
 from app.store.queue import send_job, send_run_job
 from app.store.settings import Settings
 from app.store.storage import get_storage
@@ -537,7 +538,8 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             log.exception("job %s failed", job_id)
             if callback is not None:
                 callback.stop_publishing()  # its checkpoint events come before the terminal status
-            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            # the library names the files it read: show them relative to the tenant's ids (app.store.public_paths)
+            message = public_text(getattr(exc, "message", None) or str(exc) or type(exc).__name__, settings)
             return ctx.finish(jobs.FAILED, f"job failed: {message}", error=f"{type(exc).__name__}: {message}")
         metrics = {
             "latest": {**callback.latest, **_clean(dict(result.final_metrics))},

@@ -36,8 +36,9 @@ def _validate_file(path: Path, filename: str, max_rows: int) -> tuple[str, objec
         raise ApiError(415, exc.message, code="unsupported_file_type", param="file") from exc
     try:
         examples = read_examples(path, fmt, max_rows=max_rows)
-    except DataError as exc:
-        raise ApiError(422, exc.message, code="invalid_dataset", param="file") from exc
+    except DataError as exc:  # "cannot read <tmp>/upload-x.part": the uploader knows it by its own name
+        message = exc.message.replace(str(path), repr(filename) if filename else "the file")
+        raise ApiError(422, message, code="invalid_dataset", param="file") from exc
     report = validate_examples(examples)
     if report.errors:
         raise ApiError(422, "; ".join(report.errors), code="invalid_dataset", param="file")
@@ -56,7 +57,9 @@ async def create_dataset(
     # A full tenant is refused before its upload is read, an upload that does not fit before it is parsed; the
     # binding check is the insert's.
     await run_in_threadpool(early_quota_check, session, settings, tenant.id, stored_bytes=1, datasets=1)
-    upload = await receive_upload(request, tmp_dir=settings.tmp_dir, max_bytes=settings.max_dataset_bytes)
+    upload = await receive_upload(request, tmp_dir=settings.tmp_dir, max_bytes=settings.max_dataset_bytes,
+                                  max_fields=settings.max_form_fields,
+                                  max_field_bytes=settings.max_form_field_bytes)
     final: Path | None = None
     published: str | None = None
     try:

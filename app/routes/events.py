@@ -177,7 +177,22 @@ async def _stream(request: Request, settings: Settings, job_id: str, after: int,
         await release()
 
 
-@router.get("/stream")
+class EventStreamResponse(StreamingResponse):
+    """The stream's type, so the OpenAPI document lists `text/event-stream` (not JSON) as its 200 answer."""
+
+    media_type = "text/event-stream"
+
+
+STREAM_OPENAPI: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: `id: <seq>`, `event: <type>`, `data: <event as JSON>` per event, "
+        "a `: keep-alive` comment when idle; reconnect with `Last-Event-ID`.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get("/stream", response_class=EventStreamResponse, responses=STREAM_OPENAPI)
 def stream_events(
     job_id: str,
     request: Request,
@@ -207,9 +222,8 @@ def stream_events(
             with anyio.CancelScope(shield=True):  # also when the stream was cancelled by the client's disconnect
                 await run_in_threadpool(slots.release, tenant.id, slot)
 
-    return StreamingResponse(
+    return EventStreamResponse(
         _stream(request, settings, job.id, start, release, lambda: slots.renew(tenant.id, slot)),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         background=BackgroundTask(release),
     )

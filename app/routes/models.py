@@ -61,7 +61,9 @@ async def upload_model(
     request: Request, tenant: CurrentTenant, settings: SettingsDep, session: SessionDep
 ) -> ModelOut:
     await run_in_threadpool(early_quota_check, session, settings, tenant.id, stored_bytes=1, models=1)
-    upload = await receive_upload(request, tmp_dir=settings.tmp_dir, max_bytes=settings.max_model_bytes)
+    upload = await receive_upload(request, tmp_dir=settings.tmp_dir, max_bytes=settings.max_model_bytes,
+                                  max_fields=settings.max_form_fields,
+                                  max_field_bytes=settings.max_form_field_bytes)
     final: Path | None = None
     try:
         assert upload.path is not None

@@ -38,6 +38,28 @@ class Settings(BaseSettings):
     max_archive_ratio: float = Field(
         200.0, ge=1, description="An uploaded model archive may unpack to at most this many times its own size."
     )
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024,
+        description="Largest body of a request other than a dataset or model upload (JSON bodies); a larger one, "
+        "also chunked without Content-Length, is a 413 as soon as the bound is passed.")
+    max_form_fields: int = Field(
+        16, ge=2, description="Most parts of an upload form (the file, `name` and any others); more is a 413.")
+    max_form_field_bytes: int = Field(
+        64 * 1024, ge=1024,
+        description="Largest non-file part of an upload form (e.g. `name`); larger is a 413.")
+    max_header_bytes: int = Field(
+        64 * 1024, ge=4096,
+        description="Request line and headers of one request; more is a 431 and the connection closes (the server "
+        "of `gkd serve` and `python -m app.server`).")
+    graceful_shutdown_seconds: int = Field(
+        20, ge=0,
+        description="On SIGTERM the server stops accepting, lets requests finish this long, then cancels the rest "
+        "(their temporary files are removed) and exits.")
+    tmp_stale_seconds: float = Field(
+        3600.0, gt=0,
+        description="At start-up the API deletes entries of <storage>/tmp and checkpoint extractions "
+        "(jobs/*/extracted/.extract-*) untouched this long (what a killed process left); a live upload writes on "
+        "every chunk, so it never looks this old.")
     checkpoint_compresslevel: int = Field(
         0, ge=0, le=9, description="gzip level of checkpoint archives; 0 stores (weights barely compress)."
     )

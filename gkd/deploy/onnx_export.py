@@ -190,7 +190,8 @@ def export_onnx(
             "inputs": names,
             "dynamic_axes": ["batch", "sequence"],
             "labels": labels,
-            "source": {"directory": str(model_dir), "method": source_card.get("method"),
+            # the source by its name, not where a server keeps it (issue 20, finding 12)
+            "source": {"directory": Path(model_dir).name, "method": source_card.get("method"),
                        "checkpoint": source_card.get("checkpoint"), "step": source_card.get("step"),
                        "metrics": source_card.get("metrics")},
             "verification": check,

@@ -53,6 +53,7 @@ def test_fp32_logits_match_pytorch_on_other_batch_sizes_and_lengths(model_dir: P
     assert {"model.onnx", "config.json", "gkd_card.json", "tokenizer.json"} <= set(names), names
     card = json.loads((fp32_dir / "gkd_card.json").read_text())
     assert card["precision"] == "fp32" and card["labels"] == list(LABELS)
+    assert card["source"]["directory"] == model_dir.name  # a name: a server's card showed its storage path
     assert card["verification"]["passed"] is True and card["verification"]["examples"] == 40
     assert card["verification"]["max_abs_logit_diff"] <= 1e-4
 

@@ -243,6 +243,9 @@ def test_a_job_with_export_makes_onnx_checkpoints(stack: Stack, api: TestClient,
     target = tmp_path / "int8"
     with tarfile.open(fileobj=io.BytesIO(content.content), mode="r:gz") as archive:
         archive.extractall(target, filter="data")
+    card_text = (target / "gkd_card.json").read_text()  # issue 20, finding 12: it held the server's path
+    assert str(stack.settings.home) not in card_text, card_text
+    assert json.loads(card_text)["source"]["directory"] == "best"
     from gkd.deploy.predictors import load_predictor
 
     predictor = load_predictor(target)

@@ -90,20 +90,28 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 class Server:
     """`uvicorn --factory app.main:create_app` on a fixed port (`API_ENV`, then `env`); can be stopped and started
-    again."""
+    again. `production=True` starts the container's entry point instead (`python -m app.server`: the header bound
+    and the graceful-shutdown timeout of GKD_* settings)."""
 
-    def __init__(self, settings: Settings, log: Path, port: int | None = None, **env: str) -> None:
+    def __init__(self, settings: Settings, log: Path, port: int | None = None, production: bool = False,
+                 **env: str) -> None:
         self.settings, self.log, self.env = settings, log, {**API_ENV, **env}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.production = production
         self.process: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        if self.production:
+            return [sys.executable, "-m", "app.server"]
+        return [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "warning"]
 
     def start(self, wait: bool = True) -> Server:
         handle = self.log.open("ab")
+        env = {"GKD_HOST": "127.0.0.1", "GKD_PORT": str(self.port), **self.env}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning"],
-            cwd=REPO, env=service_env(self.settings, **self.env), stdout=handle, stderr=subprocess.STDOUT,
+            self.argv(), cwd=REPO, env=service_env(self.settings, **env), stdout=handle, stderr=subprocess.STDOUT,
         )
         handle.close()
         if wait:
