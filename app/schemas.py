@@ -138,6 +138,23 @@ class JobCreate(BaseModel):
     devices: int = Field(1, ge=1, le=16, description="Data-parallel processes (GPUs, or CPU processes) of one job.")
 
 
+class JobEstimate(BaseModel):
+    """What `POST /v1/jobs?dry_run=true` answers: the job's size and duration; nothing is stored."""
+
+    object: Literal["job.estimate"] = "job.estimate"
+    total_steps: int = Field(description="Optimiser steps the job will train.")
+    steps_per_epoch: int
+    teacher_cache_exists: bool = Field(description="Whether one of your jobs already built the teacher cache for "
+                                       "this teacher, training data (by content) and max_length; if not, the job "
+                                       "spends time building it before training (not in estimated_seconds).")
+    estimated_seconds: dict[str, float] = Field(description="Training time per worker kind (`cpu`, `gpu`): the job's "
+                                                "own `device`, or both for `auto`, the deployment's first.")
+    seconds_per_step: dict[str, float] = Field(description="The per-step time each estimate is built from.")
+    basis: dict[str, Literal["default", "measured"]] = Field(
+        description="Per worker kind: `measured` (the mean speed workers recorded for jobs of this method, student "
+                    "width and depth and length bucket) or `default` (a rough formula from the student's size).")
+
+
 class PhaseOut(BaseModel):
     """What the job is doing now (docs/design.md, "Phases")."""
 
@@ -196,6 +213,9 @@ class JobOut(BaseModel):
     versions: dict[str, Any]
     device: str = "auto"
     devices: int = 1
+    estimated_finish_at: datetime | None = Field(
+        None, description="While the job runs: when it is expected to finish training, from the measured speed of "
+                          "jobs like it before its first steps, then from its own steps; null otherwise.")
 
     @classmethod
     def of(cls, row: Job) -> JobOut:
@@ -223,6 +243,7 @@ class JobOut(BaseModel):
             versions={"gkd": None, "torch": None, "transformers": None, **(row.versions or {})},
             device=row.queue_kind or "auto",
             devices=row.devices or 1,
+            estimated_finish_at=(row.progress or {}).get("estimated_finish_at") if row.status == "running" else None,
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -173,3 +173,20 @@ class Checkpoint(Base):
     step: Mapped[int] = mapped_column(Integer, default=0)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StepCalibration(Base):
+    """Measured training speed of one kind of job on one kind of worker (migration 0008): the running mean of
+    seconds per optimiser step per training row, so that jobs with other batch sizes share it. Written by workers
+    when a job's training ends, read by estimates (`app.store.estimates`)."""
+
+    __tablename__ = "step_calibration"
+
+    method: Mapped[str] = mapped_column(String(32), primary_key=True)
+    student_width: Mapped[int] = mapped_column(Integer, primary_key=True)
+    student_depth: Mapped[int] = mapped_column(Integer, primary_key=True)
+    length_bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # cpu | gpu
+    seconds_per_row: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(Integer, default=0)  # jobs averaged into the mean
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
