@@ -33,7 +33,17 @@ from gkd.client.errors import (
     UnsafeArchiveError,
     WaitTimeoutError,
 )
-from gkd.client.models import TERMINAL_STATUSES, Checkpoint, Dataset, Deleted, Job, JobEvent, Model, Page
+from gkd.client.models import (
+    TERMINAL_STATUSES,
+    Checkpoint,
+    Dataset,
+    Deleted,
+    Job,
+    JobEstimate,
+    JobEvent,
+    Model,
+    Page,
+)
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -52,6 +62,7 @@ __all__ = [
     "GkdError",
     "InvalidRequestError",
     "Job",
+    "JobEstimate",
     "JobEvent",
     "Model",
     "NotFoundError",
