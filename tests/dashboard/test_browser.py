@@ -170,6 +170,11 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     assert page.locator("#f-student-num_layers").get_attribute("aria-invalid") == "true"
     assert page.evaluate("document.activeElement.id") == "f-student-num_layers"
     page.fill("#f-student-num_layers", "1")
+    jobs_before = httpx.get(f"{url}/v1/jobs", headers=headers).json()["data"]
+    page.click("#estimate-job")  # a dry run: the estimate under the form, no job
+    page.locator("#job-estimate").filter(has_text="steps;").wait_for()
+    assert "cpu: about" in page.locator("#job-estimate").inner_text()
+    assert httpx.get(f"{url}/v1/jobs", headers=headers).json()["data"] == jobs_before
     shot(page, "03-new-job")
     page.click("#submit-job")
     page.wait_for_url("**/dashboard/#/jobs/job_*")
