@@ -45,6 +45,7 @@ from gkd.training.accuracy_guard import AccuracyGuard
 from gkd.training.allocator import reuse_freed_memory
 from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress, epoch_kind, phase_reporter
 from gkd.training.estimates import total_steps as planned_steps
+from gkd.training.integrations import integration_callbacks
 from gkd.training.run_warnings import RunWarning, gradient_term_idle, majority_share, near_chance
 from gkd.training.state import (
     STATE_FILE,
@@ -192,7 +193,8 @@ class Trainer:
         self.config = config
         self.method = method_properties(config.method)
         self.parallel = parallel
-        self.callbacks = list(callbacks) if parallel.is_main else []
+        # The run's experiment trackers (`config.integrations`) follow the caller's callbacks.
+        self.callbacks = [*callbacks, *integration_callbacks(config)] if parallel.is_main else []
         self.state_every_steps = state_every_steps
         self._examples = examples
         self._teacher = teacher
