@@ -168,6 +168,19 @@ def _continued_checkpoint(session: Session, tenant: Tenant, body: JobCreate, tea
     return row
 
 
+def _check_integrations(body: JobCreate, settings: Settings) -> None:
+    """A job's trackers log to the operator's MLflow server only: never to one the tenant names, which could make
+    the worker write to any path or host it can reach."""
+    for index, integration in enumerate(body.integrations):
+        param = f"integrations.{index}"
+        if not settings.mlflow_tracking_uri:
+            raise invalid("this service has no MLflow tracking server (the operator sets GKD_MLFLOW_TRACKING_URI)",
+                          param=param, code="integration_unavailable")
+        if integration.tracking_uri is not None and integration.tracking_uri != settings.mlflow_tracking_uri:
+            raise invalid("jobs log to the service's own MLflow tracking server: leave tracking_uri out",
+                          param=f"{param}.tracking_uri")
+
+
 def _request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -235,6 +248,7 @@ def create_job(
     if body.validation_dataset is not None:
         dev = get_dataset(session, tenant, body.validation_dataset, param="validation_dataset", lock=True)
     label_map = _check_against_teacher(body, teacher, train.labels, dev.labels if dev else None)
+    _check_integrations(body, settings)
     student = body.student.model_dump(mode="json")
     if body.student.base_model is not None:
         base = get_model(session, tenant, body.student.base_model, param="student.init.model")
@@ -262,6 +276,7 @@ def create_job(
         label_map=label_map or None,
         init_checkpoint_id=continued.id if continued is not None else None,
         export=list(body.export) or None,
+        integrations=[i.model_dump(mode="json", exclude={"tracking_uri"}) for i in body.integrations] or None,
         name=body.name,
         meta=body.metadata,
         progress={},

@@ -126,6 +126,9 @@ class Job(Base):
     init_checkpoint_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)
     # Deployable copies of the best student to make: "onnx", "onnx-int8" (migration 0005; NULL: none).
     export: Mapped[list[Any] | None] = mapped_column(default=None)
+    # Experiment trackers the job logs to, as the tenant asked: [{"type": "mlflow", "experiment": ...}]
+    # (migration 0008; NULL: none). The tracking server is the operator's (GKD_MLFLOW_TRACKING_URI).
+    integrations: Mapped[list[Any] | None] = mapped_column(default=None)
     name: Mapped[str | None] = mapped_column(String(300))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)

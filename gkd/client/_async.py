@@ -131,9 +131,10 @@ class AsyncJobs(_AsyncResource):
         idempotency_key: str | None = None,
         export: Sequence[str] | None = None,
         device: str | None = None,
+        integrations: Sequence[Mapping[str, Any]] | None = None,
     ) -> Job:
         body = c.job_body(teacher, training_dataset, method, student, hyperparameters, validation_dataset,
-                          name, metadata, export, device)
+                          name, metadata, export, device, integrations)
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         return Job.model_validate(await self._http.json("POST", "/v1/jobs", json=body, headers=headers))
 
@@ -148,11 +149,12 @@ class AsyncJobs(_AsyncResource):
         validation_dataset: str | None = None,
         export: Sequence[str] | None = None,
         device: str | None = None,
+        integrations: Sequence[Mapping[str, Any]] | None = None,
     ) -> JobEstimate:
         """What `create` with these arguments would train: total steps, whether the teacher cache exists and
         the estimated seconds per worker kind. Checked like a create (same errors); nothing is stored."""
         body = c.job_body(teacher, training_dataset, method, student, hyperparameters, validation_dataset,
-                          None, None, export, device)
+                          None, None, export, device, integrations)
         return JobEstimate.model_validate(await self._http.json("POST", "/v1/jobs", json=body,
                                                                 params={"dry_run": "true"}))
 

@@ -3,7 +3,8 @@
     gkd datasets upload FILE [--name N] | list | get ID | delete ID
     gkd models list | upload PATH          (next to the admin command `gkd models import`)
     gkd jobs submit --teacher T --train D [--dev D] [--method M] [--layers N] [--set KEY=VALUE ...] [--export onnx]
-                    [--export onnx-int8] [--device cpu|gpu|auto] [--watch] [--dry-run (estimate only)]
+                    [--export onnx-int8] [--device cpu|gpu|auto] [--mlflow-experiment NAME] [--watch]
+                    [--dry-run (estimate only)]
     gkd jobs list [--status S] | get ID | cancel ID | delete ID | events ID | watch ID
     gkd jobs download ID [--kind best|final|epoch-N|best-onnx|best-onnx-int8]
     gkd jobs metrics ID [-o FILE]          (every step's and evaluation's metrics as CSV)
@@ -331,6 +332,8 @@ def _init_value(text: str) -> Any:
               help="hyperparameters.KEY=VALUE (or student./metadata.); repeatable; values parsed as JSON.")
 @click.option("--export", "export", multiple=True, type=click.Choice(EXPORT_FORMATS),
               help="Also make the best student as ONNX (checkpoint best-onnx) and/or int8 ONNX (best-onnx-int8).")
+@click.option("--mlflow-experiment", default=None, metavar="NAME",
+              help="Log the job to the service's MLflow server under this experiment (docs/integrations.md).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default=None,
               help="Worker queue (default: the service's, auto).")
 @click.option("--idempotency-key", default=None, help="Default: a random key, so a retry makes no second job.")
@@ -341,7 +344,8 @@ def _init_value(text: str) -> Any:
 @api_options
 @handle_errors
 def jobs_submit(teacher: str, train: str, dev: str | None, method: str, layers: int | None, init: str | None,
-                name: str | None, sets: tuple[str, ...], export: tuple[str, ...], device: str | None,
+                name: str | None, sets: tuple[str, ...], export: tuple[str, ...], mlflow_experiment: str | None,
+                device: str | None,
                 idempotency_key: str | None, watch: bool, dry_run: bool) -> None:
     """Submit a distillation job (or, with --dry-run, estimate it)."""
     body: dict[str, Any] = {"method": method, "student": {}, "hyperparameters": {}, "metadata": {}}
@@ -352,6 +356,7 @@ def jobs_submit(teacher: str, train: str, dev: str | None, method: str, layers: 
     if name is not None:
         body["name"] = name
     _apply_sets(body, sets)
+    integrations = [{"type": "mlflow", "experiment": mlflow_experiment}] if mlflow_experiment else None
     with _client() as client:
         teacher_id = client.models.find(teacher).id
         if dry_run:
@@ -364,6 +369,7 @@ def jobs_submit(teacher: str, train: str, dev: str | None, method: str, layers: 
                 hyperparameters=body["hyperparameters"] or None,
                 export=list(dict.fromkeys(export)) or None,
                 device=device,
+                integrations=integrations,
             )
             _print_estimate(estimate)
             return
@@ -379,6 +385,7 @@ def jobs_submit(teacher: str, train: str, dev: str | None, method: str, layers: 
             idempotency_key=idempotency_key,
             export=list(dict.fromkeys(export)) or None,
             device=device,
+            integrations=integrations,
         )
         if not watch:
             if _json_mode():

@@ -1,5 +1,5 @@
 """Measured seconds per training step (per row) per method, student width and depth, length bucket and device
-kind: what job estimates are built from.
+kind: what job estimates are built from. And a job's experiment trackers (`jobs.integrations`, NULL: none).
 
 Revision ID: 0008_step_calibration
 Revises: 0007_tenant_capacity
@@ -28,7 +28,11 @@ def upgrade() -> None:
         sa.Column("samples", sa.Integer(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("integrations", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("integrations")
     op.drop_table("step_calibration")
