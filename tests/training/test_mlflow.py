@@ -109,3 +109,14 @@ def test_a_missing_mlflow_is_a_config_error(tmp_path: Path, monkeypatch: pytest.
                                   "integrations": [{"type": "mlflow", "experiment": "e"}]})
     with pytest.raises(ConfigError, match="pip install mlflow-skinny"):
         Trainer(config)
+
+
+def test_an_unreachable_tracker_does_not_fail_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    config = tiny_config(tmp_path, [{"type": "mlflow", "tracking_uri": "http://127.0.0.1:9", "experiment": "e"}])
+    config = config.model_copy(update={"hyperparameters": config.hyperparameters.model_copy(update={"epochs": 1})})
+    result = Trainer(config).train()
+    assert result.steps == 3 and result.final_dir is not None
+    assert "MLflow logging stopped for this run" in caplog.text

@@ -8,13 +8,18 @@ callback is made, with a message naming the package to install when it is missin
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gkd.config import ConfigError, DistillConfig, MlflowIntegration
 from gkd.training.callbacks import CheckpointKind, StepMetrics, TrainerCallback, TrainingProgress
 from gkd.training.integrations import ArtifactUri
+
+log = logging.getLogger(__name__)
 
 # MLflow's own limits on one log_batch call (metrics and params per request, characters of a param value).
 MAX_METRICS_PER_BATCH = 1000
@@ -43,9 +48,28 @@ def _import_mlflow() -> Any:
     return MlflowClient
 
 
+def _best_effort(hook: Callable[..., None]) -> Callable[..., None]:
+    """A tracker that fails (server down, refused) must not fail the training it watches: the error is logged
+    once and the callback stops logging for the rest of the run."""
+
+    @functools.wraps(hook)
+    def guarded(self: MlflowCallback, *args: Any) -> None:
+        if self.broken:
+            return
+        try:
+            hook(self, *args)
+        except Exception:  # noqa: BLE001 - any tracker error; the run goes on without it
+            self.broken = True
+            log.warning("MLflow logging stopped for this run (%s, experiment %r)", self.entry.tracking_uri,
+                        self.entry.experiment, exc_info=True)
+
+    return guarded
+
+
 class MlflowCallback(TrainerCallback):
     """Logs one training run to MLflow. Step metrics are sent in batches every `flush_every_steps` steps (and at
-    each evaluation and the end), each with its own step number, so a slow tracker costs few requests."""
+    each evaluation and the end), each with its own step number, so a slow tracker costs few requests. Tracker
+    errors never fail the run (`_best_effort`); a missing mlflow package does, before training starts."""
 
     def __init__(self, config: DistillConfig, entry: MlflowIntegration, *, artifact_uri: ArtifactUri,
                  flush_every_steps: int = 20) -> None:
@@ -57,6 +81,7 @@ class MlflowCallback(TrainerCallback):
         self.flush_every_steps = flush_every_steps
         self.run_id: str | None = None
         self.pending: list[Any] = []  # mlflow Metric entities not sent yet
+        self.broken = False  # set by the first failed call to the tracker (`_best_effort`)
 
     def _experiment_id(self) -> str:
         experiment = self.client.get_experiment_by_name(self.entry.experiment)
@@ -64,6 +89,7 @@ class MlflowCallback(TrainerCallback):
             return str(experiment.experiment_id)
         return str(self.client.create_experiment(self.entry.experiment))
 
+    @_best_effort
     def on_train_begin(self, progress: TrainingProgress) -> None:
         from mlflow.entities import Param
 
@@ -90,19 +116,23 @@ class MlflowCallback(TrainerCallback):
         for start in range(0, len(pending), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=pending[start:start + MAX_METRICS_PER_BATCH])
 
+    @_best_effort
     def on_step(self, progress: TrainingProgress, metrics: StepMetrics) -> None:
         self._add({**metrics.as_dict(), "epoch": progress.epoch}, progress.step)
         if progress.step % self.flush_every_steps == 0:
             self._flush()
 
+    @_best_effort
     def on_evaluate(self, progress: TrainingProgress, metrics: dict[str, float]) -> None:
         self._add({f"eval_{key}": value for key, value in metrics.items()}, progress.step)
         self._flush()
 
+    @_best_effort
     def on_checkpoint(self, progress: TrainingProgress, kind: CheckpointKind, path: Path) -> None:
         if self.run_id is not None and kind in ("best", "final"):
             self.client.set_tag(self.run_id, f"gkd.{kind}_artifact_uri", self.artifact_uri(kind, Path(path)))
 
+    @_best_effort
     def on_train_end(self, progress: TrainingProgress, stopped: bool) -> None:
         if self.run_id is None:
             return
