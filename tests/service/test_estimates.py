@@ -168,3 +168,25 @@ def test_a_running_job_reports_its_estimated_finish(client: TestClient, auth: di
                      StepMetrics(loss=1.0))
     own = datetime.fromisoformat(client.get(f"/v1/jobs/{job_id}", headers=auth).json()["estimated_finish_at"])
     assert before + timedelta(seconds=17) <= own <= utcnow() + timedelta(seconds=19)
+
+
+def test_a_fenced_off_worker_records_no_calibration(client: TestClient, auth: dict, body: dict,
+                                                    settings: Settings) -> None:
+    from app.store.jobs import FencedOff
+    from gkd.training.callbacks import TrainingProgress
+    from tests.service.test_worker_claim import _taken_over
+    from worker.runner import make_callback
+
+    body = {**body, "method": "ce", "hyperparameters": {**TINY, "max_length": 64}}  # a key no other test records
+    job_id = client.post("/v1/jobs", headers=auth, json=body).json()["id"]
+    key = CalibrationKey.of("ce", 32, 1, 64, "cpu")
+    first, second = _taken_over(settings, job_id)
+    end = TrainingProgress(step=3, total_steps=3, epoch=1, num_epochs=1, elapsed_seconds=3.0)
+    with pytest.raises(FencedOff):
+        make_callback(first).on_train_end(end, False)
+    with session_scope(settings.database_url) as session:
+        assert session.scalar(select(StepCalibration).where(*key.where())) is None
+    make_callback(second).on_train_end(end, False)  # the holder's measurement lands: 3 s / 3 steps / 8 rows
+    with session_scope(settings.database_url) as session:
+        row = session.scalar(select(StepCalibration).where(*key.where()))
+        assert row is not None and row.samples == 1 and row.seconds_per_row == pytest.approx(1 / 8)

@@ -17,7 +17,7 @@ from typing import Any
 
 from gkd.config import ConfigError, DistillConfig, MlflowIntegration
 from gkd.training.callbacks import CheckpointKind, StepMetrics, TrainerCallback, TrainingProgress
-from gkd.training.integrations import ArtifactUri
+from gkd.training.integrations.artifacts import ArtifactUri
 
 log = logging.getLogger(__name__)
 
