@@ -119,6 +119,21 @@ class ModelOut(BaseModel):
         )
 
 
+class JobIntegration(BaseModel):
+    """An experiment tracker the job logs to. The service logs to its operator's MLflow server
+    (GKD_MLFLOW_TRACKING_URI); the job names the experiment and run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["mlflow"] = Field(..., description="The tracker: 'mlflow'.")
+    experiment: Annotated[StorableText, StringConstraints(min_length=1, max_length=250)] = Field(
+        ..., description="MLflow experiment name; created when missing.")
+    run_name: Annotated[StorableText, StringConstraints(max_length=250)] | None = Field(
+        None, description="MLflow run name; null: MLflow picks one.")
+    tracking_uri: Annotated[StorableText, StringConstraints(max_length=2000)] | None = Field(
+        None, description="Leave out: the operator's tracking server is used, and any other is refused.")
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -138,6 +153,26 @@ class JobCreate(BaseModel):
         "auto", description="Worker queue: `cpu`, `gpu`, or `auto` (the deployment's GKD_AUTO_DEVICE)."
     )
     devices: int = Field(1, ge=1, le=16, description="Data-parallel processes (GPUs, or CPU processes) of one job.")
+    integrations: list[JobIntegration] = Field(
+        default_factory=list, max_length=4, description="Experiment trackers the job logs its params, metrics and "
+        "checkpoint URIs to (docs/integrations.md).")
+
+
+class JobEstimate(BaseModel):
+    """What `POST /v1/jobs?dry_run=true` answers: the job's size and duration; nothing is stored."""
+
+    object: Literal["job.estimate"] = "job.estimate"
+    total_steps: int = Field(description="Optimiser steps the job will train.")
+    steps_per_epoch: int
+    teacher_cache_exists: bool = Field(description="Whether one of your jobs already built the teacher cache for "
+                                       "this teacher, training data (by content) and max_length; if not, the job "
+                                       "spends time building it before training (not in estimated_seconds).")
+    estimated_seconds: dict[str, float] = Field(description="Training time per worker kind (`cpu`, `gpu`): the job's "
+                                                "own `device`, or both for `auto`, the deployment's first.")
+    seconds_per_step: dict[str, float] = Field(description="The per-step time each estimate is built from.")
+    basis: dict[str, Literal["default", "measured"]] = Field(
+        description="Per worker kind: `measured` (the mean speed workers recorded for jobs of this method, student "
+                    "width and depth and length bucket) or `default` (a rough formula from the student's size).")
 
 
 class PhaseOut(BaseModel):
@@ -198,6 +233,10 @@ class JobOut(BaseModel):
     versions: dict[str, Any]
     device: str = "auto"
     devices: int = 1
+    integrations: list[dict[str, Any]] = Field(default_factory=list)
+    estimated_finish_at: datetime | None = Field(
+        None, description="While the job runs: when it is expected to finish training, from the measured speed of "
+                          "jobs like it before its first steps, then from its own steps; null otherwise.")
 
     @classmethod
     def of(cls, row: Job) -> JobOut:
@@ -225,6 +264,8 @@ class JobOut(BaseModel):
             versions={"gkd": None, "torch": None, "transformers": None, **(row.versions or {})},
             device=row.queue_kind or "auto",
             devices=row.devices or 1,
+            integrations=row.integrations or [],
+            estimated_finish_at=(row.progress or {}).get("estimated_finish_at") if row.status == "running" else None,
         )
 
 

@@ -236,6 +236,32 @@ class DataSpec(_Strict):
     )
 
 
+class MlflowIntegration(_Strict):
+    """Log the run to MLflow: its settings as params, every step's and evaluation's metrics, and where the trained
+    student lies (docs/integrations.md). Needs `pip install mlflow-skinny` (or `mlflow`) where the run trains."""
+
+    type: Literal["mlflow"] = Field(..., description="The tracker: 'mlflow'.")
+    tracking_uri: StorableText | None = Field(
+        None, max_length=2000,
+        description="MLflow tracking URI (http(s)://..., sqlite:///..., a directory); null: MLflow's default "
+        "(MLFLOW_TRACKING_URI, else ./mlruns). The service uses its operator's and refuses another.",
+    )
+    experiment: StorableText = Field(
+        "gkd", min_length=1, max_length=250, description="Experiment name; created when missing.")
+    run_name: StorableText | None = Field(None, max_length=250, description="Run name; null: MLflow picks one.")
+    tags: dict[Annotated[StorableText, StringConstraints(min_length=1, max_length=250)],
+               Annotated[StorableText, StringConstraints(max_length=5000)]] = Field(
+        default_factory=dict, max_length=50, description="Tags set on the run.")
+    artifact_base_uri: StorableText | None = Field(
+        None, max_length=2000,
+        description="Prefix of the trained student's URI, followed by its kind (best, final); null: the local "
+        "directory as file://.",
+    )
+
+
+Integration = MlflowIntegration  # a union discriminated by `type` once there is a second tracker
+
+
 class RunSettings(_Strict):
     """Where and how one run executes; the CLI and the worker fill these in, and they never change its result."""
 
@@ -278,6 +304,10 @@ class DistillConfig(_Strict):
     export: list[ExportFormat] = Field(
         default_factory=list, max_length=2,
         description="Deployable copies of the best student made after training: 'onnx' (fp32) and 'onnx-int8'.",
+    )
+    integrations: list[Integration] = Field(
+        default_factory=list, max_length=4,
+        description="Experiment trackers the run logs to, e.g. [{\"type\": \"mlflow\", \"experiment\": \"sst2\"}].",
     )
 
     @field_validator("export")

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.store import jobs
+from app.store import estimates, jobs
 from app.store.db import sessionmaker_for, with_retries
 from app.store.events import append_event, notify
 from app.store.ids import new_id
@@ -234,6 +234,13 @@ def make_callback(ctx: JobContext) -> Any:
             self.gradient_started = (self.latest.get("grad_weight") or 0) > 0
             hyperparameters = ctx.read(lambda s: s.scalar(select(Job.hyperparameters).where(Job.id == ctx.job_id)))
             self.keep_epochs = int((hyperparameters or {}).get("n_checkpoints") or 0)
+            hyperparameters = hyperparameters or {}
+            self.rows_per_step = int(hyperparameters.get("batch_size") or 1) * int(
+                hyperparameters.get("gradient_accumulation_steps") or 1)
+            self.max_length = int(hyperparameters.get("max_length") or 0)
+            self.calibration: estimates.CalibrationKey | None = ctx.read(
+                lambda s: estimates.job_key(s, s.get(Job, ctx.job_id), worker_device_kind(ctx.settings)))
+            self.calibrated_finish: str | None = None  # before the job's own steps: from the calibration
             storage = get_storage(ctx.settings)
             # With a bucket, checkpoints and the training state go up in the background while training goes on.
             def publish_file(source: Path, relative: str) -> None:
@@ -266,7 +273,10 @@ def make_callback(ctx: JobContext) -> Any:
         def _record(self, progress: Any, message: str, data: dict[str, Any] | None,
                     note: tuple[str, dict[str, Any]] | None = None) -> None:
             """`note`: a `log` event (message, data) written in the same transaction, after the metrics event."""
-            self.progress = {**progress.as_dict(), "phase": self.progress.get("phase")}
+            own_eta = progress.eta_seconds  # None until this attempt has done a step
+            finish = estimates.finish_time(utcnow(), own_eta) if own_eta is not None else self.calibrated_finish
+            self.progress = {**progress.as_dict(), "phase": self.progress.get("phase"),
+                             "estimated_finish_at": finish}
             if self.training:  # between evaluations the job is training: the phase follows the steps
                 self.progress["phase"] = PhaseProgress("training", progress.step, progress.total_steps,
                                                        progress.elapsed_seconds, "steps").as_dict()
@@ -341,6 +351,11 @@ def make_callback(ctx: JobContext) -> Any:
                 self.stop_asked = True
 
         def on_train_begin(self, progress: Any) -> None:
+            if self.calibration is not None:  # until its own steps say better: what jobs like it took
+                key = self.calibration
+                rate = ctx.read(lambda s: estimates.step_rate(s, key, self.max_length))
+                left = rate.seconds_per_row * self.rows_per_step * max(0, progress.total_steps - progress.step)
+                self.calibrated_finish = estimates.finish_time(utcnow(), left)
             if progress.resumed_from_step:
                 message = f"training resumed from step {progress.resumed_from_step} of {progress.total_steps}"
             else:
@@ -350,6 +365,21 @@ def make_callback(ctx: JobContext) -> Any:
 
         def on_train_end(self, progress: Any, stopped: bool) -> None:
             self.training = False  # what follows (testing, packing `final`, uploads) has phases of its own
+            self.progress = {**self.progress, "estimated_finish_at": None}
+            self.record_calibration(progress)
+
+        def record_calibration(self, progress: Any) -> None:
+            """This attempt's measured seconds per step and row, into the running mean estimates read."""
+            steps = progress.step - progress.resumed_from_step
+            if self.calibration is None or steps <= 0 or progress.elapsed_seconds <= 0:
+                return
+            key, rate = self.calibration, progress.elapsed_seconds / steps / self.rows_per_step
+            try:
+                ctx.fenced_write(lambda s: estimates.record(s, key, rate), "calibration")
+            except jobs.FencedOff:
+                raise
+            except Exception:  # noqa: BLE001 - a lost measurement only makes later estimates rougher
+                log.warning("job %s: could not record its step calibration", ctx.job_id, exc_info=True)
 
         def on_step(self, progress: Any, metrics: Any) -> None:
             from worker.metrics import WORKER_METRICS
@@ -464,6 +494,13 @@ def make_callback(ctx: JobContext) -> Any:
             return self.stop_asked
 
     return JobCallback()
+
+
+def worker_device_kind(settings: Settings) -> str:
+    """The kind of worker this is for calibrations: `gpu` when it trains on CUDA, else `cpu`."""
+    from gkd.training.trainer import resolve_device
+
+    return "gpu" if resolve_device(settings.worker_device).type == "cuda" else "cpu"
 
 
 def is_epoch_kind(kind: str) -> bool:

@@ -8,6 +8,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -16,8 +17,8 @@ from app.deps import CurrentTenant, PageDep, ReadsDep, SessionDep, SettingsDep
 from app.errors import ApiError, conflict, invalid, not_found
 from app.reads import row_select
 from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_row, paginate, quota_error
-from app.schemas import Deleted, JobCreate, JobOut, ListResponse
-from app.store import jobs, quotas, removal
+from app.schemas import Deleted, JobCreate, JobEstimate, JobOut, ListResponse
+from app.store import estimates, jobs, quotas, removal
 from app.store.events import notify
 from app.store.ids import new_id
 from app.store.job_config import check_job_body, work_dir
@@ -28,6 +29,7 @@ from app.store.storage import get_storage
 from gkd.config import ConfigError, InitFromModel
 from gkd.data.labels import LabelMapError, label_map_for
 from gkd.method.properties import method_properties
+from gkd.training.estimates import total_steps
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -166,6 +168,19 @@ def _continued_checkpoint(session: Session, tenant: Tenant, body: JobCreate, tea
     return row
 
 
+def _check_integrations(body: JobCreate, settings: Settings) -> None:
+    """A job's trackers log to the operator's MLflow server only: never to one the tenant names, which could make
+    the worker write to any path or host it can reach."""
+    for index, integration in enumerate(body.integrations):
+        param = f"integrations.{index}"
+        if not settings.mlflow_tracking_uri:
+            raise invalid("this service has no MLflow tracking server (the operator sets GKD_MLFLOW_TRACKING_URI)",
+                          param=param, code="integration_unavailable")
+        if integration.tracking_uri is not None and integration.tracking_uri != settings.mlflow_tracking_uri:
+            raise invalid("jobs log to the service's own MLflow tracking server: leave tracking_uri out",
+                          param=f"{param}.tracking_uri")
+
+
 def _request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -180,7 +195,34 @@ def _existing_for_key(session: Session, tenant: Tenant, key: str, digest: str) -
     return job
 
 
-@router.post("", status_code=201, response_model=JobOut)
+def _estimate(session: Session, tenant: Tenant, body: JobCreate, teacher: TeacherModel, train: Dataset,
+              student: dict[str, Any], settings: Settings) -> JobEstimate:
+    """The dry run's answer for a body that passed every check of a create (docs/design.md, "Estimates")."""
+    hp = body.hyperparameters
+    rows_per_step = hp.batch_size * hp.gradient_accumulation_steps
+    steps = total_steps(train.rows, hp.batch_size, hp.gradient_accumulation_steps, hp.epochs)
+    width = estimates.student_width(session, student, teacher)
+    seconds: dict[str, float] = {}
+    per_step: dict[str, float] = {}
+    basis: dict[str, estimates.Basis] = {}
+    for kind in estimates.device_kinds_for(body.device, settings.auto_device):
+        key = estimates.CalibrationKey.of(body.method, width, body.student.num_layers, hp.max_length, kind)
+        rate = estimates.step_rate(session, key, hp.max_length)
+        per_step[kind] = float(f"{rate.seconds_per_row * rows_per_step:.6g}")
+        seconds[kind] = float(f"{rate.seconds_per_row * rows_per_step * steps:.6g}")
+        basis[kind] = rate.basis
+    return JobEstimate(
+        total_steps=steps,
+        steps_per_epoch=steps // hp.epochs,
+        teacher_cache_exists=estimates.teacher_cache_likely(session, tenant.id, teacher.id, train, hp.max_length),
+        estimated_seconds=seconds,
+        seconds_per_step=per_step,
+        basis=basis,
+    )
+
+
+@router.post("", status_code=201, response_model=JobOut, responses={
+    200: {"model": JobEstimate, "description": "With `dry_run=true`: the job's estimate; nothing is stored."}})
 def create_job(
     body: JobCreate,
     request: Request,
@@ -189,9 +231,11 @@ def create_job(
     session: SessionDep,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> JobOut:
+    dry_run: Annotated[bool, Query(description="Validate the body like a create and answer its estimate (200) "
+                                   "instead of creating the job; nothing is stored.")] = False,
+) -> JobOut | Response:
     digest = _request_hash(body.model_dump(mode="json"))
-    if idempotency_key:
+    if idempotency_key and not dry_run:
         existing = _existing_for_key(session, tenant, idempotency_key, digest)
         if existing is not None:
             response.headers["Idempotent-Replayed"] = "true"
@@ -204,6 +248,7 @@ def create_job(
     if body.validation_dataset is not None:
         dev = get_dataset(session, tenant, body.validation_dataset, param="validation_dataset", lock=True)
     label_map = _check_against_teacher(body, teacher, train.labels, dev.labels if dev else None)
+    _check_integrations(body, settings)
     student = body.student.model_dump(mode="json")
     base = None
     if body.student.base_model is not None:
@@ -215,6 +260,10 @@ def create_job(
         quotas.check(session, settings, tenant.id, active_jobs=1)
     except quotas.QuotaExceeded as exc:
         raise quota_error(exc) from exc
+    if dry_run:
+        estimate = _estimate(session, tenant, body, teacher, train, student, settings)
+        session.rollback()  # releases the locks a create would have held to its commit; nothing was written
+        return JSONResponse(estimate.model_dump(mode="json"), status_code=200)
     job = Job(
         id=new_id("job"),
         tenant_id=tenant.id,
@@ -228,6 +277,7 @@ def create_job(
         label_map=label_map or None,
         init_checkpoint_id=continued.id if continued is not None else None,
         export=list(body.export) or None,
+        integrations=[i.model_dump(mode="json", exclude={"tracking_uri"}) for i in body.integrations] or None,
         name=body.name,
         meta=body.metadata,
         progress={},

@@ -15,14 +15,16 @@ from app.store.orm import Checkpoint, Dataset, Job, TeacherModel
 from app.store.settings import Settings
 from app.store.storage import get_storage
 from app.store.storage.archive import extract_archive
-from gkd.config import DistillConfig
+from gkd.config import ConfigError, DistillConfig
 
 
 def job_config(*, method: str, student: dict[str, Any], hyperparameters: dict[str, Any],
                label_map: dict[str, str] | None, teacher: str, train: str, dev: str | None,
-               run: dict[str, Any] | None = None, export: list[str] | None = None) -> DistillConfig:
+               run: dict[str, Any] | None = None, export: list[str] | None = None,
+               integrations: list[dict[str, Any]] | None = None) -> DistillConfig:
     """The `DistillConfig` of a job's settings and file paths; `gkd.config.ConfigError` names a bad field."""
     return DistillConfig.parse({
+        "integrations": integrations or [],
         "method": method,
         "teacher": teacher,
         "student": student,
@@ -38,6 +40,18 @@ def check_job_body(method: str, student: dict[str, Any], hyperparameters: dict[s
     """The body's settings as the worker will build them, with placeholder paths (the API's validation)."""
     return job_config(method=method, student=student, hyperparameters=hyperparameters, label_map=label_map,
                       teacher="teacher", train="train", dev=None, export=export)
+
+
+def tracker_entries(settings: Settings, job: Job) -> list[dict[str, Any]]:
+    """The job's `integrations` as the library's entries: the operator's tracking server, the tenant's experiment
+    and run name, the job's id as a tag and its checkpoints as `gkd://jobs/<id>/checkpoints/<kind>`."""
+    if not job.integrations:
+        return []
+    if not settings.mlflow_tracking_uri:
+        raise ConfigError("the job logs to MLflow but this worker has no GKD_MLFLOW_TRACKING_URI", "integrations")
+    return [{"type": entry["type"], "experiment": entry["experiment"], "run_name": entry.get("run_name"),
+             "tracking_uri": settings.mlflow_tracking_uri, "tags": {"gkd.job_id": job.id},
+             "artifact_base_uri": f"gkd://jobs/{job.id}/checkpoints/"} for entry in job.integrations]
 
 
 def _unpacked_checkpoint(settings: Settings, session: Session, job_id: str, checkpoint_id: str) -> Path:
@@ -106,4 +120,5 @@ def _config_for(settings: Settings, session: Session, job: Job) -> DistillConfig
         run={"output_dir": str(work), "cache_dir": str(settings.cache_dir), "device": settings.worker_device,
              "num_threads": settings.worker_num_threads, "devices": job.devices or 1},
         export=job.export,
+        integrations=tracker_entries(settings, job),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -128,6 +128,9 @@ class Job(Base):
     init_checkpoint_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)
     # Deployable copies of the best student to make: "onnx", "onnx-int8" (migration 0005; NULL: none).
     export: Mapped[list[Any] | None] = mapped_column(default=None)
+    # Experiment trackers the job logs to, as the tenant asked: [{"type": "mlflow", "experiment": ...}]
+    # (migration 0010; NULL: none). The tracking server is the operator's (GKD_MLFLOW_TRACKING_URI).
+    integrations: Mapped[list[Any] | None] = mapped_column(default=None)
     name: Mapped[str | None] = mapped_column(String(300))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -210,3 +213,18 @@ class WebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+class StepCalibration(Base):
+    """Measured training speed of one kind of job on one kind of worker (migration 0010): the running mean of
+    seconds per optimiser step per training row, so that jobs with other batch sizes share it. Written by workers
+    when a job's training ends, read by estimates (`app.store.estimates`)."""
+
+    __tablename__ = "step_calibration"
+
+    method: Mapped[str] = mapped_column(String(32), primary_key=True)
+    student_width: Mapped[int] = mapped_column(Integer, primary_key=True)
+    student_depth: Mapped[int] = mapped_column(Integer, primary_key=True)
+    length_bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # cpu | gpu
+    seconds_per_row: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(Integer, default=0)  # jobs averaged into the mean
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     auto_device: Literal["cpu", "gpu"] = Field("cpu", description="Where jobs with device `auto` go.")
     worker_queues: str = Field("", description="Comma list of `cpu`,`gpu`; default from GKD_WORKER_DEVICE.")
     worker_metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve worker /metrics on it.")
+    mlflow_tracking_uri: str = Field(
+        "", description="The MLflow tracking server jobs with an mlflow integration log to (tenants pick only the "
+        "experiment); empty: jobs cannot ask for one. Workers need mlflow-skinny installed.")
 
     @field_validator("metrics_allow")
     @classmethod

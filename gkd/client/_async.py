@@ -20,7 +20,18 @@ from gkd.client import _common as c
 from gkd.client._archive import safe_extract
 from gkd.client._http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, AsyncHTTP, backoff
 from gkd.client.errors import APIConnectionError, ChecksumError, RateLimitError, ServerError, WaitTimeoutError
-from gkd.client.models import Checkpoint, Dataset, Deleted, Job, JobEvent, Model, Page, Webhook, WebhookDelivery
+from gkd.client.models import (
+    Checkpoint,
+    Dataset,
+    Deleted,
+    Job,
+    JobEstimate,
+    JobEvent,
+    Model,
+    Page,
+    Webhook,
+    WebhookDelivery,
+)
 from gkd.client.sse import SSEDecoder
 
 T = TypeVar("T")
@@ -136,11 +147,33 @@ class AsyncJobs(_AsyncResource):
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         export: Sequence[str] | None = None,
+        device: str | None = None,
+        integrations: Sequence[Mapping[str, Any]] | None = None,
     ) -> Job:
         body = c.job_body(teacher, training_dataset, method, student, hyperparameters, validation_dataset,
-                          name, metadata, export)
+                          name, metadata, export, device, integrations)
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         return Job.model_validate(await self._http.json("POST", "/v1/jobs", json=body, headers=headers))
+
+    async def estimate(
+        self,
+        *,
+        teacher: str,
+        training_dataset: str,
+        method: str = "gradient_kd",
+        student: Mapping[str, Any] | None = None,
+        hyperparameters: Mapping[str, Any] | None = None,
+        validation_dataset: str | None = None,
+        export: Sequence[str] | None = None,
+        device: str | None = None,
+        integrations: Sequence[Mapping[str, Any]] | None = None,
+    ) -> JobEstimate:
+        """What `create` with these arguments would train: total steps, whether the teacher cache exists and
+        the estimated seconds per worker kind. Checked like a create (same errors); nothing is stored."""
+        body = c.job_body(teacher, training_dataset, method, student, hyperparameters, validation_dataset,
+                          None, None, export, device, integrations)
+        return JobEstimate.model_validate(await self._http.json("POST", "/v1/jobs", json=body,
+                                                                params={"dry_run": "true"}))
 
     def list(self, *, status: str | None = None, limit: int | None = None,
              after: str | None = None) -> AsyncPager[Job]:

@@ -105,7 +105,8 @@ def find_model(name_or_id: str, get: Callable[[str], Model], models: Iterable[Mo
 
 def job_body(teacher: Any, training_dataset: Any, method: str, student: Mapping[str, Any] | None,
              hyperparameters: Mapping[str, Any] | None, validation_dataset: Any, name: str | None,
-             metadata: Mapping[str, Any] | None, export: Sequence[str] | None = None) -> dict[str, Any]:
+             metadata: Mapping[str, Any] | None, export: Sequence[str] | None = None,
+             device: str | None = None, integrations: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "teacher": getattr(teacher, "id", teacher),
         "training_dataset": getattr(training_dataset, "id", training_dataset),
@@ -123,6 +124,10 @@ def job_body(teacher: Any, training_dataset: Any, method: str, student: Mapping[
         body["metadata"] = dict(metadata)
     if export:
         body["export"] = list(export)
+    if device is not None:
+        body["device"] = device
+    if integrations:
+        body["integrations"] = [dict(entry) for entry in integrations]
     return body
 
 

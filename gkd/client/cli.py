@@ -3,7 +3,8 @@
     gkd datasets upload FILE [--name N] | list | get ID | delete ID
     gkd models list | upload PATH | delete ID   (next to the admin commands `gkd models import`, `delete --global`)
     gkd jobs submit --teacher T --train D [--dev D] [--method M] [--layers N] [--set KEY=VALUE ...] [--export onnx]
-                    [--export onnx-int8] [--watch]
+                    [--export onnx-int8] [--device cpu|gpu|auto] [--mlflow-experiment NAME] [--watch]
+                    [--dry-run (estimate only)]
     gkd jobs list [--status S] | get ID | cancel ID | pause ID | resume ID | delete ID | events ID | watch ID
     gkd jobs download ID [--kind best|final|epoch-N|best-onnx|best-onnx-int8]
     gkd jobs metrics ID [-o FILE]          (every step's and evaluation's metrics as CSV)
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from gkd.client import Client, Job
+    from gkd.client import Client, Job, JobEstimate
     from gkd.client._common import DownloadProgress
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -363,8 +364,8 @@ def _apply_sets(body: dict[str, Any], items: Iterable[str]) -> None:
         node[parts[-1]] = _parse_value(raw)
 
 
-def _dataset_ref(client: Client, value: str | None, label: str) -> str | None:
-    """A dataset id as is, or a local file uploaded now."""
+def _dataset_ref(client: Client, value: str | None, label: str, upload: bool = True) -> str | None:
+    """A dataset id as is, or a local file uploaded now (unless `upload` is False: a dry run stores nothing)."""
     if value is None:
         return None
     if value.startswith("ds_") and not Path(value).exists():
@@ -372,6 +373,9 @@ def _dataset_ref(client: Client, value: str | None, label: str) -> str | None:
     path = Path(value)
     if not path.is_file():
         raise click.BadParameter(f"{value!r} is neither a ds_ id nor a file", param_hint=label)
+    if not upload:
+        raise click.BadParameter(f"a dry run stores nothing: upload {value!r} first (gkd datasets upload) and pass "
+                                 "its ds_ id", param_hint=label)
     dataset = client.datasets.upload(path)
     if not _json_mode():
         click.echo(f"uploaded {path} as {dataset.id} ({dataset.rows} rows)", err=True)
@@ -403,14 +407,22 @@ def _init_value(text: str) -> Any:
               help="hyperparameters.KEY=VALUE (or student./metadata.); repeatable; values parsed as JSON.")
 @click.option("--export", "export", multiple=True, type=click.Choice(EXPORT_FORMATS),
               help="Also make the best student as ONNX (checkpoint best-onnx) and/or int8 ONNX (best-onnx-int8).")
+@click.option("--mlflow-experiment", default=None, metavar="NAME",
+              help="Log the job to the service's MLflow server under this experiment (docs/integrations.md).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default=None,
+              help="Worker queue (default: the service's, auto).")
 @click.option("--idempotency-key", default=None, help="Default: a random key, so a retry makes no second job.")
 @click.option("--watch", is_flag=True, help="Follow the job until it finishes (exit 1 unless it succeeds).")
+@click.option("--dry-run", is_flag=True,
+              help="Check the job and print its estimate (steps, teacher cache, seconds per worker kind) "
+                   "instead of submitting it; nothing is stored.")
 @api_options
 @handle_errors
 def jobs_submit(teacher: str, train: str, dev: str | None, method: str, layers: int | None, init: str | None,
-                name: str | None, sets: tuple[str, ...], export: tuple[str, ...], idempotency_key: str | None,
-                watch: bool) -> None:
-    """Submit a distillation job."""
+                name: str | None, sets: tuple[str, ...], export: tuple[str, ...], mlflow_experiment: str | None,
+                device: str | None,
+                idempotency_key: str | None, watch: bool, dry_run: bool) -> None:
+    """Submit a distillation job (or, with --dry-run, estimate it)."""
     body: dict[str, Any] = {"method": method, "student": {}, "hyperparameters": {}, "metadata": {}}
     if layers is not None:
         body["student"]["num_layers"] = layers
@@ -419,8 +431,23 @@ def jobs_submit(teacher: str, train: str, dev: str | None, method: str, layers: 
     if name is not None:
         body["name"] = name
     _apply_sets(body, sets)
+    integrations = [{"type": "mlflow", "experiment": mlflow_experiment}] if mlflow_experiment else None
     with _client() as client:
         teacher_id = client.models.find(teacher).id
+        if dry_run:
+            estimate = client.jobs.estimate(
+                teacher=teacher_id,
+                training_dataset=_dataset_ref(client, train, "--train", upload=False),  # type: ignore[arg-type]
+                validation_dataset=_dataset_ref(client, dev, "--dev", upload=False),
+                method=body["method"],
+                student=body["student"] or None,
+                hyperparameters=body["hyperparameters"] or None,
+                export=list(dict.fromkeys(export)) or None,
+                device=device,
+                integrations=integrations,
+            )
+            _print_estimate(estimate)
+            return
         job = client.jobs.create(
             teacher=teacher_id,
             training_dataset=_dataset_ref(client, train, "--train"),  # type: ignore[arg-type]
@@ -432,6 +459,8 @@ def jobs_submit(teacher: str, train: str, dev: str | None, method: str, layers: 
             name=body.get("name"),
             idempotency_key=idempotency_key,
             export=list(dict.fromkeys(export)) or None,
+            device=device,
+            integrations=integrations,
         )
         if not watch:
             if _json_mode():
@@ -445,6 +474,27 @@ def jobs_submit(teacher: str, train: str, dev: str | None, method: str, layers: 
             click.echo(f"submitted {job.id}", err=True)
         final = watch_job(client, job.id, as_json=_json_mode())
     sys.exit(0 if final.status == "succeeded" else 1)
+
+
+def _print_estimate(estimate: JobEstimate) -> None:
+    """`submit --dry-run`: the estimate as JSON, or one line per worker kind."""
+    if _json_mode():
+        _emit_json(estimate.to_dict())
+        return
+    cache = "exists" if estimate.teacher_cache_exists else "to be built first (not in the estimate)"
+    click.echo(f"{estimate.total_steps} steps ({estimate.steps_per_epoch} per epoch); teacher cache {cache}")
+    for kind, seconds in estimate.estimated_seconds.items():
+        basis = estimate.basis.get(kind, "default")
+        note = "measured on this service" if basis == "measured" else "rough default, nothing measured yet"
+        click.echo(f"  {kind}: about {_duration(seconds)} ({note})")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 JOB_COLUMNS = ["id", "status", "method", "teacher", "name", "created_at"]

@@ -108,10 +108,24 @@ class Job(_Resource):
     error: str | None = None
     attempts: int = 0
     versions: dict[str, Any] = Field(default_factory=dict)
+    device: str = "auto"
+    estimated_finish_at: datetime | None = None  # while running: when training is expected to end
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+class JobEstimate(_Resource):
+    """`jobs.estimate(...)`: a job's size and duration before it is submitted; nothing is stored."""
+
+    object: str = "job.estimate"
+    total_steps: int
+    steps_per_epoch: int = 0
+    teacher_cache_exists: bool = False
+    estimated_seconds: dict[str, float] = Field(default_factory=dict)  # per worker kind: cpu, gpu
+    seconds_per_step: dict[str, float] = Field(default_factory=dict)
+    basis: dict[str, str] = Field(default_factory=dict)  # per worker kind: measured | default (a rough formula)
 
 
 class JobEvent(_Resource):

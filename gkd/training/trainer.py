@@ -44,6 +44,8 @@ from gkd.models.teacher import Teacher, describe_teacher, load_teacher
 from gkd.training.accuracy_guard import AccuracyGuard
 from gkd.training.allocator import reuse_freed_memory
 from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress, epoch_kind, phase_reporter
+from gkd.training.estimates import total_steps as planned_steps
+from gkd.training.integrations import integration_callbacks
 from gkd.training.run_warnings import RunWarning, gradient_term_idle, majority_share, near_chance
 from gkd.training.state import (
     STATE_FILE,
@@ -191,7 +193,8 @@ class Trainer:
         self.config = config
         self.method = method_properties(config.method)
         self.parallel = parallel
-        self.callbacks = list(callbacks) if parallel.is_main else []
+        # The run's experiment trackers (`config.integrations`) follow the caller's callbacks.
+        self.callbacks = [*callbacks, *integration_callbacks(config)] if parallel.is_main else []
         self.state_every_steps = state_every_steps
         self._examples = examples
         self._teacher = teacher
@@ -264,8 +267,7 @@ class Trainer:
         hp = self.config.hyperparameters
         student = self.build_student(teacher, labels)
         optimizer = make_optimizer(student, hp)
-        steps_per_epoch = math.ceil(math.ceil(len(encoded["train"]) / hp.batch_size) / hp.gradient_accumulation_steps)
-        total_steps = steps_per_epoch * hp.epochs
+        total_steps = planned_steps(len(encoded["train"]), hp.batch_size, hp.gradient_accumulation_steps, hp.epochs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, linear_schedule(total_steps, int(hp.warmup_ratio * total_steps)))
         precision = resolve_precision(self.config.run.precision, self.device)

@@ -207,6 +207,11 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     advanced.locator("summary").filter(has_text="1 changed").wait_for()
     advanced.locator("summary").click()  # folded again: its fields are still sent
     assert page.locator("#f-hyperparameters-seed").is_hidden()
+    jobs_before = httpx.get(f"{url}/v1/jobs", headers=headers).json()["data"]
+    page.click("#estimate-job")  # a dry run: the estimate under the form, no job
+    page.locator("#job-estimate").filter(has_text="steps;").wait_for()
+    assert "cpu: about" in page.locator("#job-estimate").inner_text()
+    assert httpx.get(f"{url}/v1/jobs", headers=headers).json()["data"] == jobs_before
     shot(page, "03-new-job")
     with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as submitted:
         page.click("#submit-job")

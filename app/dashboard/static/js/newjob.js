@@ -204,6 +204,8 @@ export async function render(main) {
   showAdvancedSummary();
   const errors = h("div", { id: "form-errors", tabindex: "-1" });
   const submit = h("button", { type: "submit", id: "submit-job" }, "Start distillation");
+  const estimateButton = h("button", { type: "button", id: "estimate-job", class: "secondary" }, "Estimate");
+  const estimateOut = h("p", { id: "job-estimate", "aria-live": "polite" });
   let idempotencyKey = crypto.randomUUID();
 
   const form = h("form", { id: "new-job-form", novalidate: false, "aria-labelledby": "h-new" },
@@ -226,19 +228,18 @@ export async function render(main) {
     fieldset("fs-student", "Student", student.essential, student.description),
     fieldset("fs-hyperparameters", "Training", hp.essential, hp.description),
     advanced,
-    h("p", {}, submit));
+    h("p", {}, submit, " ", estimateButton),
+    estimateOut);
   replace(main, form);
 
   form.addEventListener("input", () => { idempotencyKey = crypto.randomUUID(); showAdvancedSummary(); });
   form.addEventListener("change", showAdvancedSummary);
   // The browser's own checks (min, max, required) must be able to show a folded field: open its section first.
   form.addEventListener("invalid", (event) => { event.target.closest("details")?.setAttribute("open", ""); }, true);
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  function readBody() {
     for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-    let body;
     try {
-      body = {
+      return {
         teacher: teacher.value,
         method: method.value,
         training_dataset: train.value,
@@ -251,25 +252,59 @@ export async function render(main) {
     } catch (error) {
       replace(errors, errorBox(error));
       errors.focus();
-      return;
+      return null;
     }
+  }
+
+  function showError(error) {
+    replace(errors, errorBox(error));
+    const target = error.param && document.getElementById(fieldId(error.param));
+    if (target) {
+      target.closest("details")?.setAttribute("open", "");  // a folded field the server named is shown
+      target.setAttribute("aria-invalid", "true");
+      target.focus();
+    } else {
+      errors.focus();
+    }
+  }
+
+  // POST /v1/jobs?dry_run=true: checked like a create, nothing stored; one request, so only on demand.
+  estimateButton.addEventListener("click", async () => {
+    const body = readBody();
+    if (!body) return;
+    estimateButton.disabled = true;
+    try {
+      replace(errors);
+      replace(estimateOut, describeEstimate(await api("/v1/jobs?dry_run=true", { method: "POST", json: body })));
+    } catch (error) {
+      showError(error);
+    } finally {
+      estimateButton.disabled = false;
+    }
+  });
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = readBody();
+    if (!body) return;
     submit.disabled = true;
     try {
       const job = await api("/v1/jobs", { method: "POST", json: body, headers: { "Idempotency-Key": idempotencyKey } });
       announce(`Job ${job.id} ${job.status}.`);
       location.hash = `#/jobs/${job.id}`;
     } catch (error) {
-      replace(errors, errorBox(error));
-      const target = error.param && document.getElementById(fieldId(error.param));
-      if (target) {
-        target.closest("details")?.setAttribute("open", "");  // a folded field the server named is shown
-        target.setAttribute("aria-invalid", "true");
-        target.focus();
-      } else {
-        errors.focus();
-      }
+      showError(error);
     } finally {
       submit.disabled = false;
     }
   });
+}
+
+/** One sentence per estimate: steps, teacher cache, time per worker kind and whether it was measured. */
+export function describeEstimate(estimate) {
+  const duration = (s) => (s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
+  const kinds = Object.entries(estimate.estimated_seconds).map(([kind, seconds]) =>
+    `${kind}: about ${duration(seconds)} (${estimate.basis[kind] === "measured" ? "measured" : "rough default"})`);
+  const cache = estimate.teacher_cache_exists ? "teacher cache ready" : "teacher cache built first";
+  return `${estimate.total_steps} steps; ${cache}; ${kinds.join(", ")}.`;
 }
