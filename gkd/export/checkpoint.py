@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from gkd.models.vocabulary import PrunedVocabulary, pruned_model
 from gkd.versions import versions
 
 CARD_NAME = "gkd_card.json"
@@ -47,9 +48,15 @@ def export_student(
     labels: list[str],
     directory: str | Path,
     card: dict[str, Any],
+    vocabulary: PrunedVocabulary | None = None,
 ) -> Path:
-    """Write config (with label names), model.safetensors, tokenizer files and the card; replace atomically."""
+    """Write config (with label names), model.safetensors, tokenizer files and the card; replace atomically.
+    With `vocabulary` (`student.vocabulary: training_data`) a pruned copy of the model is written with the pruned
+    tokenizer; `model` itself keeps the full vocabulary and trains on."""
     directory = Path(directory)
+    if vocabulary is not None:
+        model, tokenizer = pruned_model(model, vocabulary), vocabulary.tokenizer
+        card = {**card, "vocabulary": vocabulary.summary()}
     with staged_directory(directory) as tmp:
         model.config.id2label = dict(enumerate(labels))
         model.config.label2id = {name: i for i, name in enumerate(labels)}
