@@ -16,7 +16,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
 
-from gkd.config import DistillConfig, StudentSpec
+from gkd.config import ConfigError, DistillConfig, StudentSpec
+from gkd.models.student import continue_student
+from gkd.models.teacher import load_teacher
 from gkd.models.vocabulary import (
     VocabularyError,
     check_prunable,
@@ -259,3 +261,10 @@ def test_a_run_with_pruning_exports_smaller_checkpoints_that_load_and_predict(tm
     assert onnx_card["verification"]["label_agreement"] == 1.0
     assert result.test_metrics is not None and 0.0 <= result.test_metrics["accuracy"] <= 1.0
     assert "teacher_agreement" not in result.test_metrics  # the teacher read other tokens: dev only
+
+    # a pruned checkpoint reads other ids than the teacher: continuing from it is refused by name
+    again = config.model_copy(update={"student": StudentSpec.model_validate(
+        {"num_layers": 1, "init": {"checkpoint": str(tmp_path / "out" / "best")}})})
+    with pytest.raises(ConfigError, match="pruned vocabulary") as refused:
+        continue_student(load_teacher(teacher), again, ["negative", "positive"])
+    assert refused.value.param == "student.init.checkpoint"
