@@ -1,6 +1,6 @@
 """Vocabulary pruning (`student.vocabulary: training_data`) on the movie-review benchmark: the same trained student
 with its full vocabulary and pruned to the tokens of its train and dev texts, in PyTorch and as ONNX fp32
-(docs/deploy.md, "Vocabulary pruning").
+(docs/methods.md, "Vocabulary pruning").
 
     python -m benchmarks.vocab_prune            # a 3-layer student cut from all-MiniLM-L6-v2, trained briefly (minutes)
     python -m benchmarks.vocab_prune --tiny     # seconds (smoke test, tiny random model and synthetic rows)
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         scratch = Path(tempfile.mkdtemp(prefix="gkd-bench-vocab-"))
         encoder = common.make_tiny_teacher(scratch / "encoder")
         files = {name: common.write_rows_csv(scratch / f"{name}.csv", common.synthetic_rows(n, seed=i))
-                 for i, (name, n) in enumerate({"train": 48, "dev": 24, "test": 48}.items())}
+                 for i, (name, n) in enumerate({"train": 8, "dev": 4, "test": 48}.items())}  # few words: some pruned
         work = scratch / "work"
         args.train_rows, args.epochs, args.student_layers, args.encoder = 0, 1, 1, str(encoder)
         args.latency_examples, args.throughput_examples, args.repeats = 5, 16, 1

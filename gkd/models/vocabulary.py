@@ -1,5 +1,5 @@
 """Vocabulary pruning (`student.vocabulary: training_data`): a student that keeps only the tokens its training data
-uses, with a tokenizer rewritten to match (docs/deploy.md, "Vocabulary pruning").
+uses, with a tokenizer rewritten to match (docs/methods.md, "Vocabulary pruning").
 
 The embedding table is most of a shallow student (a 3-layer MiniLM: 11.7 M of its 17.4 M parameters), and a task's
 texts use a fraction of a 30k-token vocabulary. Pruning is done on the trained student, at export: training keeps
