@@ -268,3 +268,23 @@ def test_a_run_with_pruning_exports_smaller_checkpoints_that_load_and_predict(tm
     with pytest.raises(ConfigError, match="pruned vocabulary") as refused:
         continue_student(load_teacher(teacher), again, ["negative", "positive"])
     assert refused.value.param == "student.init.checkpoint"
+
+
+def test_saliency_of_a_pruned_student_reads_the_teacher_in_the_teachers_ids(tmp_path: Path) -> None:
+    from gkd.evaluation.saliency import SaliencyModels, explain
+    from gkd.export.checkpoint import prune_exported
+
+    teacher = make_tiny_teacher(tmp_path / "teacher", num_layers=2)
+    texts = ["a lovely and moving film", "the plot was dull"]
+    pruned = prune_exported(teacher, tmp_path / "pruned", texts)  # the teacher itself, pruned, as the "student"
+    full_view = explain(SaliencyModels.load(teacher, teacher), texts, None, [None, None], 16)
+    pruned_models = SaliencyModels.load(teacher, pruned)
+    assert pruned_models.teacher_ids is not None
+    pruned_view = explain(pruned_models, texts, None, [None, None], 16)
+    for before, after in zip(full_view, pruned_view, strict=True):
+        assert after.tokens == before.tokens
+        assert after.teacher == before.teacher  # the teacher read its own ids, not the pruned ones
+        assert after.student == pytest.approx(before.student, abs=1e-4)
+        assert after.agreement == pytest.approx(1.0, abs=1e-4)
+    unseen = explain(pruned_models, ["superb tedious film"], None, [None], 16)[0]  # words the pruning dropped
+    assert unseen.tokens == ["[CLS]", "[UNK]", "[UNK]", "film", "[SEP]"]
