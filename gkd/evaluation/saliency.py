@@ -18,9 +18,9 @@ from transformers import PreTrainedModel
 from gkd.data.batching import collate, encode
 from gkd.method.losses import token_saliency
 from gkd.method.objective import student_saliency_gradients, teacher_targets
-from gkd.models.families import ModelError
 from gkd.models.student import load_checkpoint
 from gkd.models.teacher import load_teacher, load_tokenizer
+from gkd.models.vocabulary import teacher_id_lookup
 
 
 @dataclass(frozen=True)
@@ -37,17 +37,7 @@ class SaliencyModels:
     @classmethod
     def load(cls, teacher_dir: str | Path, student_dir: str | Path) -> SaliencyModels:
         student_tokenizer = load_tokenizer(student_dir)
-        theirs = load_tokenizer(teacher_dir).get_vocab()
-        ours = student_tokenizer.get_vocab()
-        teacher_ids = None
-        if ours != theirs:
-            missing = sorted(set(ours) - set(theirs))
-            if missing:
-                raise ModelError(f"the student's tokens {missing[:5]} are not the teacher's: its saliency cannot be "
-                                 "compared token by token", "checkpoint")
-            teacher_ids = torch.zeros(max(ours.values()) + 1, dtype=torch.long)
-            for token, i in ours.items():
-                teacher_ids[i] = theirs[token]
+        teacher_ids = teacher_id_lookup(student_tokenizer, load_tokenizer(teacher_dir))
         return cls(load_teacher(teacher_dir).model, load_checkpoint(student_dir), student_tokenizer, teacher_ids)
 
 

@@ -361,3 +361,20 @@ def pruned_model(model: PreTrainedModel, vocabulary: PrunedVocabulary) -> PreTra
         raise VocabularyError(f"the padding id {pad} would move: positions of {model.config.model_type} count from "
                               "it", "student.vocabulary")
     return pruned
+
+
+def teacher_id_lookup(student_tokenizer: Any, teacher_tokenizer: Any) -> torch.Tensor | None:
+    """Student token id -> the teacher's id of the same token (index a batch's input_ids with it), for a student
+    with a pruned vocabulary; None when both read the same ids. Used where one text is fed to both models (saliency,
+    `gkd evaluate --teacher`), so both read it as the student splits it."""
+    ours, theirs = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if ours == theirs:
+        return None
+    missing = sorted(set(ours) - set(theirs))
+    if missing:
+        raise VocabularyError(f"the student's tokens {missing[:5]} are not the teacher's: the two cannot read the "
+                              "same text token by token", "teacher")
+    lookup = torch.zeros(max(ours.values()) + 1, dtype=torch.long)
+    for token, i in ours.items():
+        lookup[i] = theirs[token]
+    return lookup

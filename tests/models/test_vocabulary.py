@@ -288,3 +288,17 @@ def test_saliency_of_a_pruned_student_reads_the_teacher_in_the_teachers_ids(tmp_
         assert after.agreement == pytest.approx(1.0, abs=1e-4)
     unseen = explain(pruned_models, ["superb tedious film"], None, [None], 16)[0]  # words the pruning dropped
     assert unseen.tokens == ["[CLS]", "[UNK]", "[UNK]", "film", "[SEP]"]
+
+
+def test_gkd_evaluate_with_a_teacher_feeds_it_the_teachers_ids_for_a_pruned_student(tmp_path: Path) -> None:
+    from gkd.evaluation.evaluate import evaluate_directory
+    from gkd.export.checkpoint import prune_exported
+
+    teacher = make_tiny_teacher(tmp_path / "teacher", num_layers=2)
+    rows = sentiment_rows(24, seed=4)
+    data = write_csv(tmp_path / "data.csv", rows)
+    pruned = prune_exported(teacher, tmp_path / "pruned", [r["text"] for r in rows])  # the teacher, pruned
+    metrics = evaluate_directory(pruned, data, teacher_dir=teacher, max_length=32)
+    # the pruned copy is the teacher on these texts: it agrees with it everywhere, saliency included
+    assert metrics["teacher_agreement"] == 1.0
+    assert metrics["saliency_agreement"] == pytest.approx(1.0, abs=1e-4)
