@@ -248,7 +248,7 @@ class Trainer:
         # no targets or figures from a bare encoder's random head
         caches = self.teacher_sources(teacher, encoded, pad_id) if teacher.teaches else {}
         run = self.start(teacher, labels, encoded, caches)
-        if config.student.vocabulary == "training_data" and self.parallel.is_main:
+        if config.student.vocabulary == "training_data":  # every rank: each evaluates the pruned best on test
             self.prune_vocabulary(run, splits)
         if resume and self.state_path.is_file():
             run.loop = restore_training_state(self.state_path, config, self.device, run.student, run.optimizer,
