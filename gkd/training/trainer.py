@@ -586,7 +586,10 @@ class Trainer:
         """The best student on test. A pruned student reads the test texts through its own tokenizer (unseen words
         split into kept pieces), so its figures are the exported model's; the teacher's targets belong to the full
         tokenization, so agreement with the teacher is then measured on dev only."""
-        if run.vocabulary is None or run.pruned_test is None:
+        embedding = best.get_input_embeddings()
+        pruned = (run.vocabulary is not None and isinstance(embedding, torch.nn.Embedding)
+                  and embedding.num_embeddings == len(run.vocabulary.kept_ids))
+        if not pruned or run.vocabulary is None or run.pruned_test is None:  # no pruned best on disk: the student
             return self.evaluate(run, best, "test")
         pad_id = int(run.vocabulary.tokenizer.pad_token_id or 0)
         return evaluate_model(best, run.pruned_test, run.labels, device=self.device, pad_id=pad_id,
