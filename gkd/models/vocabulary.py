@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers.pre_tokenizers import ByteLevel
 from transformers import AutoTokenizer, PreTrainedModel
 
 from gkd.config import ConfigError
@@ -140,16 +141,7 @@ def _unknown_word_pieces(tokenizer: Any, model: dict[str, Any], texts: Iterable[
 
 def _byte_alphabet() -> list[str]:
     """The 256 symbols byte-level BPE writes bytes as (GPT-2's printable mapping)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = 0
-    symbols = {}
-    for byte in range(256):
-        if byte in printable:
-            symbols[byte] = chr(byte)
-        else:
-            symbols[byte] = chr(256 + extra)
-            extra += 1
-    return list(symbols.values())
+    return list(ByteLevel.alphabet())
 
 
 def _mentions(node: Any, kind: str) -> bool:
