@@ -62,6 +62,7 @@ bench: install $(EXAMPLE_TEACHER)
 	$(PY) -m benchmarks.train_step --steps 16 --warmup 1
 	$(PY) -m benchmarks.gradient_probe
 	$(PY) -m benchmarks.deploy
+	$(PY) -m benchmarks.vocab_prune
 
 # The service under load (PostgreSQL + Redis, 4 uvicorn workers, 100 SSE streams) and its overhead.
 bench-api: install

@@ -126,8 +126,13 @@ class StudentSpec(_Strict):
     embeddings: Literal["frozen", "trainable"] = Field(
         "trainable", description="Whether the embeddings copied from the teacher are trained.",
     )
+    vocabulary: Literal["full", "training_data"] = Field(
+        "full",
+        description="'training_data' exports the student with only the tokens its training and dev texts use (a "
+        "smaller embedding table, a rewritten tokenizer); 'full' keeps the teacher's vocabulary.",
+    )
 
-    _null_defaults = field_validator("dropout", "embeddings", mode="before")(_null_is_default)
+    _null_defaults = field_validator("dropout", "embeddings", "vocabulary", mode="before")(_null_is_default)
 
     @field_validator("init")
     @classmethod

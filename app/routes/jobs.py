@@ -159,6 +159,10 @@ def _continued_checkpoint(session: Session, tenant: Tenant, body: JobCreate, tea
     if source.teacher_id != teacher.id:
         raise invalid(f"checkpoint {row.id} was distilled from teacher {source.teacher_id}; a continued student "
                       f"keeps its teacher's labels and tokenizer, so use teacher {source.teacher_id}", param=param)
+    if source.student.get("vocabulary") == "training_data":
+        raise invalid(f"checkpoint {row.id} has a pruned vocabulary (its job set student.vocabulary "
+                      "'training_data'): it no longer reads the teacher's token ids; continue from a job with "
+                      "student.vocabulary 'full'", param=param)
     depth = int(source.student.get("num_layers") or 0)
     if "num_layers" not in body.student.model_fields_set:
         body.student.num_layers = depth

@@ -3,6 +3,7 @@ directory on a data file (`gkd evaluate`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from gkd.method.objective import TeacherTargets, student_saliency_gradients, tea
 from gkd.models.families import model_family
 from gkd.models.student import load_checkpoint
 from gkd.models.teacher import check_model_dir, load_teacher, load_tokenizer
+from gkd.models.vocabulary import teacher_id_lookup
 
 TargetsOf = Callable[[Batch], TeacherTargets]
 
@@ -63,10 +65,19 @@ def evaluate_directory(
     tokenizer = load_tokenizer(model_dir)
     dataset = encode_examples(tokenizer, examples, labels, max_length)
     teacher = load_teacher(teacher_dir, device=device) if teacher_dir else None
+    # a student with a pruned vocabulary: the teacher reads the same tokens in its own ids
+    lookup = teacher_id_lookup(tokenizer, teacher.tokenizer) if teacher is not None else None
+
+    def as_teacher_batch(batch: Batch) -> Batch:
+        if lookup is None:
+            return batch
+        return dataclasses.replace(batch, input_ids=lookup.to(batch.input_ids.device)[batch.input_ids])
+
     width = model_family(model).hidden_size(model.config)  # as the trainer picks the form (same width: vector)
     vector_form = teacher is None or width == model_family(teacher.model).hidden_size(teacher.model.config)
     metrics = evaluate_model(
         model, dataset, labels, device=device, pad_id=int(tokenizer.pad_token_id or 0), batch_size=batch_size,
-        targets=(lambda batch: teacher_targets(teacher.model, batch)) if teacher else None, vector_form=vector_form,
+        targets=(lambda batch: teacher_targets(teacher.model, as_teacher_batch(batch))) if teacher else None,
+        vector_form=vector_form,
     )
     return {"examples": len(dataset), **metrics}

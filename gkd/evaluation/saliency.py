@@ -6,6 +6,7 @@ Saliency is the library's: the gradient of each model's confidence w.r.t. its em
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,19 +20,25 @@ from gkd.method.losses import token_saliency
 from gkd.method.objective import student_saliency_gradients, teacher_targets
 from gkd.models.student import load_checkpoint
 from gkd.models.teacher import load_teacher, load_tokenizer
+from gkd.models.vocabulary import teacher_id_lookup
 
 
 @dataclass(frozen=True)
 class SaliencyModels:
-    """A teacher, a student checkpoint, and the student's tokenizer (the teacher's token ids)."""
+    """A teacher, a student checkpoint, and the student's tokenizer. `teacher_ids` maps the student's token ids to
+    the teacher's when they differ (a student with a pruned vocabulary, `student.vocabulary: training_data`): both
+    models then read the text as the student splits it, the student exactly as it is deployed."""
 
     teacher: PreTrainedModel
     student: PreTrainedModel
     tokenizer: Any
+    teacher_ids: torch.Tensor | None = None  # [student vocabulary] -> teacher id; None: the same ids
 
     @classmethod
     def load(cls, teacher_dir: str | Path, student_dir: str | Path) -> SaliencyModels:
-        return cls(load_teacher(teacher_dir).model, load_checkpoint(student_dir), load_tokenizer(student_dir))
+        student_tokenizer = load_tokenizer(student_dir)
+        teacher_ids = teacher_id_lookup(student_tokenizer, load_tokenizer(teacher_dir))
+        return cls(load_teacher(teacher_dir).model, load_checkpoint(student_dir), student_tokenizer, teacher_ids)
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,9 @@ def explain(models: SaliencyModels, texts: Sequence[str], pairs: Sequence[str | 
     index = {name: i for i, name in enumerate(labels)}
     dataset = encode(tokenizer, texts, pairs, [index.get(str(g), 0) for g in gold], max_length)
     batch = collate(dataset, list(range(len(texts))), int(tokenizer.pad_token_id or 0))
-    targets = teacher_targets(teacher, batch)
+    teacher_batch = batch if models.teacher_ids is None else dataclasses.replace(
+        batch, input_ids=models.teacher_ids[batch.input_ids])
+    targets = teacher_targets(teacher, teacher_batch)
     logits, grads = student_saliency_gradients(student, batch)
     assert targets.saliency is not None
     teacher_saliency = targets.saliency.float()

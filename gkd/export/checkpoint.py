@@ -16,8 +16,9 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from gkd.models.vocabulary import PrunedVocabulary, position_pad_id, prune_vocabulary, pruned_model
 from gkd.versions import versions
 
 CARD_NAME = "gkd_card.json"
@@ -47,9 +48,15 @@ def export_student(
     labels: list[str],
     directory: str | Path,
     card: dict[str, Any],
+    vocabulary: PrunedVocabulary | None = None,
 ) -> Path:
-    """Write config (with label names), model.safetensors, tokenizer files and the card; replace atomically."""
+    """Write config (with label names), model.safetensors, tokenizer files and the card; replace atomically.
+    With `vocabulary` (`student.vocabulary: training_data`) a pruned copy of the model is written with the pruned
+    tokenizer; `model` itself keeps the full vocabulary and trains on."""
     directory = Path(directory)
+    if vocabulary is not None:
+        model, tokenizer = pruned_model(model, vocabulary), vocabulary.tokenizer
+        card = {**card, "vocabulary": vocabulary.summary()}
     with staged_directory(directory) as tmp:
         model.config.id2label = dict(enumerate(labels))
         model.config.label2id = {name: i for i, name in enumerate(labels)}
@@ -65,6 +72,18 @@ def export_student(
         full_card = {"versions": versions(), **card}
         (tmp / CARD_NAME).write_text(json.dumps(full_card, indent=2, default=str), encoding="utf-8")
     return directory
+
+
+def prune_exported(source: str | Path, target: str | Path, texts: list[str],
+                   pairs: list[str | None] | None = None) -> Path:
+    """An exported student written again into `target` with only the tokens of `texts` (the pruning of
+    `student.vocabulary: training_data`, after the fact): the same student with and without pruning side by side."""
+    model = AutoModelForSequenceClassification.from_pretrained(str(source), use_safetensors=True,
+                                                               trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+    vocabulary = prune_vocabulary(tokenizer, texts, pairs, keep_through=position_pad_id(model))
+    labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    return export_student(model, tokenizer, labels, target, read_card(source), vocabulary)
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from gkd.config import (
     LayerRule,
     StudentSpec,
 )
+from gkd.export.checkpoint import read_card
 from gkd.method.properties import method_properties
 from gkd.models.families import ModelError, embedding_module, model_family
 from gkd.models.teacher import Teacher, freeze, load_teacher
@@ -173,6 +174,10 @@ def continue_student(teacher: Teacher, config: DistillConfig, labels: list[str])
     model = AutoModelForSequenceClassification.from_pretrained(
         str(directory), attn_implementation="eager", use_safetensors=True, trust_remote_code=False
     )
+    if "vocabulary" in read_card(directory):
+        raise ConfigError(f"{directory} was exported with a pruned vocabulary (student.vocabulary 'training_data'): "
+                          "it no longer reads the teacher's token ids; continue from a checkpoint of a run with "
+                          "student.vocabulary 'full'", param)
     check_same_tokenizer(teacher.tokenizer, AutoTokenizer.from_pretrained(str(directory)), param)
     family = model_family(model)
     depth = family.num_layers(model.config)

@@ -41,6 +41,7 @@ from gkd.method.properties import layer_map, method_properties
 from gkd.models.families import model_family
 from gkd.models.student import build_student, continue_student, load_checkpoint
 from gkd.models.teacher import Teacher, describe_teacher, load_teacher
+from gkd.models.vocabulary import PrunedVocabulary, check_prunable, position_pad_id, prune_vocabulary
 from gkd.training.accuracy_guard import AccuracyGuard
 from gkd.training.allocator import reuse_freed_memory
 from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress, epoch_kind, phase_reporter
@@ -104,6 +105,9 @@ class RunState:
     resumed_from: int = 0
     teacher_metrics: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    # `student.vocabulary: training_data`: the kept tokens, and the test split in the pruned tokenizer's ids
+    vocabulary: PrunedVocabulary | None = None
+    pruned_test: EncodedDataset | None = None
 
     def progress(self) -> TrainingProgress:
         return TrainingProgress(self.loop.step, self.total_steps, self.loop.epoch, self.num_epochs,
@@ -230,6 +234,8 @@ class Trainer:
         teacher = self._teacher or self._load_teacher(splits)
         self._teacher = teacher
         loading(1, 1)
+        if config.student.vocabulary == "training_data":
+            check_prunable(teacher.tokenizer)  # refused now, not after training
         splits = self._mapped_labels(teacher.labels, splits)
         labels = self._labels(teacher.labels, splits)
         if not teacher.labels and self.method.teacher_logits:
@@ -245,6 +251,8 @@ class Trainer:
         # no targets or figures from a bare encoder's random head
         caches = self.teacher_sources(teacher, encoded, pad_id) if teacher.teaches else {}
         run = self.start(teacher, labels, encoded, caches)
+        if config.student.vocabulary == "training_data":  # every rank: each evaluates the pruned best on test
+            self.prune_vocabulary(run, splits)
         if resume and self.state_path.is_file():
             run.loop = restore_training_state(self.state_path, config, self.device, run.student, run.optimizer,
                                               run.scheduler)
@@ -280,6 +288,20 @@ class Trainer:
             cap=gradient_cap(hp), guard=self.accuracy_guard(total_steps), total_steps=total_steps,
             num_epochs=hp.epochs, device=self.device,
         )
+
+    def prune_vocabulary(self, run: RunState, splits: Splits) -> None:
+        """`student.vocabulary: training_data`: the tokens of the train and dev texts (never test), which the exports
+        keep (`gkd.models.vocabulary`), and the test split tokenized as the pruned student will read it."""
+        seen = [e for name in ("train", "dev") for e in splits.get(name) or () if e.text.strip()]
+        pairs = [e.text_pair for e in seen] if any(e.text_pair for e in seen) else None
+        reporter = phase_reporter(self.callbacks, "validating", "rows", "pruning vocabulary")
+        reporter(0, len(seen))
+        run.vocabulary = prune_vocabulary(run.teacher.tokenizer, [e.text for e in seen], pairs,
+                                          keep_through=position_pad_id(run.student))
+        reporter(len(seen), len(seen))
+        if splits.get("test"):
+            run.pruned_test = encode_examples(run.vocabulary.tokenizer, splits["test"], run.labels,
+                                              self.config.hyperparameters.max_length)
 
     def accuracy_guard(self, total_steps: int) -> AccuracyGuard | None:
         """The run's accuracy guard: for methods with gradient terms, unless `accuracy_guard` is off."""
@@ -338,7 +360,7 @@ class Trainer:
                 testing = phase_reporter(self.callbacks, "evaluating", "rows", "test")
                 testing(0, len(run.encoded["test"]))
                 best = self._load_best() or run.student
-                result.test_metrics = self.evaluate(run, best, "test")
+                result.test_metrics = self.evaluate_test(run, best)
                 testing(len(run.encoded["test"]), len(run.encoded["test"]))
             result.warnings = [warning.as_dict() for warning in self.run_warnings(run)]
             for warning in result.warnings:
@@ -369,7 +391,10 @@ class Trainer:
         """The `export` formats of the best student (gkd.deploy), measured on dev; each is a checkpoint."""
         from gkd.deploy.run_export import export_best
 
-        exported = export_best(best_dir, self.output_dir, list(self.config.export), run.encoded.get("dev"),
+        dev = run.encoded.get("dev")
+        if dev is not None and run.vocabulary is not None:  # dev texts were kept: their ids map one to one
+            dev = dataclasses.replace(dev, input_ids=[run.vocabulary.remap(ids) for ids in dev.input_ids])
+        exported = export_best(best_dir, self.output_dir, list(self.config.export), dev,
                                self._teacher_predictions(run) if run.teacher.teaches else None)
         for kind, directory in exported:
             for callback in self.callbacks:
@@ -559,6 +584,19 @@ class Trainer:
         return evaluate_model(model, run.encoded[split], run.labels, device=self.device, pad_id=run.pad_id,
                               targets=targets if teaches else None, vector_form=run.vector_form)
 
+    def evaluate_test(self, run: RunState, best: PreTrainedModel) -> dict[str, float]:
+        """The best student on test. A pruned student reads the test texts through its own tokenizer (unseen words
+        split into kept pieces), so its figures are the exported model's; the teacher's targets belong to the full
+        tokenization, so agreement with the teacher is then measured on dev only."""
+        embedding = best.get_input_embeddings()
+        pruned = (run.vocabulary is not None and isinstance(embedding, torch.nn.Embedding)
+                  and embedding.num_embeddings == len(run.vocabulary.kept_ids))
+        if not pruned or run.vocabulary is None or run.pruned_test is None:  # no pruned best on disk: the student
+            return self.evaluate(run, best, "test")
+        pad_id = int(run.vocabulary.tokenizer.pad_token_id or 0)
+        return evaluate_model(best, run.pruned_test, run.labels, device=self.device, pad_id=pad_id,
+                              vector_form=run.vector_form)
+
     def _teacher_metrics(self, run: RunState) -> dict[str, float]:
         """The teacher's dev accuracy (from the cache, or one no-grad pass when caching is off)."""
         predictions = self._teacher_predictions(run)
@@ -630,7 +668,7 @@ class Trainer:
         }
         for callback in self.callbacks:
             callback.before_checkpoint(progress, "best" if kind == "best" else "final")
-        export_student(run.student, run.teacher.tokenizer, run.labels, directory, card)
+        export_student(run.student, run.teacher.tokenizer, run.labels, directory, card, run.vocabulary)
         for callback in self.callbacks:
             callback.on_checkpoint(progress, kind, directory)
         return directory

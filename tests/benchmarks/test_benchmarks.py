@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import deploy, gradient_probe, quality, train_step
+from benchmarks import deploy, gradient_probe, quality, train_step, vocab_prune
 from tests.support.factories import make_tiny_teacher, sentiment_rows, write_csv
 
 
@@ -197,3 +197,18 @@ def test_deploy_puts_teacher_student_and_both_onnx_students_side_by_side(tmp_pat
     saved = json.loads(out.read_text(encoding="utf-8"))
     assert saved["rows"][3]["runtime"] == "onnx-int8"
     assert "python -m benchmarks.deploy" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_vocab_prune_puts_the_same_student_with_and_without_pruning_side_by_side(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "vocab_prune.json"
+    report = vocab_prune.main(["--tiny", "--out", str(out)])
+    rows = {row["model"]: row for row in report["rows"]}
+    assert list(rows) == ["full (PyTorch)", "pruned (PyTorch)", "full (ONNX fp32)", "pruned (ONNX fp32)"]
+    for pruned, full in (("pruned (PyTorch)", "full (PyTorch)"), ("pruned (ONNX fp32)", "full (ONNX fp32)")):
+        assert rows[pruned]["vocabulary"] < rows[full]["vocabulary"]
+        assert rows[pruned]["size_bytes"] < rows[full]["size_bytes"] and rows[pruned]["size_vs_full"] < 1.0
+        assert 0.0 <= rows[pruned]["agreement_with_full"] <= 1.0
+    assert rows["full (PyTorch)"]["agreement_with_full"] == 1.0
+    assert report["pruned_card"]["vocabulary"]["kept_tokens"] == rows["pruned (PyTorch)"]["vocabulary"]
+    assert "python -m benchmarks.vocab_prune" in out.with_suffix(".md").read_text(encoding="utf-8")

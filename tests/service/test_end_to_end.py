@@ -250,3 +250,30 @@ def test_a_job_with_export_makes_onnx_checkpoints(stack: Stack, api: TestClient,
 
     predictor = load_predictor(target)
     assert predictor.runtime == "onnx-int8" and sorted(predictor.labels) == sorted(LABELS)
+
+
+def test_a_job_with_a_pruned_vocabulary_delivers_a_smaller_checkpoint_that_loads(
+        stack: Stack, api: TestClient, tiny_teacher: Path, tmp_path: Path) -> None:
+    headers = {"Authorization": f"Bearer {new_key(stack.settings)}"}
+    teacher = register_teacher(stack.settings, headers, tiny_teacher)
+    rows = [r for r in sentiment_rows(40, seed=3) if "superb" not in r["text"]]  # a word the student never sees
+    dataset = api.post("/v1/datasets", headers=headers, files={"file": ("train.csv", csv_bytes(rows))}).json()["id"]
+    body = {"teacher": teacher, "student": {"num_layers": 1, "vocabulary": "training_data"},
+            "training_dataset": dataset, "hyperparameters": {"epochs": 1, "batch_size": 8, "max_length": 16}}
+    job = api.post("/v1/jobs", headers=headers, json=body).json()
+    assert job["student"]["vocabulary"] == "training_data"
+    statuses = [e["data"]["status"] for e in follow(api, headers, job["id"]) if e["type"] == "status"]
+    assert statuses == ["queued", "running", "succeeded"], stack.log_tail()
+    kinds = {c["kind"]: c for c in api.get(f"/v1/jobs/{job['id']}/checkpoints", headers=headers).json()["data"]}
+    content = api.get(f"/v1/jobs/{job['id']}/checkpoints/{kinds['best']['id']}/content", headers=headers)
+    target = tmp_path / "best"
+    with tarfile.open(fileobj=io.BytesIO(content.content), mode="r:gz") as archive:
+        archive.extractall(target, filter="data")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(target))
+    full = AutoTokenizer.from_pretrained(str(tiny_teacher))
+    assert len(tokenizer) < len(full) and "superb" not in tokenizer.get_vocab()
+    model = AutoModelForSequenceClassification.from_pretrained(str(target))
+    assert model.config.vocab_size == len(tokenizer)
+    assert model(**tokenizer(["a superb film"], return_tensors="pt")).logits.shape == (1, 2)

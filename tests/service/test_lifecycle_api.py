@@ -168,3 +168,26 @@ def test_continue_from_a_checkpoint_is_checked(client: TestClient, auth: dict, o
     assert follow_up["id"] in error["message"]
     _finish(settings, follow_up["id"], jobs.FAILED)
     assert client.delete(f"/v1/jobs/{job['id']}", headers=auth).status_code == 200
+
+
+def test_a_job_takes_student_vocabulary_and_its_pruned_checkpoints_cannot_be_continued(
+        client: TestClient, auth: dict, settings: Settings, tiny_teacher: Path) -> None:
+    teacher = register_teacher(settings, auth, tiny_teacher)
+    dataset = upload_dataset(client, auth)["id"]
+    body = {"teacher": teacher, "training_dataset": dataset, "student": {"num_layers": 1}}
+    assert_error(client.post("/v1/jobs", headers=auth, json={**body, "student": {"vocabulary": "smallest"}}), 422,
+                 "invalid_request_error", "student.vocabulary")
+    default = client.post("/v1/jobs", headers=auth, json=body)
+    assert default.status_code == 201, default.text
+    assert default.json()["student"]["vocabulary"] == "full"
+    pruning = {"num_layers": 1, "vocabulary": "training_data"}
+    created = client.post("/v1/jobs", headers=auth, json={**body, "student": pruning})
+    assert created.status_code == 201, created.text
+    pruned = created.json()
+    assert pruned["student"]["vocabulary"] == "training_data"
+    _finish(settings, pruned["id"])
+    checkpoint = _checkpoint_of(settings, pruned["id"], "best")
+    error = assert_error(client.post("/v1/jobs", headers=auth, json={
+        **body, "student": {"init": {"checkpoint": checkpoint}}}), 422, "invalid_request_error",
+        "student.init.checkpoint")
+    assert "pruned vocabulary" in error["message"]

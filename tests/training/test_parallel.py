@@ -3,6 +3,7 @@ process trained on the same global batches, double backprop included; a stop on 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,16 @@ def test_one_device_is_the_plain_trainer(setup: dict[str, Path]) -> None:
     result = train_distributed(config, 1, resume=False)
     assert result.steps == 6 and not result.stopped
     assert not torch.distributed.is_initialized()  # no process group: the one process trained alone
+
+
+def test_two_processes_with_a_pruned_vocabulary_export_it_and_measure_test_through_it(setup: dict[str, Path]) -> None:
+    base = config_for(setup, "pruned-ddp", "kd", epochs=1)
+    test = write_csv(setup["root"] / "test.csv", [{"text": "superb tedious film", "label": "positive"},
+                                                  *sentiment_rows(6, seed=9)])
+    config = base.model_copy(update={
+        "student": base.student.model_copy(update={"vocabulary": "training_data"}),
+        "data": base.data.model_copy(update={"test": str(test)})})
+    result = train_distributed(config, 2, resume=False)
+    assert not result.stopped and result.test_metrics and 0.0 <= result.test_metrics["accuracy"] <= 1.0
+    card = json.loads((Path(config.run.output_dir) / "best" / "gkd_card.json").read_text(encoding="utf-8"))
+    assert card["vocabulary"]["kept_tokens"] < card["vocabulary"]["full_tokens"]
