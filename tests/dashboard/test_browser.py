@@ -416,6 +416,7 @@ def test_webhooks_page(service: tuple[Settings, str], page: Any) -> None:
     secret.wait_for()
     assert secret.inner_text().startswith("whsec_")
     row = page.locator("#webhooks-table tbody tr")
+    row.first.wait_for()  # the list is re-read after the create: wait for it rather than race it
     assert row.count() == 1
     assert "checkpoint.created" in row.inner_text() and "job.succeeded" in row.inner_text()
     webhook_id = row.get_attribute("data-webhook")
