@@ -81,6 +81,19 @@ class Settings(BaseSettings):
         "", description="Comma list of client addresses or networks (CIDR) allowed to GET /metrics without the "
         "token; empty: none (with a token) or anyone (without).")
 
+    # Admission: what one worker can run (docs/api.md "Admission control")
+    worker_memory_bytes: int = Field(
+        16 * 1024**3, ge=1,
+        description="Memory one training process of a CPU job may use (a CPU worker's RAM divided by the jobs it "
+        "runs at once); a job whose estimate (gkd.training.memory_estimate) is larger is refused with 422.")
+    gpu_worker_memory_bytes: int | None = Field(
+        None, ge=1, description="The same for a GPU job: one GPU's memory; default worker_memory_bytes.")
+    worker_devices: int = Field(
+        1, ge=1, le=256, description="Data-parallel processes a CPU worker gives one job (`devices` above it is "
+        "a 422); a CPU worker runs one.")
+    gpu_worker_devices: int = Field(
+        8, ge=1, le=256, description="GPUs a GPU worker gives one job (`devices` above it is a 422).")
+
     # Worker
     task_queue: str = "training"
     max_attempts: int = Field(3, ge=1)
