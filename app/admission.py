@@ -13,6 +13,7 @@ from app.store.orm import TeacherModel
 from app.store.settings import Settings
 from gkd.method.properties import method_properties
 from gkd.training.memory_estimate import (
+    EVAL_BATCH_SIZE,
     EncoderShape,
     JobShape,
     MemoryEstimate,
@@ -126,6 +127,8 @@ def check_memory(body: JobCreate, settings: Settings, teacher: TeacherModel, bas
         raise invalid(f"{head}: the teacher and the student with its optimiser state need {gib(estimate.fixed)} "
                       f"before a single example; choose a smaller student (num_layers, hidden_size)",
                       param="student", code="exceeds_worker_memory")
-    raise invalid(f"{head}: one example of max_length {body.hyperparameters.max_length} needs "
-                  f"{gib(estimate.per_example)} of activations; not even batch_size 1 fits, shorten max_length",
-                  param="hyperparameters.max_length", code="exceeds_worker_memory")
+    raise invalid(f"{head}: at max_length {body.hyperparameters.max_length} one training example needs "
+                  f"{gib(estimate.per_example)} and an evaluation batch ({EVAL_BATCH_SIZE} examples) "
+                  f"{gib(estimate.evaluation)} of activations beyond the models' {gib(estimate.fixed)}; not even "
+                  f"batch_size 1 fits, shorten max_length", param="hyperparameters.max_length",
+                  code="exceeds_worker_memory")

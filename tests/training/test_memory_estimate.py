@@ -12,6 +12,7 @@ from gkd.models.teacher import describe_teacher
 from gkd.training.memory_estimate import (
     CACHE_BATCH_SIZE,
     DOUBLE_BACKWARD_FACTOR,
+    EVAL_BATCH_SIZE,
     FLOAT_BYTES,
     RUNTIME_BYTES,
     EncoderShape,
@@ -59,6 +60,7 @@ def test_the_parts_are_in_bytes_of_fp32() -> None:
     assert estimate.optimiser == 3 * estimate.student_weights  # gradient and two AdamW moments
     assert estimate.per_example == DOUBLE_BACKWARD_FACTOR * activation_bytes_per_example(student, 128)
     assert estimate.cache_build == CACHE_BATCH_SIZE * activation_bytes_per_example(BERT_BASE, 128)
+    assert estimate.evaluation == EVAL_BATCH_SIZE * activation_bytes_per_example(student, 128)  # one backward
     assert estimate.runtime == RUNTIME_BYTES
     # gradient_kd at batch 64 x 128 tokens on BERT-base -> 6 layers: GiB, not MiB and not TiB
     assert 6 * 1024**3 < estimate.peak(64) < 24 * 1024**3
@@ -94,3 +96,8 @@ def test_largest_batch_is_the_boundary_of_the_budget() -> None:
         assert estimate.peak(largest) <= budget < estimate.peak(largest + 1)
     assert estimate.largest_batch(estimate.fixed) == 0  # the models alone fill it
     assert estimate.largest_batch(estimate.teacher_stage - 1) == 0
+    # an evaluation batch of a long input through a deep student can be the peak whatever the training batch
+    deep = estimate_job_memory(job(teacher=dataclasses.replace(BERT_BASE, layers=2), max_length=512,
+                                   input_gradients=False))
+    assert deep.evaluation_stage > deep.teacher_stage and deep.peak(1) == deep.evaluation_stage
+    assert deep.largest_batch(deep.evaluation_stage - 1) == 0
