@@ -13,15 +13,33 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.store.db import upgrade
 from app.store.settings import Settings
+from tests.support.broker import forget_redis_queue
 from tests.support.servers import start_worker, stop
-from tests.support.service import all_events, job_of, new_key, register_teacher, submit, upload
+from tests.support.service import (
+    REDIS_URL,
+    all_events,
+    job_of,
+    new_key,
+    reachable,
+    register_teacher,
+    submit,
+    upload,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 
-def test_a_cancel_during_set_up_ends_the_job_cancelled_before_training(tmp_path: Path, tiny_teacher: Path) -> None:
-    home = tmp_path / "home"
-    settings = Settings(home=home, task_queue=f"setup-{secrets.token_hex(4)}", broker_polling_seconds=0.2)
+@pytest.mark.parametrize("backend", ["sqlite+embedded", "postgresql+redis"])
+def test_a_cancel_during_set_up_ends_the_job_cancelled_before_training(tmp_path: Path, tiny_teacher: Path,
+                                                                       backend: str,
+                                                                       request: pytest.FixtureRequest) -> None:
+    urls: dict[str, str] = {}
+    if backend == "postgresql+redis":
+        if not reachable(6379):
+            pytest.skip("Redis is not listening on 127.0.0.1:6379")
+        urls = {"database_url": request.getfixturevalue("postgresql_url"), "broker_url": REDIS_URL}
+    settings = Settings(home=tmp_path / "home", task_queue=f"setup-{secrets.token_hex(4)}",
+                        broker_polling_seconds=0.2, **urls)
     upgrade(settings.database_url)
     log = tmp_path / "worker.log"
     worker = start_worker(settings, log)
@@ -43,6 +61,8 @@ def test_a_cancel_during_set_up_ends_the_job_cancelled_before_training(tmp_path:
             events = all_events(api, headers, job["id"])
     finally:
         stop(worker)
+        if settings.broker_url.startswith("redis"):
+            forget_redis_queue(REDIS_URL, settings.task_queue)
     assert final["status"] == "cancelled", log.read_text()[-3000:]
     assert final["error"] is None and final["progress"]["step"] == 0
     # Nothing of training happened: no "training started", no step metrics, no training phase, no checkpoint.
