@@ -152,7 +152,8 @@ class JobCreate(BaseModel):
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Worker queue: `cpu`, `gpu`, or `auto` (the deployment's GKD_AUTO_DEVICE)."
     )
-    devices: int = Field(1, ge=1, le=16, description="Data-parallel processes (GPUs, or CPU processes) of one job.")
+    devices: int = Field(1, ge=1, le=16, description="Data-parallel processes (GPUs, or CPU processes) of one job; "
+                         "at most what a worker of its queue gives a job (GKD_WORKER_DEVICES, 1 on a CPU worker).")
     integrations: list[JobIntegration] = Field(
         default_factory=list, max_length=4, description="Experiment trackers the job logs its params, metrics and "
         "checkpoint URIs to (docs/integrations.md).")

@@ -575,6 +575,10 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             log.exception("job %s failed", job_id)
             if callback is not None:
                 callback.stop_publishing()  # its checkpoint events come before the terminal status
+            if (callback is not None and callback.cancel_seen) or ctx.status() == jobs.CANCELLING:
+                # cancelled while it was failing (e.g. an allocation error while building a model): the caller's
+                # cancel is what ends it; the error is in the worker's log
+                return ctx.finish(jobs.CANCELLED, "job cancelled")
             # the library names the files it read: show them relative to the tenant's ids (app.store.public_paths)
             message = public_text(getattr(exc, "message", None) or str(exc) or type(exc).__name__, settings)
             return ctx.finish(jobs.FAILED, f"job failed: {message}", error=f"{type(exc).__name__}: {message}")

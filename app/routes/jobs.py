@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import admission
 from app.deps import CurrentTenant, PageDep, ReadsDep, SessionDep, SettingsDep
 from app.errors import ApiError, conflict, invalid, not_found
 from app.reads import row_select
@@ -185,6 +186,12 @@ def _check_integrations(body: JobCreate, settings: Settings) -> None:
                           param=f"{param}.tracking_uri")
 
 
+def _source_student(session: Session, checkpoint: Checkpoint) -> dict[str, Any]:
+    """The `student` of the job a continued checkpoint comes from (its width is the continued student's)."""
+    source = session.get(Job, checkpoint.job_id)
+    return dict(source.student) if source is not None else {}
+
+
 def _request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -245,6 +252,7 @@ def create_job(
             response.headers["Idempotent-Replayed"] = "true"
             return JobOut.of(existing)
 
+    admission.check_devices(body, settings)
     teacher = get_model(session, tenant, body.teacher, param="teacher", lock=True)
     continued = _continued_checkpoint(session, tenant, body, teacher) if body.student.init_checkpoint else None
     train = get_dataset(session, tenant, body.training_dataset, param="training_dataset", lock=True)
@@ -259,6 +267,8 @@ def create_job(
         base = get_model(session, tenant, body.student.base_model, param="student.init.model", lock=True)
         _check_base_model(body, teacher, base)
         student["init"]["model"] = base.id  # the worker resolves the id; a name could later mean another model
+    continued_student = _source_student(session, continued) if continued is not None else None
+    admission.check_memory(body, settings, teacher, base, continued_student)
 
     try:  # the tenant stays locked from here to the commit: concurrent creates take turns
         quotas.check(session, settings, tenant.id, active_jobs=1)

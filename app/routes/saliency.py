@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.deps import CurrentTenant, SessionDep, SettingsDep
-from app.errors import ApiError, conflict, not_found
+from app.errors import ApiError, conflict, invalid, not_found
 from app.routes.common import get_job
 from app.store.orm import Checkpoint, Dataset, Job, TeacherModel
 from app.store.settings import Settings
@@ -181,8 +181,27 @@ def _compute(teacher_dir: Path, student_dir: Path, texts: list[str], pairs: list
     return [SaliencyExample.model_validate(dataclasses.asdict(item)) for item in explained]
 
 
-def _max_length(job: Job, requested: int | None) -> int:
-    return int(requested or (job.hyperparameters or {}).get("max_length") or 128)
+def _position_limit(session: Session, job: Job) -> int | None:
+    """The longest input both models read: the teacher's position limit and, for a student started from another
+    encoder, that encoder's (the registry's usable lengths); None when neither is known."""
+    ids = [job.teacher_id]
+    init = (job.student or {}).get("init")
+    if isinstance(init, dict) and isinstance(init.get("model"), str):
+        ids.append(init["model"])
+    limits = [row.max_position_embeddings for row in (session.get(TeacherModel, i) for i in ids)
+              if row is not None and row.max_position_embeddings]
+    return min(limits) if limits else None
+
+
+def _max_length(session: Session, job: Job, requested: int | None) -> int:
+    """The tokens per example: the request's, else the job's. Longer than the models' position table is a 422
+    (it answered 500 before: issue 20 finding 7)."""
+    limit = _position_limit(session, job)
+    if requested is not None and limit is not None and requested > limit:
+        raise invalid(f"max_length {requested} is longer than the models of job {job.id} can read ({limit} tokens)",
+                      param="max_length")
+    length = int(requested or (job.hyperparameters or {}).get("max_length") or 128)
+    return min(length, limit) if limit is not None else length
 
 
 @router.get("", response_model=SaliencyOut)
@@ -198,8 +217,8 @@ def dev_saliency(
     """Teacher and student saliency for the first `limit` dev examples of the job."""
     job, checkpoint = _checkpoint_for(session, tenant, job_id, checkpoint_id)
     teacher_dir = _teacher_dir(session, settings, job)
+    length = _max_length(session, job, max_length)
     examples, source = _dev_examples(session, settings, job, limit)
-    length = _max_length(job, max_length)
     session.close()
     if not examples:
         return SaliencyOut(job=job.id, checkpoint=checkpoint.id, kind=checkpoint.kind, source=source,
@@ -224,7 +243,7 @@ def text_saliency(
     """Teacher and student saliency for your own texts."""
     job, checkpoint = _checkpoint_for(session, tenant, job_id, checkpoint_id)
     teacher_dir = _teacher_dir(session, settings, job)
-    length = _max_length(job, body.max_length)
+    length = _max_length(session, job, body.max_length)
     session.close()
     student_dir = _student_dir(settings, checkpoint)
     data = _compute(teacher_dir, student_dir, body.texts, body.text_pairs, [None] * len(body.texts), length)

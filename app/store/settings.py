@@ -124,6 +124,18 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="One attempt's connect + read limit.")
     webhook_poll_seconds: float = Field(
         1.0, gt=0, description="How often a webhook worker looks for due deliveries (the outbox) and sends them.")
+    # Admission: what one worker can run (docs/api.md "Admission control")
+    worker_memory_bytes: int = Field(
+        16 * 1024**3, ge=1,
+        description="Memory one training process of a CPU job may use (a CPU worker's RAM divided by the jobs it "
+        "runs at once); a job whose estimate (gkd.training.memory_estimate) is larger is refused with 422.")
+    gpu_worker_memory_bytes: int | None = Field(
+        None, ge=1, description="The same for a GPU job: one GPU's memory; default worker_memory_bytes.")
+    worker_devices: int = Field(
+        1, ge=1, le=256, description="Data-parallel processes a CPU worker gives one job (`devices` above it is "
+        "a 422); a CPU worker runs one.")
+    gpu_worker_devices: int = Field(
+        8, ge=1, le=256, description="GPUs a GPU worker gives one job (`devices` above it is a 422).")
 
     # Worker
     task_queue: str = "training"

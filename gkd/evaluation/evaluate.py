@@ -19,6 +19,7 @@ from gkd.models.families import model_family
 from gkd.models.student import load_checkpoint
 from gkd.models.teacher import check_model_dir, load_teacher, load_tokenizer
 from gkd.models.vocabulary import teacher_id_lookup
+from gkd.training.memory_estimate import EVAL_BATCH_SIZE
 
 TargetsOf = Callable[[Batch], TeacherTargets]
 
@@ -32,7 +33,7 @@ def evaluate_model(
     pad_id: int = 0,
     targets: TargetsOf | None = None,
     vector_form: bool = True,
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH_SIZE,
 ) -> dict[str, float]:
     """Accuracy, macro-F1 and, with teacher `targets` for a batch, teacher agreement and saliency agreement."""
     model.eval()
@@ -50,7 +51,7 @@ def evaluate_directory(
     *,
     teacher_dir: str | Path | None = None,
     max_length: int = 128,
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Accuracy and macro-F1 of a checkpoint; with a teacher also prediction and saliency agreement."""

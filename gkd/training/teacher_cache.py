@@ -37,6 +37,7 @@ from gkd.data.batching import Batch, EncodedDataset, collate, eval_batches
 from gkd.method import losses
 from gkd.method.objective import TeacherTargets, teacher_targets
 from gkd.models.families import model_family
+from gkd.training.memory_estimate import CACHE_BATCH_SIZE
 
 CACHE_FORMAT_VERSION = 1
 ARRAYS = ("logits", "offsets", "unit_grads", "saliency", "cls_states", "cls_unit_grads")
@@ -111,7 +112,7 @@ def build_cache(
     dataset: EncodedDataset,
     directory: Path,
     *,
-    batch_size: int = 64,
+    batch_size: int = CACHE_BATCH_SIZE,
     device: torch.device | str = "cpu",
     pad_id: int = 0,
     meta: dict | None = None,

@@ -178,6 +178,10 @@ def gradient_cap(hp: Hyperparameters) -> GradientCap | None:
 TEACHER_COUNT = "_teacher_predicted_"  # per-class counts of the teacher's predictions, summed across ranks
 
 
+class SetupStopped(Exception):
+    """A callback asked the run to stop while it was being set up (a cancel or a drain before the first step)."""
+
+
 class Trainer:
     """Runs one `DistillConfig`. `examples` may supply the splits in memory (else files are read), `teacher` a
     loaded teacher; `parallel` is this process's part in a data-parallel run (`gkd.training.parallel`)."""
@@ -208,8 +212,12 @@ class Trainer:
 
     # ---------------------------------------------------------------- the run
     def train(self, resume: bool = True) -> TrainResult:
-        """`setup`, `loop`, `finish`: resumes from `output_dir/state` when `resume` and a state is there."""
-        run = self.setup(resume)
+        """`setup`, `loop`, `finish`: resumes from `output_dir/state` when `resume` and a state is there. A stop
+        asked for during set-up ends the run before its first step (`stopped`, nothing trained or saved)."""
+        try:
+            run = self.setup(resume)
+        except SetupStopped:
+            return TrainResult(stopped=True, steps=0, best_dir=None, final_dir=None)
         stopped = self.loop(run)
         return self.finish(run, stopped)
 
@@ -229,6 +237,7 @@ class Trainer:
             raise ConfigError("the training data has no rows", "data.train")
         rows = sum(len(part) for part in splits.values())
         reading(rows, rows)
+        self.stop_point()
         loading = phase_reporter(self.callbacks, "loading_teacher", "models")
         loading(0, 1)
         teacher = self._teacher or self._load_teacher(splits)
@@ -236,6 +245,7 @@ class Trainer:
         loading(1, 1)
         if config.student.vocabulary == "training_data":
             check_prunable(teacher.tokenizer)  # refused now, not after training
+        self.stop_point()
         splits = self._mapped_labels(teacher.labels, splits)
         labels = self._labels(teacher.labels, splits)
         if not teacher.labels and self.method.teacher_logits:
@@ -245,14 +255,17 @@ class Trainer:
         encoded = {name: encode_examples(teacher.tokenizer, part, labels, hp.max_length)
                    for name, part in splits.items()}
         tokenising(rows, rows)
+        self.stop_point()
         if len(encoded["train"]) == 0:
             raise ConfigError("no usable training rows (all empty or unlabelled)", "data.train")
         pad_id = int(teacher.tokenizer.pad_token_id or 0)
         # no targets or figures from a bare encoder's random head
         caches = self.teacher_sources(teacher, encoded, pad_id) if teacher.teaches else {}
+        self.stop_point()
         run = self.start(teacher, labels, encoded, caches)
         if config.student.vocabulary == "training_data":  # every rank: each evaluates the pruned best on test
             self.prune_vocabulary(run, splits)
+        self.stop_point()
         if resume and self.state_path.is_file():
             run.loop = restore_training_state(self.state_path, config, self.device, run.student, run.optimizer,
                                               run.scheduler)
@@ -268,6 +281,14 @@ class Trainer:
             judging(len(run.encoded["dev"]), len(run.encoded["dev"]))
         run.started = time.perf_counter()
         return run
+
+    def stop_point(self) -> None:
+        """Between set-up phases (reading, loading the teacher, tokenising, the teacher cache, the student): raise
+        `SetupStopped` when a callback asks to stop, so a cancel does not wait for a set-up of minutes. Every
+        process calls it at the same points and gets the same answer (`Parallelism.any`)."""
+        progress = TrainingProgress(0, 0, 0, self.config.hyperparameters.epochs, 0.0)
+        if self.parallel.any(any([callback.should_stop(progress) for callback in self.callbacks])):
+            raise SetupStopped
 
     def start(self, teacher: Teacher, labels: list[str], encoded: dict[str, EncodedDataset],
               caches: dict[str, TeacherCache | None]) -> RunState:
@@ -521,13 +542,26 @@ class Trainer:
             report(0, None)  # the number of batches is known once the build starts; a cache found is done at once
             cache, built = open_or_build(
                 teacher.model, teacher.path, dataset, run.cache_dir, self.config.hyperparameters.max_length,
-                refresh=run.cache == "refresh", device=self.device, pad_id=pad_id, progress=report,
+                refresh=run.cache == "refresh", device=self.device, pad_id=pad_id, progress=self._stoppable(report),
                 fingerprint=fingerprint,
             )
             if not built:  # found on disk: nothing to wait for
                 phase_reporter(self.callbacks, "teacher_cache", "batches", f"{name}, found")(0, 0)
             caches[name] = cache
         return caches
+
+    def _stoppable(self, report: Callable[[int, int | None], None]) -> Callable[[int, int | None], None]:
+        """`report` followed by a stop point after each batch of a cache build: a cache of many minutes can be
+        cancelled (its partial files are removed). Alone only: the other ranks of a data-parallel run wait at a
+        barrier meanwhile, so there the check comes after the build."""
+        if self.parallel.world_size > 1:
+            return report
+
+        def report_then_check(done: int, total: int | None) -> None:
+            report(done, total)
+            self.stop_point()
+
+        return report_then_check
 
     def _load_teacher(self, splits: Splits) -> Teacher:
         info = describe_teacher(self.config.teacher)

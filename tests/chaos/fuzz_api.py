@@ -1,4 +1,5 @@
-"""Long-running chaos checks, too slow for `make test`. Prints what it tried and what survived.
+"""Long-running chaos checks, too slow for `make test` (its 200-example schemathesis run is
+tests/chaos/test_schema_budget.py). Prints what it tried and what survived.
 
     .venv/bin/python -m tests.chaos.fuzz_api [--examples 500] [--kills 5]
 

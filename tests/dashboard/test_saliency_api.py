@@ -71,6 +71,20 @@ def test_validation(api_client: TestClient, trained_job: TrainedJob) -> None:
     assert api_client.get(url).status_code == 401
 
 
+def test_max_length_past_the_teachers_positions_is_422_not_500(api_client: TestClient, trained_job: TrainedJob) -> None:
+    """Issue 20 finding 7: 4096 tokens on the tiny teacher's 64 positions answered 500; now a 422 naming the limit."""
+    url = _url(trained_job)
+    long_text = "the movie was good " * 40  # 160 words: past the 64 positions once not truncated to them
+    for response in (api_client.post(url, headers=trained_job.headers, json={"texts": [long_text], "max_length": 4096}),
+                     api_client.get(url + "?max_length=65", headers=trained_job.headers)):
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["param"] == "max_length" and "(64 tokens)" in error["message"]
+    fits = api_client.post(url, headers=trained_job.headers, json={"texts": [long_text], "max_length": 64})
+    assert fits.status_code == 200 and fits.json()["max_length"] == 64
+    assert len(fits.json()["data"][0]["tokens"]) == 64
+
+
 def test_other_tenants_and_unknown_ids_get_404(api_client: TestClient, api_settings: Settings,
                                                trained_job: TrainedJob) -> None:
     other = {"Authorization": f"Bearer {new_key(api_settings)}"}

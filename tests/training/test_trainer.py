@@ -486,3 +486,44 @@ def test_every_phase_before_the_first_step_reports_its_progress(tmp_path: Path, 
             [again]).train()
     found = [p for p in again.phases if p.phase == "teacher_cache" and p.finished]
     assert sorted(p.detail for p in found) == ["dev, found", "train, found"]
+
+
+class StopAfterPhase(PhaseRecorder):
+    """Asks to stop once a phase event matching `phase` (and `done`, when given) was seen: a cancel during set-up."""
+
+    def __init__(self, phase: str, done: int | None = None) -> None:
+        super().__init__()
+        self.phase, self.done = phase, done
+        self.asked = 0
+
+    def should_stop(self, progress: TrainingProgress) -> bool:
+        self.asked += 1
+        return any(p.phase == self.phase and (self.done is None or p.done == self.done) for p in self.phases)
+
+
+@pytest.mark.parametrize("phase", ["validating", "loading_teacher"])
+def test_a_stop_asked_during_set_up_ends_the_run_before_the_next_phase(tmp_path: Path, random_teacher: Path, data,
+                                                                       phase: str):
+    """Issue 20 finding 7: a cancel during set-up is honoured at the next phase, not after minutes of set-up."""
+    stopper = StopAfterPhase(phase)
+    config = make_config(tmp_path, random_teacher, data, "gradient_kd", "setup-stop", epochs=1, batch_size=4)
+    result = Trainer(config, [stopper]).train()
+    assert result.stopped and result.steps == 0 and result.final_dir is None
+    seen = [p.phase for p in stopper.phases]
+    assert "teacher_cache" not in seen and "training" not in seen, seen
+    assert stopper.first_step_at is None
+    assert not (tmp_path / "setup-stop" / "state").exists()
+
+
+def test_a_stop_asked_during_the_teacher_cache_leaves_no_cache(tmp_path: Path, random_teacher: Path, data):
+    """A cache build is checked after each batch; the half-built cache is removed, so a later run builds it anew."""
+    stopper = StopAfterPhase("teacher_cache", done=1)
+    config = make_config(tmp_path, random_teacher, data, "gradient_kd", "cache-stop", epochs=1, batch_size=4)
+    result = Trainer(config, [stopper]).train()
+    assert result.stopped and result.steps == 0
+    assert "training" not in [p.phase for p in stopper.phases]
+    assert not list((tmp_path / "cache").rglob("meta.json"))  # no complete cache was left behind
+    again = PhaseRecorder()
+    assert not Trainer(make_config(tmp_path, random_teacher, data, "gradient_kd", "cache-again", epochs=1,
+                                   batch_size=4), [again]).train().stopped
+    assert "train, found" not in [p.detail for p in again.phases]
