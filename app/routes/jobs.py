@@ -17,6 +17,7 @@ from app.deps import CurrentTenant, PageDep, ReadsDep, SessionDep, SettingsDep
 from app.errors import ApiError, conflict, invalid, not_found
 from app.reads import row_select
 from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_row, paginate, quota_error
+from app.routes.finetune import check_finetune_fields, finetune_job_student
 from app.schemas import Deleted, JobCreate, JobEstimate, JobOut, ListResponse
 from app.store import estimates, jobs, quotas, removal
 from app.store.events import notify
@@ -30,6 +31,7 @@ from gkd.config import ConfigError, InitFromModel
 from gkd.data.labels import LabelMapError, label_map_for
 from gkd.method.properties import method_properties
 from gkd.training.estimates import total_steps
+from gkd.training.finetune_settings import FINETUNE
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -218,7 +220,8 @@ def _estimate(session: Session, tenant: Tenant, body: JobCreate, teacher: Teache
     return JobEstimate(
         total_steps=steps,
         steps_per_epoch=steps // hp.epochs,
-        teacher_cache_exists=estimates.teacher_cache_likely(session, tenant.id, teacher.id, train, hp.max_length),
+        teacher_cache_exists=body.method == FINETUNE  # a fine-tuning builds no teacher cache
+        or estimates.teacher_cache_likely(session, tenant.id, teacher.id, train, hp.max_length),
         estimated_seconds=seconds,
         seconds_per_step=per_step,
         basis=basis,
@@ -245,23 +248,32 @@ def create_job(
             response.headers["Idempotent-Replayed"] = "true"
             return JobOut.of(existing)
 
+    finetune = body.method == FINETUNE
+    if finetune:
+        check_finetune_fields(body)
     teacher = get_model(session, tenant, body.teacher, param="teacher", lock=True)
     continued = _continued_checkpoint(session, tenant, body, teacher) if body.student.init_checkpoint else None
     train = get_dataset(session, tenant, body.training_dataset, param="training_dataset", lock=True)
     dev = None
     if body.validation_dataset is not None:
         dev = get_dataset(session, tenant, body.validation_dataset, param="validation_dataset", lock=True)
-    label_map = _check_against_teacher(body, teacher, train.labels, dev.labels if dev else None)
     _check_integrations(body, settings)
-    student = body.student.model_dump(mode="json")
     base = None
+    if finetune:  # the teacher is the base model; its labels, if any, give way to the training dataset's
+        _check_max_length(body, teacher)
+        label_map: dict[str, str] = {}
+        student = finetune_job_student(body, teacher, train.labels, dev.labels if dev else None)
+    else:
+        label_map = _check_against_teacher(body, teacher, train.labels, dev.labels if dev else None)
+        student = body.student.model_dump(mode="json")
     if body.student.base_model is not None:
         base = get_model(session, tenant, body.student.base_model, param="student.init.model", lock=True)
         _check_base_model(body, teacher, base)
         student["init"]["model"] = base.id  # the worker resolves the id; a name could later mean another model
 
     try:  # the tenant stays locked from here to the commit: concurrent creates take turns
-        quotas.check(session, settings, tenant.id, active_jobs=1)
+        # a finetune job makes a model: one that cannot be stored is refused now, not after its training
+        quotas.check(session, settings, tenant.id, active_jobs=1, models=1 if finetune else 0)
     except quotas.QuotaExceeded as exc:
         raise quota_error(exc) from exc
     if dry_run:

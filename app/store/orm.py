@@ -131,6 +131,9 @@ class Job(Base):
     # Experiment trackers the job logs to, as the tenant asked: [{"type": "mlflow", "experiment": ...}]
     # (migration 0010; NULL: none). The tracking server is the operator's (GKD_MLFLOW_TRACKING_URI).
     integrations: Mapped[list[Any] | None] = mapped_column(default=None)
+    # The model a `finetune` job registered when it succeeded (migration 0011; NULL: none). No foreign key: the
+    # model may be deleted later and the job keeps saying what it made.
+    fine_tuned_model_id: Mapped[str | None] = mapped_column(String(40), default=None)
     name: Mapped[str | None] = mapped_column(String(300))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
