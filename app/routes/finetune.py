@@ -60,10 +60,8 @@ def check_finetune_fields(body: JobCreate) -> None:
 def finetune_job_student(body: JobCreate, base: TeacherModel, train_labels: list[str],
                          dev_labels: list[str] | None) -> dict[str, Any]:
     """Check the datasets against the fine-tuning and return the student the worker trains (the base model at
-    full depth). The new model's labels are the training dataset's."""
-    if len(set(train_labels)) < 2:
-        raise invalid(f"the training dataset has {len(set(train_labels))} label(s); a classifier needs at least 2",
-                      param="training_dataset", code="labels_mismatch")
+    full depth). The new model's labels are the training dataset's (a dataset has at least two: app.routes.datasets
+    refuses fewer at upload)."""
     if dev_labels is not None and not set(dev_labels) <= set(train_labels):
         raise invalid(f"the validation dataset has labels the training dataset lacks: "
                       f"{sorted(set(dev_labels) - set(train_labels))}", param="validation_dataset",
