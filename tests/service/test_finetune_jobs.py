@@ -16,6 +16,7 @@ from tests.service import test_end_to_end as end_to_end
 from tests.service.test_end_to_end import Stack
 from tests.service.test_quotas import set_tenant_quota
 from tests.support.factories import csv_bytes, make_tiny_base_encoder, sentiment_rows
+from tests.support.servers import wait_for
 from tests.support.service import follow, new_key, register_teacher, submit, tenant_id_of, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
@@ -108,3 +109,26 @@ def test_a_model_over_the_byte_quota_fails_the_job_and_leaves_nothing(stack: Sta
     assert done["fine_tuned_model"] is None and list(_models(api, headers)) == [base]
     left = stack.settings.storage / "models" / tenant
     assert not left.exists() or not any(left.iterdir())  # the staged model's files are removed again
+
+
+def test_a_paused_finetune_job_resumes_and_makes_its_teacher(stack: Stack, api: TestClient, encoder: Path) -> None:
+    headers = {"Authorization": f"Bearer {new_key(stack.settings)}"}
+    base = register_teacher(stack.settings, headers, encoder, name="base")
+    job = _finetune(api, headers, base, upload(api, headers, 48), epochs=8)  # 6 steps an epoch, 48 in all
+
+    def job_now() -> dict[str, Any]:
+        return dict(api.get(f"/v1/jobs/{job['id']}", headers=headers).json())
+
+    wait_for(lambda: job_now()["progress"].get("step", 0) >= 4, 120, "the job to pass step 4", tail=stack.log_tail)
+    asked = api.post(f"/v1/jobs/{job['id']}/pause", headers=headers)
+    assert asked.status_code == 200 and asked.json()["status"] in ("pausing", "paused"), asked.text
+    paused = wait_for(lambda: (j := job_now())["status"] == "paused" and j, 60, "the job to be paused",
+                      tail=stack.log_tail)
+    assert paused["fine_tuned_model"] is None and list(_models(api, headers)) == [base]
+    resumed = api.post(f"/v1/jobs/{job['id']}/resume", headers=headers)
+    assert resumed.status_code == 200 and resumed.json()["status"] == "queued", resumed.text
+    events = follow(api, headers, job["id"], timeout=150)
+    done = job_now()
+    assert done["status"] == "succeeded", (done["error"], stack.log_tail())
+    assert any(e["type"] == "log" and "training resumed from step" in e["message"] for e in events)
+    assert done["fine_tuned_model"] in _models(api, headers)
