@@ -14,7 +14,8 @@ from app.store.orm import Job, TeacherModel
 from app.store.settings import Settings
 
 SOURCE = "finetune"
-"""The `source` of a model a finetune job made (an upload's is `upload`)."""
+"""The `source` of a model a finetune job made (an upload's is `upload`); its files go with it when it is deleted
+(app.store.removal.STORED_SOURCES)."""
 
 MAX_NAME = 300
 

@@ -87,7 +87,7 @@ class TeacherModel(Base):
     tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(300))
     path: Mapped[str] = mapped_column(Text)
-    source: Mapped[str] = mapped_column(String(16))  # import | upload | builtin
+    source: Mapped[str] = mapped_column(String(16))  # import | upload | builtin | finetune
     task: Mapped[str | None] = mapped_column(String(64))
     model_type: Mapped[str | None] = mapped_column(String(64))
     labels: Mapped[list[Any]] = mapped_column(default=list)

@@ -76,6 +76,10 @@ def test_a_finetune_job_makes_a_teacher_that_a_distillation_uses(stack: Stack, a
     assert after["status"] == "succeeded", (after["error"], stack.log_tail())
     assert after["teacher"] == model_id and after["fine_tuned_model"] is None
 
+    deleted = api.delete(f"/v1/models/{model_id}", headers=headers)  # the model's files go with it
+    assert deleted.status_code == 204 and not (stack.settings.storage / "models" / tenant / model_id).exists()
+    assert api.get(f"/v1/jobs/{job['id']}", headers=headers).json()["fine_tuned_model"] == model_id
+
 
 def test_cancel_a_finetune_job(stack: Stack, api: TestClient, encoder: Path) -> None:
     headers = {"Authorization": f"Bearer {new_key(stack.settings)}"}
