@@ -37,9 +37,6 @@ def check_finetune_fields(body: JobCreate) -> None:
         raise invalid(f"a finetune job trains the teacher model itself at its full depth; leave "
                       f"student.{changed_student[0]} out (`student` applies to distillation jobs only)",
                       param=f"student.{changed_student[0]}")
-    if body.label_map:
-        raise invalid("a finetune job's labels are the training dataset's own; leave `label_map` out",
-                      param="label_map")
     if body.export:
         raise invalid("a finetune job makes a teacher model, not a deployable student; leave `export` out",
                       param="export")
@@ -60,8 +57,12 @@ def check_finetune_fields(body: JobCreate) -> None:
 def finetune_job_student(body: JobCreate, base: TeacherModel, train_labels: list[str],
                          dev_labels: list[str] | None) -> dict[str, Any]:
     """Check the datasets against the fine-tuning and return the student the worker trains (the base model at
-    full depth). The new model's labels are the training dataset's (a dataset has at least two: app.routes.datasets
-    refuses fewer at upload)."""
+    full depth). A bare encoder's new classifier has the training dataset's labels (a dataset has at least two:
+    the upload refuses fewer); a classifier keeps its head and labels, which the caller checked the data against
+    (`label_map` included), as for a distillation."""
+    if not base.labels and body.label_map:
+        raise invalid(f"model {base.name} has no classification head: the model a finetune job makes from it has "
+                      "the training dataset's own labels; leave `label_map` out", param="label_map")
     if dev_labels is not None and not set(dev_labels) <= set(train_labels):
         raise invalid(f"the validation dataset has labels the training dataset lacks: "
                       f"{sorted(set(dev_labels) - set(train_labels))}", param="validation_dataset",

@@ -52,27 +52,11 @@ def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels:
     """Every check of the body against the teacher; returns the label map the job trains with."""
     if not teacher.labels:
         raise invalid(
-            f"model {teacher.id} ({teacher.name}) has no classification head; choose a fine-tuned teacher",
+            f"model {teacher.id} ({teacher.name}) has no classification head; choose a fine-tuned teacher, or make "
+            "one with a job of method 'finetune'",
             param="teacher",
         )
-    mapping = _label_map(body, teacher, train_labels, dev_labels)
-    train_labels = [mapping.get(label, label) for label in train_labels]
-    dev_labels = [mapping.get(label, label) for label in dev_labels] if dev_labels is not None else None
-    teacher_labels = set(teacher.labels)
-    if set(train_labels) != teacher_labels:
-        raise invalid(
-            f"the training dataset's labels {sorted(train_labels)} differ from the teacher's labels "
-            f"{sorted(teacher_labels)}",
-            param="training_dataset",
-            code="labels_mismatch",
-        )
-    if dev_labels is not None and not set(dev_labels) <= teacher_labels:
-        raise invalid(
-            f"the validation dataset has labels the teacher does not know: "
-            f"{sorted(set(dev_labels) - teacher_labels)}",
-            param="validation_dataset",
-            code="labels_mismatch",
-        )
+    mapping = _checked_labels(body, teacher, train_labels, dev_labels)
     _check_max_length(body, teacher)
     student = body.student
     if student.base_model is None and student.num_layers > teacher.num_layers:
@@ -94,6 +78,31 @@ def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels:
                        list(body.export))
     except ConfigError as exc:
         raise invalid(exc.message, param=exc.param) from exc
+    return mapping
+
+
+def _checked_labels(body: JobCreate, teacher: TeacherModel, train_labels: list[str],
+                    dev_labels: list[str] | None) -> dict[str, str]:
+    """The datasets' labels against a classifier's (after `label_map`): the training data has all of them, the
+    validation data no others. Returns the label map the job trains with."""
+    mapping = _label_map(body, teacher, train_labels, dev_labels)
+    train_labels = [mapping.get(label, label) for label in train_labels]
+    dev_labels = [mapping.get(label, label) for label in dev_labels] if dev_labels is not None else None
+    teacher_labels = set(teacher.labels)
+    if set(train_labels) != teacher_labels:
+        raise invalid(
+            f"the training dataset's labels {sorted(train_labels)} differ from the teacher's labels "
+            f"{sorted(teacher_labels)}",
+            param="training_dataset",
+            code="labels_mismatch",
+        )
+    if dev_labels is not None and not set(dev_labels) <= teacher_labels:
+        raise invalid(
+            f"the validation dataset has labels the teacher does not know: "
+            f"{sorted(set(dev_labels) - teacher_labels)}",
+            param="validation_dataset",
+            code="labels_mismatch",
+        )
     return mapping
 
 
@@ -259,9 +268,9 @@ def create_job(
         dev = get_dataset(session, tenant, body.validation_dataset, param="validation_dataset", lock=True)
     _check_integrations(body, settings)
     base = None
-    if finetune:  # the teacher is the base model; its labels, if any, give way to the training dataset's
+    if finetune:  # the teacher is the base model: a bare encoder learns the data's labels, a classifier keeps its own
         _check_max_length(body, teacher)
-        label_map: dict[str, str] = {}
+        label_map = _checked_labels(body, teacher, train.labels, dev.labels if dev else None) if teacher.labels else {}
         student = finetune_job_student(body, teacher, train.labels, dev.labels if dev else None)
     else:
         label_map = _check_against_teacher(body, teacher, train.labels, dev.labels if dev else None)

@@ -19,7 +19,7 @@ from tests.service.test_api_basics import assert_error
 from tests.service.test_models import tar_of
 from tests.service.test_quotas import set_tenant_quota
 from tests.support.factories import make_tiny_base_encoder, sentiment_rows
-from tests.support.service import tenant_id_of, upload, upload_dataset
+from tests.support.service import register_teacher, tenant_id_of, upload, upload_dataset
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,24 @@ def test_a_validation_dataset_with_labels_the_training_data_lacks_is_refused(
     other = upload_dataset(client, auth, [{"text": "so so", "label": "neutral"}, *sentiment_rows(4)])
     response = client.post("/v1/jobs", headers=auth, json=_body(base["id"], train, validation_dataset=other["id"]))
     assert "neutral" in assert_error(response, 422, "invalid_request_error", "validation_dataset")["message"]
+
+
+def test_a_classifier_is_fine_tuned_on_its_own_labels(client: TestClient, auth: dict[str, str],
+                                                       tiny_teacher: Path, settings: Settings) -> None:
+    """A base with a head keeps it (the library's fine-tuning of a classifier): the data's labels must be its
+    labels, directly or through `label_map`, as for a distillation."""
+    classifier = register_teacher(settings, auth, tiny_teacher, name="classifier")
+    train = upload(client, auth, 24)
+    created = client.post("/v1/jobs", headers=auth, json=_body(classifier, train))
+    assert created.status_code == 201, created.text
+    numbered = upload_dataset(client, auth, [{"text": r["text"], "label": "1" if r["label"] == "positive" else "0"}
+                                             for r in sentiment_rows(24)])
+    refused = client.post("/v1/jobs", headers=auth, json=_body(classifier, numbered["id"]))
+    assert assert_error(refused, 422, "invalid_request_error", "training_dataset")["code"] == "labels_mismatch"
+    mapped = client.post("/v1/jobs", headers=auth, json=_body(classifier, numbered["id"],
+                                                              label_map={"0": "negative", "1": "positive"}))
+    assert mapped.status_code == 201, mapped.text
+    assert mapped.json()["label_map"] == {"0": "negative", "1": "positive"}
 
 
 def test_a_tenant_at_its_model_quota_cannot_start_one(client: TestClient, auth: dict[str, str], encoder: Path,

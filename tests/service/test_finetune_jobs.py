@@ -81,6 +81,16 @@ def test_a_finetune_job_makes_a_teacher_that_a_distillation_uses(stack: Stack, a
     assert api.get(f"/v1/jobs/{job['id']}", headers=headers).json()["fine_tuned_model"] == model_id
 
 
+def test_a_classifier_is_fine_tuned_into_a_new_model(stack: Stack, api: TestClient, tiny_teacher: Path) -> None:
+    headers = {"Authorization": f"Bearer {new_key(stack.settings)}"}
+    classifier = register_teacher(stack.settings, headers, tiny_teacher, name="classifier")
+    job = _finetune(api, headers, classifier, upload(api, headers, 24), epochs=1)
+    follow(api, headers, job["id"], timeout=150)
+    done = api.get(f"/v1/jobs/{job['id']}", headers=headers).json()
+    assert done["status"] == "succeeded", (done["error"], stack.log_tail())
+    assert _models(api, headers)[done["fine_tuned_model"]]["labels"] == ["negative", "positive"]
+
+
 def test_cancel_a_finetune_job(stack: Stack, api: TestClient, encoder: Path) -> None:
     headers = {"Authorization": f"Bearer {new_key(stack.settings)}"}
     base = register_teacher(stack.settings, headers, encoder, name="base")
