@@ -4,7 +4,9 @@ fine-tuned; what a fine-tuning would ignore is a 422; a tenant at its model quot
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,7 +20,8 @@ from gkd.models.teacher import describe_teacher
 from tests.service.test_api_basics import assert_error
 from tests.service.test_models import tar_of
 from tests.service.test_quotas import set_tenant_quota
-from tests.support.factories import make_tiny_base_encoder, sentiment_rows
+from tests.service.test_worker_claim import _taken_over
+from tests.support.factories import make_tiny_base_encoder, make_tiny_teacher, sentiment_rows
 from tests.support.service import register_teacher, tenant_id_of, upload, upload_dataset
 
 
@@ -153,3 +156,34 @@ def test_register_inserts_the_model_and_names_it_on_the_job(client: TestClient, 
     with session_scope(settings.database_url) as session:
         assert session.get(TeacherModel, "mdl_test_too_big") is None
         assert session.get(Job, job["id"]).fine_tuned_model_id == "mdl_test_finetuned"  # type: ignore[union-attr]
+
+
+def _trained(directory: Path) -> SimpleNamespace:
+    """What the trainer hands the worker at the end of a fine-tuning: a best checkpoint directory and its figures."""
+    make_tiny_teacher(directory)
+    (directory / "gkd_card.json").write_text(json.dumps({"metrics": {"accuracy": 0.75}, "config": {"x": 1}}))
+    return SimpleNamespace(best_dir=directory, best_metrics={"step": 3, "accuracy": 0.75}, test_metrics=None,
+                           labels=["negative", "positive"], steps=3)
+
+
+def test_a_fenced_off_worker_registers_no_model_and_leaves_no_files(client: TestClient, auth: dict[str, str],
+                                                                    encoder: Path, settings: Settings,
+                                                                    tmp_path: Path) -> None:
+    from app.store.jobs import FencedOff
+    from worker.runner import _finish_finetune
+
+    base = _upload_encoder(client, auth, encoder)
+    job_id = client.post("/v1/jobs", headers=auth, json=_body(base["id"], upload(client, auth, 24))).json()["id"]
+    first, second = _taken_over(settings, job_id)
+    result = _trained(tmp_path / "best")
+    with pytest.raises(FencedOff):
+        _finish_finetune(first, result, {"best": {}})
+    models = settings.storage / "models" / tenant_id_of(settings, auth)
+    assert sorted(p.name for p in models.iterdir()) == [base["id"]]  # only the upload: no staged copy left
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth).json()["fine_tuned_model"] is None
+
+    assert _finish_finetune(second, result, {"best": {}}) == "succeeded"  # the holder's registration lands
+    made = client.get(f"/v1/jobs/{job_id}", headers=auth).json()["fine_tuned_model"]
+    card = json.loads((models / made / "gkd_card.json").read_text())
+    assert card["job"] == job_id and card["dev_accuracy"] == 0.75 and "config" not in card
+    assert client.get(f"/v1/models/{made}", headers=auth).json()["labels"] == ["negative", "positive"]
