@@ -10,7 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.store.ids import new_id
-from app.store.orm import TeacherModel, utcnow
+from app.store.model_rows import model_row
+from app.store.orm import TeacherModel
 from app.store.public_paths import replace_paths
 from app.store.settings import Settings
 from app.store.storage import get_storage
@@ -82,28 +83,6 @@ def _check_text(value: object, longest: int, field: str) -> None:
         raise RegistryError(f"config.json: {field} {reason}", field)
 
 
-def _row(model_id: str, tenant_id: str | None, name: str, path: str, source: str, info: object) -> TeacherModel:
-    return TeacherModel(
-        id=model_id,
-        tenant_id=tenant_id,
-        name=name,
-        path=path,
-        source=source,
-        task=info.task,  # type: ignore[attr-defined]
-        model_type=info.model_type,  # type: ignore[attr-defined]
-        labels=list(info.labels),  # type: ignore[attr-defined]
-        num_layers=info.num_layers,  # type: ignore[attr-defined]
-        hidden_size=info.hidden_size,  # type: ignore[attr-defined]
-        num_parameters=info.num_parameters,  # type: ignore[attr-defined]
-        vocab_size=info.vocab_size,  # type: ignore[attr-defined]
-        family=info.family,  # type: ignore[attr-defined]
-        num_attention_heads=info.num_attention_heads,  # type: ignore[attr-defined]
-        max_position_embeddings=info.max_position_embeddings,  # type: ignore[attr-defined]
-        embedding_size=info.embedding_size,  # type: ignore[attr-defined]
-        created_at=utcnow(),
-    )
-
-
 def import_directory(
     session: Session, path: Path, name: str, *, tenant_id: str | None = None, source: str = "import"
 ) -> TeacherModel:
@@ -119,7 +98,7 @@ def import_directory(
             TeacherModel.deleted_at.is_(None),
         )
     )
-    fresh = _row(existing.id if existing else new_id("mdl"), tenant_id, name, str(path), source, info)
+    fresh = model_row(existing.id if existing else new_id("mdl"), tenant_id, name, str(path), source, info)
     if existing is not None:
         for column in ("path", "source", "task", "model_type", "labels", "num_layers", "hidden_size",
                        "num_parameters", "vocab_size", *FAMILY_COLUMNS):
@@ -160,4 +139,4 @@ def import_archive(settings: Settings, archive: Path, name: str, tenant_id: str)
         raise RegistryError(exc.message, exc.param) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return _row(model_id, tenant_id, name, relative, "upload", info), final
+    return model_row(model_id, tenant_id, name, relative, "upload", info), final

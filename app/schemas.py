@@ -26,6 +26,9 @@ from gkd.method.properties import Method
 
 T = TypeVar("T")
 
+JobMethod = Literal[Method, "finetune"]
+"""A job's method: a distillation method, or `finetune` (gkd.training.finetune_settings.FINETUNE)."""
+
 MAX_METADATA_CHARS = 16_384
 """Bound on a job's metadata as compact JSON: it is a label for the caller, not a store."""
 
@@ -138,7 +141,10 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     teacher: StorableText = Field(..., description="Id or name of a registered teacher model (yours or a global one).")
-    method: Method = Field(DistillConfig.model_fields["method"].default)
+    method: JobMethod = Field(
+        DistillConfig.model_fields["method"].default,
+        description="A distillation method, or `finetune`: fine-tune the `teacher` (a base encoder or a classifier) "
+                    "on the training dataset into a new model of yours (the job's `fine_tuned_model`).")
     student: StudentSpec = Field(default_factory=StudentSpec)
     training_dataset: StorableText
     validation_dataset: StorableText | None = None
@@ -235,6 +241,9 @@ class JobOut(BaseModel):
     device: str = "auto"
     devices: int = 1
     integrations: list[dict[str, Any]] = Field(default_factory=list)
+    fine_tuned_model: str | None = Field(
+        None, description="A `finetune` job that succeeded: the id of the model it made (GET /v1/models/{id}), "
+                          "a teacher for your next jobs; null otherwise.")
     estimated_finish_at: datetime | None = Field(
         None, description="While the job runs: when it is expected to finish training, from the measured speed of "
                           "jobs like it before its first steps, then from its own steps; null otherwise.")
@@ -266,6 +275,7 @@ class JobOut(BaseModel):
             device=row.queue_kind or "auto",
             devices=row.devices or 1,
             integrations=row.integrations or [],
+            fine_tuned_model=row.fine_tuned_model_id,
             estimated_finish_at=(row.progress or {}).get("estimated_finish_at") if row.status == "running" else None,
         )
 

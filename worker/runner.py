@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.store import estimates, jobs
+from app.store import estimates, jobs, quotas
 from app.store.db import sessionmaker_for, with_retries
 from app.store.events import append_event, notify
 from app.store.ids import new_id
@@ -38,7 +38,9 @@ from app.store.settings import Settings
 from app.store.storage import get_storage
 from app.store.storage.archive import pack_directory
 from app.store.webhook_outbox import record_event
+from gkd.training.finetune_settings import FINETUNE
 from worker.publisher import BackgroundPublisher
+from worker.teachers import discard_teacher, stage_teacher
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +154,23 @@ class JobContext:
         return self.read(lambda s: s.scalar(select(Job.status).where(Job.id == self.job_id)))
 
     def finish(self, status: jobs.Outcome, message: str, *, error: str | None = None,
-               metrics: dict[str, Any] | None = None) -> str:
-        """Move to a terminal status; a pending cancel turns success into `cancelled`. Returns the status."""
+               metrics: dict[str, Any] | None = None, on_success: Any = None) -> str:
+        """Move to a terminal status; a pending cancel turns success into `cancelled`. Returns the status.
+        `on_success(session)` runs in the same transaction when the job does end `succeeded` (a finetune job's
+        new model row): it lands with the status or not at all."""
         values: dict[str, Any] = {"heartbeat_at": utcnow()}
         if error is not None:
             values["error"] = error
         if metrics is not None:
             values["metrics"] = metrics
-        return self.write(lambda session: jobs.finish(session, self.job_id, status, message, values,
-                                                      token=self.token, worker=self.worker), f"finish {status}")
+
+        def tx(session: Session) -> str:
+            ended = jobs.finish(session, self.job_id, status, message, values, token=self.token, worker=self.worker)
+            if ended == jobs.SUCCEEDED and on_success is not None:
+                on_success(session)
+            return ended
+
+        return self.write(tx, f"finish {status}")
 
     def park(self, step: int, progress: dict[str, Any], metrics: dict[str, Any]) -> bool:
         """The training state of a `pausing` job is saved: `pausing` -> `paused` with the progress and metrics it
@@ -553,6 +563,33 @@ def discard_work(settings: Settings, job_id: str) -> None:
         log.warning("could not remove the work directory of job %s", job_id, exc_info=True)
 
 
+def _finish_finetune(ctx: JobContext, result: Any, metrics: dict[str, Any]) -> str:
+    """A finetune job's end: its best checkpoint becomes a model of the tenant with the `succeeded` status, or
+    the job fails saying why (a full quota) and leaves no model behind."""
+    try:
+        staged = stage_teacher(ctx, result)
+    except jobs.FencedOff:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the training is done but its model cannot be stored
+        log.exception("job %s: the fine-tuned model could not be stored", ctx.job_id)
+        message = public_text(str(exc) or type(exc).__name__, ctx.settings)
+        return ctx.finish(jobs.FAILED, f"job failed: {message}", error=f"{type(exc).__name__}: {message}",
+                          metrics=metrics)
+    message = f"job succeeded after {result.steps} steps: model {staged.model_id} is its fine-tuned teacher"
+    try:
+        status = ctx.finish(jobs.SUCCEEDED, message, metrics=metrics, on_success=staged.register)
+    except quotas.QuotaExceeded as exc:  # the job is still running: nothing of that transaction landed
+        discard_teacher(ctx.settings, staged.relative)
+        return ctx.finish(jobs.FAILED, f"job failed: {exc.message}", error=f"QuotaExceeded: {exc.message}",
+                          metrics=metrics)
+    except BaseException:
+        discard_teacher(ctx.settings, staged.relative)
+        raise
+    if status != jobs.SUCCEEDED:  # cancelled at the last moment: no row was inserted
+        discard_teacher(ctx.settings, staged.relative)
+    return status
+
+
 def _run_claimed(ctx: JobContext, worker: str) -> str:
     """Train a claimed job and move it to its next status (terminal, or back to the queue when draining)."""
     settings, job_id = ctx.settings, ctx.job_id
@@ -604,6 +641,8 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
                 return jobs.PAUSED
             return ctx.finish(jobs.CANCELLED, "job cancelled", metrics=metrics)
         # Trained to the end: `succeeded`, also when a pause came late; a pending cancel makes it `cancelled`.
+        if ctx.read(lambda session: session.scalar(select(Job.method).where(Job.id == job_id))) == FINETUNE:
+            return _finish_finetune(ctx, result, metrics)
         return ctx.finish(jobs.SUCCEEDED, f"job succeeded after {result.steps} steps", metrics=metrics)
     finally:
         if callback is not None:

@@ -18,6 +18,7 @@ from app.deps import CurrentTenant, PageDep, ReadsDep, SessionDep, SettingsDep
 from app.errors import ApiError, conflict, invalid, not_found
 from app.reads import row_select
 from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_row, paginate, quota_error
+from app.routes.finetune import check_finetune_fields, finetune_job_student
 from app.schemas import Deleted, JobCreate, JobEstimate, JobOut, ListResponse
 from app.store import estimates, jobs, quotas, removal
 from app.store.events import notify
@@ -31,6 +32,7 @@ from gkd.config import ConfigError, InitFromModel
 from gkd.data.labels import LabelMapError, label_map_for
 from gkd.method.properties import method_properties
 from gkd.training.estimates import total_steps
+from gkd.training.finetune_settings import FINETUNE
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -51,27 +53,11 @@ def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels:
     """Every check of the body against the teacher; returns the label map the job trains with."""
     if not teacher.labels:
         raise invalid(
-            f"model {teacher.id} ({teacher.name}) has no classification head; choose a fine-tuned teacher",
+            f"model {teacher.id} ({teacher.name}) has no classification head; choose a fine-tuned teacher, or make "
+            "one with a job of method 'finetune'",
             param="teacher",
         )
-    mapping = _label_map(body, teacher, train_labels, dev_labels)
-    train_labels = [mapping.get(label, label) for label in train_labels]
-    dev_labels = [mapping.get(label, label) for label in dev_labels] if dev_labels is not None else None
-    teacher_labels = set(teacher.labels)
-    if set(train_labels) != teacher_labels:
-        raise invalid(
-            f"the training dataset's labels {sorted(train_labels)} differ from the teacher's labels "
-            f"{sorted(teacher_labels)}",
-            param="training_dataset",
-            code="labels_mismatch",
-        )
-    if dev_labels is not None and not set(dev_labels) <= teacher_labels:
-        raise invalid(
-            f"the validation dataset has labels the teacher does not know: "
-            f"{sorted(set(dev_labels) - teacher_labels)}",
-            param="validation_dataset",
-            code="labels_mismatch",
-        )
+    mapping = _checked_labels(body, teacher, train_labels, dev_labels)
     _check_max_length(body, teacher)
     student = body.student
     if student.base_model is None and student.num_layers > teacher.num_layers:
@@ -93,6 +79,31 @@ def _check_against_teacher(body: JobCreate, teacher: TeacherModel, train_labels:
                        list(body.export))
     except ConfigError as exc:
         raise invalid(exc.message, param=exc.param) from exc
+    return mapping
+
+
+def _checked_labels(body: JobCreate, teacher: TeacherModel, train_labels: list[str],
+                    dev_labels: list[str] | None) -> dict[str, str]:
+    """The datasets' labels against a classifier's (after `label_map`): the training data has all of them, the
+    validation data no others. Returns the label map the job trains with."""
+    mapping = _label_map(body, teacher, train_labels, dev_labels)
+    train_labels = [mapping.get(label, label) for label in train_labels]
+    dev_labels = [mapping.get(label, label) for label in dev_labels] if dev_labels is not None else None
+    teacher_labels = set(teacher.labels)
+    if set(train_labels) != teacher_labels:
+        raise invalid(
+            f"the training dataset's labels {sorted(train_labels)} differ from the teacher's labels "
+            f"{sorted(teacher_labels)}",
+            param="training_dataset",
+            code="labels_mismatch",
+        )
+    if dev_labels is not None and not set(dev_labels) <= teacher_labels:
+        raise invalid(
+            f"the validation dataset has labels the teacher does not know: "
+            f"{sorted(set(dev_labels) - teacher_labels)}",
+            param="validation_dataset",
+            code="labels_mismatch",
+        )
     return mapping
 
 
@@ -225,7 +236,8 @@ def _estimate(session: Session, tenant: Tenant, body: JobCreate, teacher: Teache
     return JobEstimate(
         total_steps=steps,
         steps_per_epoch=steps // hp.epochs,
-        teacher_cache_exists=estimates.teacher_cache_likely(session, tenant.id, teacher.id, train, hp.max_length),
+        teacher_cache_exists=body.method == FINETUNE  # a fine-tuning builds no teacher cache
+        or estimates.teacher_cache_likely(session, tenant.id, teacher.id, train, hp.max_length),
         estimated_seconds=seconds,
         seconds_per_step=per_step,
         basis=basis,
@@ -253,16 +265,24 @@ def create_job(
             return JobOut.of(existing)
 
     admission.check_devices(body, settings)
+    finetune = body.method == FINETUNE
+    if finetune:
+        check_finetune_fields(body)
     teacher = get_model(session, tenant, body.teacher, param="teacher", lock=True)
     continued = _continued_checkpoint(session, tenant, body, teacher) if body.student.init_checkpoint else None
     train = get_dataset(session, tenant, body.training_dataset, param="training_dataset", lock=True)
     dev = None
     if body.validation_dataset is not None:
         dev = get_dataset(session, tenant, body.validation_dataset, param="validation_dataset", lock=True)
-    label_map = _check_against_teacher(body, teacher, train.labels, dev.labels if dev else None)
     _check_integrations(body, settings)
-    student = body.student.model_dump(mode="json")
     base = None
+    if finetune:  # the teacher is the base model: a bare encoder learns the data's labels, a classifier keeps its own
+        _check_max_length(body, teacher)
+        label_map = _checked_labels(body, teacher, train.labels, dev.labels if dev else None) if teacher.labels else {}
+        student = finetune_job_student(body, teacher, train.labels, dev.labels if dev else None)
+    else:
+        label_map = _check_against_teacher(body, teacher, train.labels, dev.labels if dev else None)
+        student = body.student.model_dump(mode="json")
     if body.student.base_model is not None:
         base = get_model(session, tenant, body.student.base_model, param="student.init.model", lock=True)
         _check_base_model(body, teacher, base)
@@ -271,7 +291,8 @@ def create_job(
     admission.check_memory(body, settings, teacher, base, continued_student)
 
     try:  # the tenant stays locked from here to the commit: concurrent creates take turns
-        quotas.check(session, settings, tenant.id, active_jobs=1)
+        # a finetune job makes a model: one that cannot be stored is refused now, not after its training
+        quotas.check(session, settings, tenant.id, active_jobs=1, models=1 if finetune else 0)
     except quotas.QuotaExceeded as exc:
         raise quota_error(exc) from exc
     if dry_run:

@@ -17,6 +17,7 @@ from app.registry import RegistryError, import_archive
 from app.routes.common import VISIBLE_MODELS, early_quota_check, get_model, paginate, quota_error
 from app.schemas import ListResponse, ModelOut
 from app.store import quotas, removal
+from app.store.finetuned import tree_bytes
 from app.store.storage import get_storage
 from app.uploads import multipart_openapi, receive_upload
 
@@ -79,7 +80,7 @@ async def upload_model(
             raise ApiError(422, exc.message, code="invalid_model", param=exc.param or "file") from exc
 
         assert final is not None
-        row.size_bytes = await run_in_threadpool(_tree_bytes, final)
+        row.size_bytes = await run_in_threadpool(tree_bytes, final)
 
         def insert() -> None:
             try:  # the binding check: the tenant stays locked from it to the commit
@@ -99,7 +100,3 @@ async def upload_model(
             shutil.rmtree(final, ignore_errors=True)
             await run_in_threadpool(get_storage(settings).delete, f"models/{tenant.id}/{final.name}")
 
-
-def _tree_bytes(directory: Path) -> int:
-    """What an extracted model occupies: the sum of its files' sizes."""
-    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file() and not path.is_symlink())

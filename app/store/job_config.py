@@ -16,6 +16,7 @@ from app.store.settings import Settings
 from app.store.storage import get_storage
 from app.store.storage.archive import extract_archive
 from gkd.config import ConfigError, DistillConfig
+from gkd.training.finetune_settings import FINETUNE, TRAINED_AS
 
 
 def job_config(*, method: str, student: dict[str, Any], hyperparameters: dict[str, Any],
@@ -114,7 +115,8 @@ def _config_for(settings: Settings, session: Session, job: Job) -> DistillConfig
     elif isinstance(init, dict) and "checkpoint" in init:  # a finished job's checkpoint the student continues from
         student["init"] = {"checkpoint": str(_unpacked_checkpoint(settings, session, job.id, init["checkpoint"]))}
     return job_config(
-        method=job.method, student=student, hyperparameters=job.hyperparameters, label_map=job.label_map,
+        method=TRAINED_AS if job.method == FINETUNE else job.method, student=student,
+        hyperparameters=job.hyperparameters, label_map=job.label_map,
         teacher=str(storage.materialize(teacher.path)), train=str(storage.materialize(train.path)),
         dev=str(storage.materialize(dev.path)) if dev else None,
         run={"output_dir": str(work), "cache_dir": str(settings.cache_dir), "device": settings.worker_device,

@@ -87,7 +87,7 @@ class TeacherModel(Base):
     tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(300))
     path: Mapped[str] = mapped_column(Text)
-    source: Mapped[str] = mapped_column(String(16))  # import | upload | builtin
+    source: Mapped[str] = mapped_column(String(16))  # import | upload | builtin | finetune
     task: Mapped[str | None] = mapped_column(String(64))
     model_type: Mapped[str | None] = mapped_column(String(64))
     labels: Mapped[list[Any]] = mapped_column(default=list)
@@ -131,6 +131,9 @@ class Job(Base):
     # Experiment trackers the job logs to, as the tenant asked: [{"type": "mlflow", "experiment": ...}]
     # (migration 0010; NULL: none). The tracking server is the operator's (GKD_MLFLOW_TRACKING_URI).
     integrations: Mapped[list[Any] | None] = mapped_column(default=None)
+    # The model a `finetune` job registered when it succeeded (migration 0011; NULL: none). No foreign key: the
+    # model may be deleted later and the job keeps saying what it made.
+    fine_tuned_model_id: Mapped[str | None] = mapped_column(String(40), default=None)
     name: Mapped[str | None] = mapped_column(String(300))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -102,7 +102,11 @@ def delete_model(session: Session, settings: Settings, model: TeacherModel) -> N
         log.warning("model %s is deleted but its files could not all be removed", model.id, exc_info=True)
 
 
+STORED_SOURCES = ("upload", "finetune")
+"""Models whose directory the service stored itself (an upload, a finetune job's teacher: `models/<tenant>/<id>`)."""
+
+
 def stored_files(model: TeacherModel) -> str | None:
-    """What to remove from storage with a model: an upload's directory (relative to the storage root). An imported
-    model is a directory of the operator's, registered in place, and stays where it is."""
-    return model.path if model.source == "upload" else None
+    """What to remove from storage with a model: the directory the service stored for it (relative to the storage
+    root). An imported model is a directory of the operator's, registered in place, and stays where it is."""
+    return model.path if model.source in STORED_SOURCES else None

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 _META = "gkd.client."
-METHODS = ("gradient_kd", "gradient_kd_cls", "kd", "pkd", "ce")
+METHODS = ("gradient_kd", "gradient_kd_cls", "kd", "pkd", "ce", "finetune")
 CHECKPOINT_KINDS = ("best", "final", "best-onnx", "best-onnx-int8")
 EXPORT_FORMATS = ("onnx", "onnx-int8")
 JOB_STATUSES = ("validating", "queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed",
@@ -395,10 +395,12 @@ def _init_value(text: str) -> Any:
 
 
 @jobs.command("submit")
-@click.option("--teacher", required=True, help="Teacher model id (mdl_...) or name, e.g. example-teacher.")
+@click.option("--teacher", required=True, help="Teacher model id (mdl_...) or name, e.g. example-teacher; with "
+              "--method finetune, the base encoder to fine-tune.")
 @click.option("--train", "train", required=True, help="Training dataset id (ds_...) or a local file to upload.")
 @click.option("--dev", default=None, help="Validation dataset id or local file (default: held out of --train).")
-@click.option("--method", type=click.Choice(METHODS), default="gradient_kd", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default="gradient_kd", show_default=True,
+              help="A distillation method, or finetune: make a teacher of --teacher on --train (a new model).")
 @click.option("--layers", type=int, default=None, help="Student layers (student.num_layers).")
 @click.option("--init", "init", default=None,
               help="Student init: bottom, every_other, random, 0,2,4, or a checkpoint id (ckpt_...) to continue from.")
@@ -422,7 +424,8 @@ def jobs_submit(teacher: str, train: str, dev: str | None, method: str, layers: 
                 name: str | None, sets: tuple[str, ...], export: tuple[str, ...], mlflow_experiment: str | None,
                 device: str | None,
                 idempotency_key: str | None, watch: bool, dry_run: bool) -> None:
-    """Submit a distillation job (or, with --dry-run, estimate it)."""
+    """Submit a distillation job, or a fine-tuning that makes a teacher (--method finetune); with --dry-run,
+    estimate it."""
     body: dict[str, Any] = {"method": method, "student": {}, "hyperparameters": {}, "metadata": {}}
     if layers is not None:
         body["student"]["num_layers"] = layers
@@ -473,7 +476,7 @@ def jobs_submit(teacher: str, train: str, dev: str | None, method: str, layers: 
         if not _json_mode():
             click.echo(f"submitted {job.id}", err=True)
         final = watch_job(client, job.id, as_json=_json_mode())
-    sys.exit(0 if final.status == "succeeded" else 1)
+    _exit_with(final)
 
 
 def _print_estimate(estimate: JobEstimate) -> None:
@@ -608,6 +611,13 @@ def jobs_watch(job_id: str) -> None:
     succeeded. With --json: one JSON event per line, then the final job."""
     with _client() as client:
         final = watch_job(client, job_id, as_json=_json_mode())
+    _exit_with(final)
+
+
+def _exit_with(final: Job) -> None:
+    """The end of a watched job: the model a finetune job made, then exit 0 if it succeeded, else 1."""
+    if final.fine_tuned_model and not _json_mode():
+        click.echo(f"fine-tuned model: {final.fine_tuned_model} (use it as --teacher of your next jobs)", err=True)
     sys.exit(0 if final.status == "succeeded" else 1)
 
 

@@ -110,6 +110,7 @@ class Job(_Resource):
     versions: dict[str, Any] = Field(default_factory=dict)
     device: str = "auto"
     estimated_finish_at: datetime | None = None  # while running: when training is expected to end
+    fine_tuned_model: str | None = None  # a `finetune` job that succeeded: the model id of the teacher it made
 
     @property
     def is_terminal(self) -> bool:

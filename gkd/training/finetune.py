@@ -20,12 +20,45 @@ from gkd.config import DistillConfig
 from gkd.data.readers import Example
 from gkd.export.checkpoint import CARD_NAME
 from gkd.training.callbacks import TrainerCallback
+from gkd.training.finetune_settings import (
+    FINETUNE_EPOCHS,
+    FINETUNE_LEARNING_RATE,
+    FINETUNE_MAX_LENGTH,
+    TRAINED_AS,
+    finetune_student,
+)
 
-# Usual settings for fine-tuning a BERT-style encoder (Devlin et al. 2019 recommend 2-4 epochs at 2e-5 to
-# 5e-5); a teacher is trained once, so it gets the full length and several epochs.
-FINETUNE_EPOCHS = 3
-FINETUNE_LEARNING_RATE = 5e-5
-FINETUNE_MAX_LENGTH = 128
+
+def teacher_card(best_card: dict[str, Any], made: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuned teacher's `gkd_card.json`: the best checkpoint's card without the run's own paths (`config`),
+    and `made`, which says how the teacher was made."""
+    return {**{k: v for k, v in best_card.items() if k != "config"}, **made}
+
+
+def install_teacher(best_dir: Path, out: Path, made: dict[str, Any]) -> dict[str, Any]:
+    """Copy the best checkpoint to `out` with its teacher card; returns the card. `out` is replaced atomically:
+    it holds either what it held before or the new teacher, never half of one."""
+    staging = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(best_dir, staging)
+    card = teacher_card(json.loads((staging / CARD_NAME).read_text(encoding="utf-8")), made)
+    (staging / CARD_NAME).write_text(json.dumps(card, indent=2), encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return card
+
+
+def result_card(result: Any) -> dict[str, Any]:
+    """What a finished fine-tuning measured, for the teacher's card (a `TrainResult`)."""
+    return {
+        "best_step": int(result.best_metrics["step"]) if "step" in result.best_metrics else None,
+        "dev_accuracy": result.best_metrics.get("accuracy"),
+        "dev_macro_f1": result.best_metrics.get("macro_f1"),
+        "test_accuracy": (result.test_metrics or {}).get("accuracy"),
+        "test_macro_f1": (result.test_metrics or {}).get("macro_f1"),
+        "labels": result.labels,
+    }
 
 
 @dataclass(frozen=True)
@@ -72,9 +105,9 @@ def finetune_teacher(
     shutil.rmtree(work, ignore_errors=True)
     data = {"train": str(train), "dev": str(dev) if dev else None, "test": str(test) if test else None}
     config = DistillConfig.parse({
-        "method": "ce",
+        "method": TRAINED_AS,
         "teacher": str(base),
-        "student": {"num_layers": depth, "init": "bottom"},  # a pooler the encoder ships with is kept
+        "student": finetune_student(depth),
         "data": data,
         "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                             "max_length": max_length, "seed": seed},
@@ -95,23 +128,9 @@ def finetune_teacher(
         "learning_rate": learning_rate,
         "max_length": max_length,
         "seed": seed,
-        "best_step": int(result.best_metrics["step"]) if "step" in result.best_metrics else None,
-        "dev_accuracy": result.best_metrics.get("accuracy"),
-        "dev_macro_f1": result.best_metrics.get("macro_f1"),
-        "test_accuracy": (result.test_metrics or {}).get("accuracy"),
-        "test_macro_f1": (result.test_metrics or {}).get("macro_f1"),
-        "labels": result.labels,
+        **result_card(result),
         **(card or {}),
     }
-    staging = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(result.best_dir, staging)
-    previous = json.loads((staging / CARD_NAME).read_text(encoding="utf-8"))
-    previous.pop("config", None)  # the run's own paths; `made` says what a user needs to know
-    full_card = {**previous, **made}
-    (staging / CARD_NAME).write_text(json.dumps(full_card, indent=2), encoding="utf-8")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    full_card = install_teacher(Path(result.best_dir), out, made)
     shutil.rmtree(work, ignore_errors=True)
     return FinetuneResult(out, full_card)

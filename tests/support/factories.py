@@ -66,6 +66,17 @@ def make_tiny_teacher(
     return directory
 
 
+def make_tiny_base_encoder(directory: Path, *, num_layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
+    """Save a random bare `BertModel` (an encoder without a classification head, what a user fine-tunes into a
+    teacher) + tokenizer to `directory` (safetensors) and return it."""
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    BertModel(tiny_bert_config(num_layers, hidden)).save_pretrained(str(directory), safe_serialization=True)
+    write_tokenizer(directory)
+    return directory
+
+
 def sentiment_rows(n: int = 48, seed: int = 0) -> list[dict[str, str]]:
     """Short labelled sentences whose label is decided by one sentiment word, so tiny models can learn."""
     rng = random.Random(seed)

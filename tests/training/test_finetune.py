@@ -6,21 +6,14 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from transformers import BertModel
 
 from gkd.cli import main
 from gkd.models.teacher import describe_teacher
-from tests.support.factories import sentiment_rows, tiny_bert_config, write_csv, write_tokenizer
-
-
-def _encoder(directory: Path) -> Path:
-    BertModel(tiny_bert_config(2, 32)).save_pretrained(str(directory), safe_serialization=True)
-    write_tokenizer(directory)
-    return directory
+from tests.support.factories import make_tiny_base_encoder, sentiment_rows, write_csv
 
 
 def test_finetune_makes_a_teacher_with_a_card_and_distillation_accepts_it(tmp_path: Path) -> None:
-    encoder = _encoder(tmp_path / "encoder")
+    encoder = make_tiny_base_encoder(tmp_path / "encoder")
     assert describe_teacher(encoder).labels == []  # no head: not a teacher yet
     train = write_csv(tmp_path / "train.csv", sentiment_rows(48))
     dev = write_csv(tmp_path / "dev.csv", sentiment_rows(16, seed=1))
@@ -51,7 +44,7 @@ def test_finetune_makes_a_teacher_with_a_card_and_distillation_accepts_it(tmp_pa
 
 
 def test_finetune_on_an_empty_file_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
-    encoder = _encoder(tmp_path / "encoder")
+    encoder = make_tiny_base_encoder(tmp_path / "encoder")
     empty = tmp_path / "train.csv"
     empty.write_text("text,label\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["teacher", "finetune", "--base", str(encoder), "--data", str(empty),

@@ -129,6 +129,7 @@ export async function render(main, { jobId }) {
       fact("Method", h("code", {}, j.method)),
       fact("Teacher", teacher ? `${teacher.name} (${teacher.num_layers} layers × ${teacher.hidden_size})` : j.teacher),
       fact("Student", studentText(j.student, teacher)),
+      j.fine_tuned_model ? fact("Fine-tuned model", h("code", { id: "fine-tuned-model" }, j.fine_tuned_model)) : null,
       fact("Training data", h("code", {}, j.training_dataset)),
       fact("Validation data", j.validation_dataset ? h("code", {}, j.validation_dataset) : "dev split of training data"),
       fact("Created", timeEl(j.created_at)),

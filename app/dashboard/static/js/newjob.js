@@ -166,11 +166,16 @@ export async function render(main) {
   ]);
   const jobSchema = schemas.JobCreate;
   const props = jobSchema.properties;
-  const teachers = models.filter((m) => m.labels && m.labels.length);
-
+  // A distillation needs a teacher with a classification head; a finetune job (method "finetune") makes one from
+  // any encoder, a bare one included.
+  const teacherOptions = (finetune) => {
+    const usable = finetune ? models : models.filter((m) => m.labels && m.labels.length);
+    const labels = (m) => (m.labels && m.labels.length ? `labels ${m.labels.join("/")}` : "no classification head");
+    return [usable.length ? null : h("option", { value: "" }, finetune ? "Upload a model first" : "No teacher with a classification head"),
+      ...usable.map((m) => h("option", { value: m.id }, `${m.name} — ${m.num_layers} layers × ${m.hidden_size}, ${labels(m)}`))];
+  };
   const teacher = h("select", { id: "f-teacher", name: "teacher", required: true, "aria-describedby": "f-teacher-help" },
-    teachers.length ? null : h("option", { value: "" }, "No teacher with a classification head"),
-    teachers.map((m) => h("option", { value: m.id }, `${m.name} — ${m.num_layers} layers × ${m.hidden_size}, labels ${m.labels.join("/")}`)));
+    teacherOptions(false));
   const methodInfo = describe(props.method);
   const method = h("select", { id: "f-method", name: "method" },
     methodInfo.options.map((o) => h("option", { value: o, selected: o === methodInfo.default }, o)));
@@ -232,6 +237,14 @@ export async function render(main) {
     estimateOut);
   replace(main, form);
 
+  // finetune: the base model's own depth is trained (the student fields are the server's to refuse if changed).
+  method.addEventListener("change", () => {
+    const finetune = method.value === "finetune";
+    replace(teacher, ...teacherOptions(finetune));
+    form.querySelector("#fs-student").hidden = finetune;
+    form.querySelector("#fs-student-advanced").hidden = finetune;
+    submit.textContent = finetune ? "Start fine-tuning" : "Start distillation";
+  });
   form.addEventListener("input", () => { idempotencyKey = crypto.randomUUID(); showAdvancedSummary(); });
   form.addEventListener("change", showAdvancedSummary);
   // The browser's own checks (min, max, required) must be able to show a folded field: open its section first.
