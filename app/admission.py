@@ -12,6 +12,7 @@ from app.schemas import JobCreate
 from app.store.orm import TeacherModel
 from app.store.settings import Settings
 from gkd.method.properties import method_properties
+from gkd.training.finetune_settings import FINETUNE, TRAINED_AS
 from gkd.training.memory_estimate import (
     EVAL_BATCH_SIZE,
     EncoderShape,
@@ -72,7 +73,10 @@ def _resized(shape: EncoderShape, layers: int, hidden: int) -> EncoderShape:
 
 def student_shape(body: JobCreate, teacher: TeacherModel, base: TeacherModel | None,
                   continued_student: dict[str, Any] | None) -> EncoderShape:
-    """The student the worker will build: cut from `base` (init.model) or the teacher, at its width."""
+    """The student the worker will build: cut from `base` (init.model) or the teacher, at its width; a finetune
+    job trains the base model (its `teacher`) at full depth."""
+    if body.method == FINETUNE:
+        return _resized(model_shape(teacher), teacher.num_layers, teacher.hidden_size)
     layers = body.student.num_layers
     if base is not None:
         return _resized(model_shape(base), layers, base.hidden_size)
@@ -89,7 +93,7 @@ def job_estimate(body: JobCreate, teacher: TeacherModel, base: TeacherModel | No
         student=student_shape(body, teacher, base, continued_student),
         batch_size=body.hyperparameters.batch_size,
         max_length=body.hyperparameters.max_length,
-        input_gradients=method_properties(body.method).input_gradients,
+        input_gradients=method_properties(TRAINED_AS if body.method == FINETUNE else body.method).input_gradients,
         embeddings_trainable=body.student.embeddings == "trainable",
         teacher_parameters=teacher.num_parameters,
     ))
