@@ -166,19 +166,36 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def _meant_member_error(errors: Sequence[Any], extra: Any) -> Any | None:
+    """For a key refused as extra by one union member, the error of another member that has that key: the body
+    meant that member (`{"checkpoint": ""}` is an empty checkpoint id, not a misspelt InitFromModel field)."""
+    loc = tuple(extra.get("loc", ()))
+    if len(loc) < 2:
+        return None
+    at, name = len(loc) - 2, loc[-1]  # loc[at] is the tag of the member that refused `name`
+    return next((e for e in errors if e.get("type") != "extra_forbidden" and len(e.get("loc", ())) > at + 1
+                 and tuple(e["loc"][:at]) == loc[:at] and e["loc"][at] != loc[at] and e["loc"][at + 1] == name),
+                None)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    # A misspelt field is the most specific diagnosis, also where a union lists other members' errors first.
+    # A misspelt field is the most specific diagnosis, also where a union lists other members' errors first,
+    # unless another member of the union has that field: then its error says what is wrong.
     first = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0] if errors else
                  {"loc": (), "msg": "invalid request"})
+    if first.get("type") == "extra_forbidden":
+        first = _meant_member_error(errors, first) or first
     loc = tuple(first.get("loc", ()))
     kind = first.get("type", "")
     models = getattr(request.app.state, "body_models", ())
     siblings: set[str] = set()
-    if kind == "extra_forbidden" and loc[:1] == ("body",) and len(loc) > 1:
-        path, siblings = field_path(models, loc[1:])
+    if loc[:1] == ("body",) and len(loc) > 1:  # the fields' path, without union-member tags
+        path, fields_there = field_path(models, loc[1:])
         loc = ("body", *path)
+        if kind == "extra_forbidden":
+            siblings = fields_there
     param = dotted(loc)
     if kind == "json_invalid":
         param = None

@@ -233,7 +233,7 @@ WEBHOOK_EVENT_TYPES = ("job.queued", "job.running", "job.succeeded", "job.failed
 @click.group()
 @api_options
 def webhooks() -> None:
-    """Webhook endpoints: signed POSTs to your URL when your jobs change (create, list, delete, deliveries)."""
+    """Webhook endpoints: signed POSTs to your URL when your jobs change (create, list, get, delete, deliveries)."""
 
 
 @webhooks.command("create")
@@ -263,6 +263,16 @@ def webhooks_list(limit: int | None) -> None:
     with _client() as client:
         items = _take(client.webhooks.list(), limit)
     _show_list(items, ["id", "url", "event_types", "created_at"])
+
+
+@webhooks.command("get")
+@click.argument("webhook_id")
+@api_options
+@handle_errors
+def webhooks_get(webhook_id: str) -> None:
+    """One endpoint: its URL, event types and description (the secret was shown only at create)."""
+    with _client() as client:
+        _show_one(client.webhooks.get(webhook_id))
 
 
 @webhooks.command("delete")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -45,10 +46,13 @@ def test_pause_and_resume_from_clients_and_cli(server: Server, worker: object, t
         train = client.datasets.upload(write_rows(tmp_path / "train.csv", 64))
         job = client.jobs.create(teacher=teacher, training_dataset=train.id, student={"num_layers": 1},
                                  hyperparameters={**TINY, "epochs": 100})
-        _training_past(client, job.id, 1)
+        running = _training_past(client, job.id, 1)
+        assert isinstance(running.estimated_finish_at, datetime)  # the client parses the running job's estimate
 
         assert client.jobs.pause(job.id).status in ("pausing", "paused")  # sync client
-        stopped_at = _paused(client, job.id).progress.step
+        parked = _paused(client, job.id)
+        stopped_at = parked.progress.step
+        assert parked.estimated_finish_at is None  # nothing runs: no finish time
         listed = _cli(server, key, "jobs", "list", "--status", "paused", "--json")
         assert listed.exit_code == 0, listed.output
         assert job.id in listed.stdout

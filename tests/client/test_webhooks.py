@@ -58,6 +58,13 @@ def test_cli(server: Server, api_key: str) -> None:
     assert webhook_id.startswith("wh_") and "whsec_" in created.stderr
     listed = runner.invoke(main, ["webhooks", "list", "--json", *common])
     assert [w["id"] for w in json.loads(listed.stdout)["data"]] == [webhook_id]
+    got = runner.invoke(main, ["webhooks", "get", webhook_id, "--json", *common])
+    assert got.exit_code == 0, got.output
+    shown = json.loads(got.stdout)
+    assert shown["id"] == webhook_id and shown["event_types"] == ["job.failed", "job.succeeded"]
+    assert shown.get("secret") is None  # shown only by create
+    missing = runner.invoke(main, ["webhooks", "get", "wh_missing", *common])
+    assert missing.exit_code == 1 and "404" in missing.stderr
     log = runner.invoke(main, ["webhooks", "deliveries", webhook_id, "--json", *common])
     assert log.exit_code == 0 and json.loads(log.stdout)["data"] == []
     bad = runner.invoke(main, ["webhooks", "create", "ftp://93.184.215.14/x", "--event", "job.failed", *common])

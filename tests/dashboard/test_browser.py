@@ -20,7 +20,7 @@ import pytest
 from app.store.settings import Settings
 from tests.dashboard.conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from tests.support.factories import csv_bytes, sentiment_rows
-from tests.support.servers import Server, start_worker, stop
+from tests.support.servers import Server, start_worker, stop, wait_for
 from tests.support.service import new_key, register_teacher
 
 pytestmark = [
@@ -427,6 +427,69 @@ def test_webhooks_page(service: tuple[Settings, str], page: Any) -> None:
     shot(page, "webhooks")
     page.get_by_role("button", name="Delete webhook http://93.184.215.14/hooks").click()
     page.get_by_text("No endpoints yet.").wait_for()
+    assert page.problems == [], page.problems
+
+
+def test_continue_training_from_a_checkpoint(service: tuple[Settings, str], page: Any, tiny_teacher: Path) -> None:
+    """A finished job's checkpoint has a "Continue training" link that opens the new-job form filled in with that
+    job's settings and `student.init.checkpoint`; an MLflow experiment on a service without MLflow is refused on its
+    field; the continued job runs on the worker from the checkpoint, and the old job is unchanged."""
+    settings, url = service
+    key = new_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    teacher_id = register_teacher(settings, key, tiny_teacher, name="tiny-teacher")
+    dataset = httpx.post(f"{url}/v1/datasets", headers=headers,
+                         files={"file": ("train.csv", csv_bytes(sentiment_rows(32)), "text/csv")}).json()
+    body = {"teacher": teacher_id, "training_dataset": dataset["id"], "student": {"num_layers": 1},
+            "hyperparameters": {"epochs": 1, "batch_size": 8, "max_length": 16, "seed": 11}, "name": "first"}
+    created = httpx.post(f"{url}/v1/jobs", headers=headers, json=body)
+    assert created.status_code == 201, created.text
+    source_id = created.json()["id"]
+    source = wait_for(lambda: (j := httpx.get(f"{url}/v1/jobs/{source_id}", headers=headers).json())["status"]
+                      in ("succeeded", "failed") and j, 120, "the first job to finish", interval=0.5)
+    assert source["status"] == "succeeded", source["error"]
+    checkpoints = httpx.get(f"{url}/v1/jobs/{source_id}/checkpoints", headers=headers).json()["data"]
+    best = next(c for c in checkpoints if c["kind"] == "best")
+
+    sign_in(page, url, key)
+    page.goto(f"{url}/dashboard/#/jobs/{source_id}")
+    link = page.locator("#checkpoint-table a[data-continue=best]")
+    link.wait_for()
+    assert page.locator("#checkpoint-table a[data-continue]").count() == len(checkpoints)
+    link.click()
+    page.wait_for_selector("#new-job-form #continue-note")
+    assert best["id"] in page.locator("#continue-note").inner_text()
+    assert page.locator("#f-student-init").input_value() == best["id"]
+    assert page.locator("#f-teacher").input_value() == teacher_id
+    assert page.locator("#f-training_dataset").input_value() == dataset["id"]
+    assert page.locator("#f-student-num_layers").input_value() == "1"
+    assert page.locator("#f-student-hidden_size").input_value() == ""
+    assert page.locator("#f-hyperparameters-seed").input_value() == "11"
+    assert page.locator("#f-hyperparameters-max_length").input_value() == "16"
+    assert_labelled(page)
+    shot(page, "08-continue-training")
+
+    # this service has no MLflow server: the experiment is refused on its own field
+    page.fill("#f-integrations-0", "gkd-continued")
+    page.click("#submit-job")
+    page.get_by_role("alert").filter(has_text="MLflow").wait_for()
+    assert page.evaluate("document.activeElement.id") == "f-integrations-0"
+    page.fill("#f-integrations-0", "")
+    page.fill("#f-hyperparameters-epochs", "2")
+    with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as submitted:
+        page.click("#submit-job")
+    sent = submitted.value.post_data_json
+    assert sent["student"]["init"] == {"checkpoint": best["id"]} and sent["integrations"] == []
+    page.wait_for_url("**/dashboard/#/jobs/job_*")
+    continued_id = page.url.rsplit("/", 1)[1]
+    assert continued_id != source_id
+    page.wait_for_selector("#job-status [data-status=succeeded]", timeout=120_000)
+    continued = httpx.get(f"{url}/v1/jobs/{continued_id}", headers=headers).json()
+    assert continued["student"]["init"] == {"checkpoint": best["id"]}
+    assert continued["hyperparameters"]["epochs"] == 2 and continued["hyperparameters"]["seed"] == 11
+    page.locator("dl.facts").filter(has_text=f"Continued from{best['id']}").wait_for()  # the summary says so
+    after = httpx.get(f"{url}/v1/jobs/{source_id}/checkpoints", headers=headers).json()["data"]
+    assert after == checkpoints  # the old job is unchanged
     assert page.problems == [], page.problems
 
 

@@ -106,6 +106,10 @@ def test_a_body_without_content_type_and_a_misspelt_field_say_what_to_do(client:
     assert "did you mean 'layers'?" in client.post("/v1/jobs", headers=auth, json=nested).json()["error"]["message"]
     far = client.post("/v1/jobs", headers=auth, json={**setup, "zzzz": 1}).json()["error"]["message"]
     assert "did you mean" not in far
+    # a field of another member of the union is no misspelling: that member's error says what is wrong
+    empty = assert_error(client.post("/v1/jobs", headers=auth, json={**setup, "student": {"init": {
+        "checkpoint": ""}}}), 422, "invalid_request_error", "student.init.checkpoint")
+    assert "at least 1 character" in empty["message"] and "Extra inputs" not in empty["message"]
 
 
 def test_other_tenants_dataset_and_teacher_are_invisible(client: TestClient, auth: dict, other_auth: dict,

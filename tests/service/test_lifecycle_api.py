@@ -141,7 +141,14 @@ def test_continue_from_a_checkpoint_is_checked(client: TestClient, auth: dict, o
     error = assert_error(client.post("/v1/jobs", headers=auth, json=body), 422, "invalid_request_error",
                          "student.init.checkpoint")
     assert "finished" in error["message"]
+    dry = assert_error(client.post("/v1/jobs?dry_run=true", headers=auth, json=body), 422, "invalid_request_error",
+                       "student.init.checkpoint")  # an estimate of a continuation checks it alike
+    assert "finished" in dry["message"]
     _finish(settings, job["id"])
+    estimate = client.post("/v1/jobs?dry_run=true", headers=auth, json=body)
+    assert estimate.status_code == 200 and estimate.json()["object"] == "job.estimate", estimate.text
+    assert estimate.json()["total_steps"] > 0
+    assert [j["id"] for j in client.get("/v1/jobs", headers=auth).json()["data"]] == [job["id"]]  # nothing stored
     assert_error(client.post("/v1/jobs", headers=auth, json={**body, "student": {"init": {"checkpoint": "ckpt_x"}}}),
                  404, "not_found_error", "student.init.checkpoint")
     assert_error(client.post("/v1/jobs", headers=auth, json={**body, "student": {"num_layers": 2, "init": {

@@ -1,7 +1,8 @@
 """Webhooks delivered by a real webhook worker (Celery, GKD_WORKER_QUEUES=webhooks) from a real API server
 (uvicorn) to a receiver on loopback: every request carries a valid Standard Webhooks signature; a receiver's 500s are
 retried with backoff until it answers 2xx; a worker killed mid-attempt loses nothing (another one completes the
-delivery); and a real training job's lifecycle (queued, running, checkpoint, succeeded) arrives."""
+delivery); a real training job's lifecycle (queued, running, checkpoint, per-epoch checkpoint, succeeded)
+arrives; and pausing and resuming a job send job.paused and job.queued."""
 
 from __future__ import annotations
 
@@ -158,7 +159,7 @@ def test_a_training_job_sends_its_lifecycle(api: Server, deployment: Settings, t
         webhooks = _webhook_worker(deployment, log)
         trainer = start_worker(deployment, log, name="train", **_env(deployment))
         try:
-            job = _new_job(api, deployment, headers, tiny_teacher)
+            job = _new_job(api, deployment, headers, tiny_teacher, n_checkpoints=1)  # and an epoch checkpoint
             wait_for(lambda: "job.succeeded" in {json.loads(r.body)["type"] for r in list(got.received)}, 180,
                      "job.succeeded at the receiver", interval=0.5, tail=lambda: log.read_text()[-3000:])
         finally:
@@ -169,4 +170,31 @@ def test_a_training_job_sends_its_lifecycle(api: Server, deployment: Settings, t
         assert {"job.queued", "job.running", "job.succeeded", "checkpoint.created"} <= set(types)
         assert all(p["data"]["job_id"] == job["id"] for p in payloads)
         kinds = {p["data"]["kind"] for p in payloads if p["type"] == "checkpoint.created"}
-        assert {"best", "final"} <= kinds
+        assert {"best", "final", "epoch-1"} <= kinds  # per-epoch checkpoints (n_checkpoints) are announced too
+
+
+def test_pause_and_resume_send_signed_webhooks(api: Server, deployment: Settings, tmp_path: Path,
+                                               tiny_teacher: Path) -> None:
+    """Pause and resume, built beside webhooks: pausing a job sends `job.paused`, resuming it `job.queued` again,
+    each signed, in that order, and a paused job reports no `estimated_finish_at`."""
+    headers = {"Authorization": f"Bearer {new_key(deployment)}"}
+    log = tmp_path / "webhooks.log"
+    with receiver() as got:
+        endpoint = _create_endpoint(api, headers, got.url, ["job.paused", "job.queued"])
+        worker = _webhook_worker(deployment, log)
+        try:
+            job = _new_job(api, deployment, headers, tiny_teacher)  # no training worker: it stays queued
+            paused = httpx.post(f"{api.url}/v1/jobs/{job['id']}/pause", headers=headers)
+            assert paused.status_code == 200 and paused.json()["status"] == "paused", paused.text
+            assert paused.json()["estimated_finish_at"] is None
+            resumed = httpx.post(f"{api.url}/v1/jobs/{job['id']}/resume", headers=headers)
+            assert resumed.status_code == 200 and resumed.json()["status"] == "queued", resumed.text
+            wait_for(lambda: len(got.received) >= 3, 60, "three deliveries", interval=0.2,
+                     tail=lambda: log.read_text()[-3000:])
+        finally:
+            stop(worker)
+        payloads = _verified(endpoint["secret"], got)
+    by_time = sorted(payloads, key=lambda p: p["timestamp"])
+    assert [p["type"] for p in by_time] == ["job.queued", "job.paused", "job.queued"]
+    assert all(p["data"]["job_id"] == job["id"] for p in payloads)
+    assert by_time[1]["data"]["status"] == "paused" and "paused" in by_time[1]["data"]["message"]

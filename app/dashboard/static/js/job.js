@@ -135,6 +135,10 @@ export async function render(main, { jobId }) {
       fact("Created", timeEl(j.created_at)),
       fact("Started", timeEl(j.started_at)),
       fact("Finished", timeEl(j.finished_at)),
+      j.estimated_finish_at ? fact("Training expected to end", timeEl(j.estimated_finish_at)) : null,
+      j.integrations?.length ? fact("Integrations", j.integrations.map((i) =>
+        h("div", {}, h("code", {}, i.type), ` experiment ${i.experiment}`))) : null,
+      j.student?.init?.checkpoint ? fact("Continued from", h("code", {}, j.student.init.checkpoint)) : null,
       fact("Attempts", String(j.attempts)),
       best.accuracy !== undefined ? fact("Best dev accuracy", fmtNum(best.accuracy)) : null,
       fact("Hyperparameters", h("details", {}, h("summary", {}, "show"),
@@ -151,7 +155,7 @@ export async function render(main, { jobId }) {
   async function refreshCheckpoints() {
     try {
       const list = await api(`/v1/jobs/${encodeURIComponent(jobId)}/checkpoints`, { signal: controller.signal });
-      replace(checkpoints, list.data.length ? checkpointTable(jobId, list.data) : h("p", { class: "muted" },
+      replace(checkpoints, list.data.length ? checkpointTable(current, list.data) : h("p", { class: "muted" },
         "No checkpoint yet."));
     } catch (error) {
       if (!controller.signal.aborted) replace(checkpoints, errorBox(error));
@@ -225,9 +229,9 @@ export async function render(main, { jobId }) {
       }
       scheduleRefresh();
     } else if (event.type === "status") {
-      refreshJob();
+      // the checkpoints are listed once the job is known to have finished: only then can one be continued
+      refreshJob().then(() => (TERMINAL.has(d.status) ? refreshCheckpoints() : null));
       announce(`Job ${d.status}.`);
-      if (TERMINAL.has(d.status)) refreshCheckpoints();
       return TERMINAL.has(d.status);
     } else if (event.type === "log" && d.gradient_term_started) {
       markGradientStart(d.step, true);
@@ -277,7 +281,14 @@ function addLog(log, event) {
   while (log.childElementCount > MAX_LOG) log.lastElementChild.remove();
 }
 
-function checkpointTable(jobId, rows) {
+/** Whether a new job can start from this checkpoint (`student.init.checkpoint`): the API takes a finished job's
+ * PyTorch checkpoint whose student reads the teacher's token ids (no pruned vocabulary). */
+function continuable(job, checkpoint) {
+  return TERMINAL.has(job.status) && !checkpoint.kind.includes("onnx") && job.student?.vocabulary !== "training_data";
+}
+
+function checkpointTable(job, rows) {
+  const jobId = job.id;
   // named as on the curves: the metric saliency_agreement is the "gradient agreement" (not the saliency page's cosine)
   const keys = ["accuracy", "macro_f1", "teacher_agreement", "saliency_agreement"];
   // best-onnx / best-onnx-int8 (the job's export) carry their CPU speed, measured by the worker on the dev set.
@@ -314,7 +325,10 @@ function checkpointTable(jobId, rows) {
         h("td", {}, h("div", { class: "actions" }, button,
           c.kind.includes("onnx") ? null  // saliency needs the PyTorch model's input gradients
             : h("a", { href: `#/jobs/${jobId}/checkpoints/${c.id}/saliency`, "data-saliency": c.kind },
-              "Saliency", h("span", { class: "visually-hidden" }, ` of the ${c.kind} checkpoint`)), status)));
+              "Saliency", h("span", { class: "visually-hidden" }, ` of the ${c.kind} checkpoint`)),
+          continuable(job, c) ? h("a", { href: `#/new?continue=${encodeURIComponent(c.id)}&job=${encodeURIComponent(jobId)}`,
+            "data-continue": c.kind }, "Continue training",
+          h("span", { class: "visually-hidden" }, ` from the ${c.kind} checkpoint`)) : null, status)));
     }))));
 }
 

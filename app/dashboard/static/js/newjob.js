@@ -159,10 +159,14 @@ function changeCounter(section) {
   return () => [...initial].filter(([el, value]) => inputState(el) !== value).length;
 }
 
-export async function render(main) {
+export async function render(main, params, query) {
   pageTitle("New job");
-  const [schemas, models, datasets] = await Promise.all([
+  // "Continue training" on a finished job's checkpoint opens #/new?continue=<checkpoint>&job=<job>.
+  const continueFrom = query?.get("continue") || null;
+  const sourceId = query?.get("job") || null;
+  const [schemas, models, datasets, source] = await Promise.all([
     loadSchemas(), listAll("/v1/models"), listAll("/v1/datasets"),
+    continueFrom && sourceId ? api(`/v1/jobs/${encodeURIComponent(sourceId)}`) : null,
   ]);
   const jobSchema = schemas.JobCreate;
   const props = jobSchema.properties;
@@ -190,6 +194,9 @@ export async function render(main) {
   const exportFormats = deref(schemas, props.export?.items)?.enum || [];
   const exportBoxes = exportFormats.map((f) => h("input", { type: "checkbox", id: `f-export-${f}`, name: "export",
     value: f, "data-export": f }));
+  // integrations: the one tracker there is, MLflow; the job names the experiment, the operator the server.
+  const mlflow = h("input", { id: fieldId("integrations.0"), name: "integrations.0.experiment", type: "text",
+    autocomplete: "off", maxlength: "250", "aria-describedby": "f-integrations-0-help" });
 
   const student = group(schemas, "student", deref(schemas, props.student));
   const hp = group(schemas, "hyperparameters", deref(schemas, props.hyperparameters));
@@ -227,6 +234,10 @@ export async function render(main) {
         h("code", {}, "validation_dataset")), dev,
         h("span", { class: "help", id: "f-validation_dataset-help" }, "Optional; evaluated after every epoch.")),
       h("div", { class: "field" }, h("label", { for: "f-name" }, "Name ", h("code", {}, "name")), name),
+      h("div", { class: "field" }, h("label", { for: mlflow.id }, "MLflow experiment ", h("code", {}, "integrations")),
+        mlflow, h("span", { class: "help", id: "f-integrations-0-help" }, "Optional: log the job's params, metrics ",
+          "and checkpoint URIs to this service's MLflow server under this experiment (only where the operator set ",
+          "one up; otherwise the job is refused).")),
       exportFormats.length ? h("div", { class: "field", id: "f-export" }, h("span", {}, "Export ", h("code", {}, "export")),
         exportBoxes.map((box) => h("label", { class: "checkbox", for: box.id }, box, ` ${box.value}`)),
         h("span", { class: "help" }, props.export?.description || "")) : null)),
@@ -236,6 +247,11 @@ export async function render(main) {
     h("p", {}, submit, " ", estimateButton),
     estimateOut);
   replace(main, form);
+  if (source) {
+    const note = prefillFrom(form, source, continueFrom, { teacher, method, train, dev, name, mlflow });
+    form.querySelector("h1").after(note);
+    showAdvancedSummary();
+  }
 
   // finetune: the base model's own depth is trained (the student fields are the server's to refuse if changed).
   method.addEventListener("change", () => {
@@ -261,6 +277,7 @@ export async function render(main) {
         student: student.read(),
         hyperparameters: hp.read(),
         export: exportBoxes.filter((box) => box.checked).map((box) => box.value),
+        integrations: mlflow.value.trim() ? [{ type: "mlflow", experiment: mlflow.value.trim() }] : [],
       };
     } catch (error) {
       replace(errors, errorBox(error));
@@ -271,7 +288,7 @@ export async function render(main) {
 
   function showError(error) {
     replace(errors, errorBox(error));
-    const target = error.param && document.getElementById(fieldId(error.param));
+    const target = error.param && fieldFor(error.param);
     if (target) {
       target.closest("details")?.setAttribute("open", "");  // a folded field the server named is shown
       target.setAttribute("aria-invalid", "true");
@@ -311,6 +328,44 @@ export async function render(main) {
       submit.disabled = false;
     }
   });
+}
+
+/** The input of the API's `param`, or of its nearest parent ("integrations.0.experiment" -> integrations.0). */
+function fieldFor(param) {
+  const parts = param.split(".");
+  for (let n = parts.length; n > 0; n -= 1) {
+    const el = document.getElementById(fieldId(parts.slice(0, n).join(".")));
+    if (el) return el;
+  }
+  return null;
+}
+
+/** Start the form as `job`'s settings with `student.init` = {"checkpoint": checkpointId}: the same teacher, data,
+ * student and training settings, so the user only changes what the continuation needs (e.g. more epochs). Width and
+ * depth come from the checkpoint, so `hidden_size` is left empty. Returns the note shown above the form. */
+function prefillFrom(form, job, checkpointId, inputs) {
+  const setValue = (el, value) => {
+    if (!el) return;
+    if (el.type === "checkbox") el.checked = Boolean(value);
+    else el.value = value == null ? "" : typeof value === "object" ? JSON.stringify(value) : String(value);
+  };
+  setValue(inputs.teacher, job.teacher);
+  setValue(inputs.method, job.method);
+  setValue(inputs.train, job.training_dataset);
+  setValue(inputs.dev, job.validation_dataset);
+  setValue(inputs.name, `${job.name || job.id} (continued)`);
+  setValue(inputs.mlflow, (job.integrations || []).find((i) => i.type === "mlflow")?.experiment);
+  for (const [prefix, values] of [["student", job.student], ["hyperparameters", job.hyperparameters]]) {
+    for (const [key, value] of Object.entries(values || {})) {
+      setValue(form.querySelector(`[data-path="${prefix}.${key}"]`), value);
+    }
+  }
+  setValue(form.querySelector('[data-path="student.init"]'), checkpointId);
+  setValue(form.querySelector('[data-path="student.hidden_size"]'), null);
+  return h("p", { class: "help", id: "continue-note" }, "Continues the student of job ",
+    h("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id), " from its checkpoint ",
+    h("code", {}, checkpointId), " (", h("code", {}, "student.init.checkpoint"), "); that job is left unchanged. ",
+    "Its settings are filled in: change the epochs or anything else, then start.");
 }
 
 /** One sentence per estimate: steps, teacher cache, time per worker kind and whether it was measured. */
