@@ -14,6 +14,7 @@ time the counts say a hit can fit again: other processes only ever add hits, so 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -200,20 +201,18 @@ class LeasedCounter:
         self.limits = list(limits)
         self.lease_sizes = [max(1, math.floor(amount * lease_fraction)) for amount, _ in self.limits]
         self._leases: dict[tuple[int, str], _Lease] = {}
+        self._refills: dict[str, asyncio.Future[None]] = {}
 
     async def hit(self, identity: str) -> tuple[int, float] | None:
         """Count one request of `identity`: None when every limit lets it through, else the index of a limit it is
         over and the seconds until it fits again."""
+        while spent := self._spent(identity):
+            refill = self._refills.get(identity)
+            if refill is not None:  # another request of this key is asking the store: share what it gets
+                await refill
+                continue
+            await self._refill(identity, spent)
         now = time.monotonic()
-        spent = [index for index in range(len(self.limits)) if not self._usable(index, identity, now)]
-        if spent:
-            asks = [Ask(self._key(index, identity), *self.limits[index], self.lease_sizes[index]) for index in spent]
-            grants = await self.store.acquire(asks)
-            now = time.monotonic()
-            for index, result in zip(spent, grants, strict=True):
-                self._leases[(index, identity)] = _Lease(result.granted, now + result.valid_seconds)
-            if len(self._leases) > MAX_LEASES:
-                self._leases = {key: lease for key, lease in self._leases.items() if lease.until > now}
         leases = [self._leases[(index, identity)] for index in range(len(self.limits))]
         for index, lease in enumerate(leases):
             if lease.remaining <= 0:
@@ -222,6 +221,28 @@ class LeasedCounter:
             lease.remaining -= 1
             lease.spent = lease.remaining == 0
         return None
+
+    async def _refill(self, identity: str, spent: list[int]) -> None:
+        """One store call for the spent limits of `identity`. Only one runs per key at a time: concurrent requests
+        each leasing their own batch would hold more than one lease per process, beyond the documented tolerance."""
+        done = asyncio.get_running_loop().create_future()
+        self._refills[identity] = done
+        try:
+            asks = [Ask(self._key(index, identity), *self.limits[index], self.lease_sizes[index]) for index in spent]
+            grants = await self.store.acquire(asks)
+            now = time.monotonic()
+            for index, result in zip(spent, grants, strict=True):
+                self._leases[(index, identity)] = _Lease(result.granted, now + result.valid_seconds)
+            if len(self._leases) > MAX_LEASES:
+                self._leases = {key: lease for key, lease in self._leases.items() if lease.until > now}
+        finally:
+            del self._refills[identity]
+            done.set_result(None)
+
+    def _spent(self, identity: str) -> list[int]:
+        """The limits whose lease of `identity` cannot answer: none yet, expired, or spent."""
+        now = time.monotonic()
+        return [index for index in range(len(self.limits)) if not self._usable(index, identity, now)]
 
     def _usable(self, index: int, identity: str, now: float) -> bool:
         """Whether the lease can answer without the store: hits left (or a refusal) in time."""

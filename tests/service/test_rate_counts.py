@@ -134,3 +134,18 @@ def test_leased_limit_over_http_two_app_instances(sqlite_url: str, tmp_path: Pat
         assert error["code"] == "rate_limited" and "20 per 1 hour" in error["message"]
         assert 1 <= int(refused.headers["Retry-After"]) <= 2 * 3600
         assert one.get("/v1/jobs", headers=other).status_code == 200
+
+
+def test_concurrent_requests_of_a_key_share_one_refill() -> None:
+    """Many requests of one key arriving together lease once at a time, so none of the limit is lost to leases
+    overwritten by concurrent refills: exactly the limit gets through."""
+    needs_redis()
+    identity = f"test:{secrets.token_hex(6)}"
+
+    async def scenario() -> list[tuple[int, float] | None]:
+        counter = LeasedCounter(RedisCounters(REDIS_URL), [(40, HOUR)], lease_fraction=0.1)
+        return list(await asyncio.gather(*(counter.hit(identity) for _ in range(45))))
+
+    results = asyncio.run(scenario())
+    assert results.count(None) == 40 and all(result is not None for result in results[40:])
+    assert _redis_count(identity, 40) == 40
