@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-MAX_LEASES = 10_000  # (limit, key) leases one process keeps; expired ones are dropped past this many
+MAX_LEASES = 10_000  # (limit, key) entries one process keeps (leases, in-process counts); old ones go past this
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,7 @@ class LeasedCounter:
         self.lease_sizes = [max(1, math.floor(amount * lease_fraction)) for amount, _ in self.limits]
         self._leases: dict[tuple[int, str], _Lease] = {}
         self._refills: dict[str, asyncio.Future[None]] = {}
+        self._waiting: dict[str, int] = {}  # requests of a key waiting on its refill
 
     async def hit(self, identity: str) -> tuple[int, float] | None:
         """Count one request of `identity`: None when every limit lets it through, else the index of a limit it is
@@ -209,7 +210,11 @@ class LeasedCounter:
         while spent := self._spent(identity):
             refill = self._refills.get(identity)
             if refill is not None:  # another request of this key is asking the store: share what it gets
-                await refill
+                self._waiting[identity] = self._waiting.get(identity, 0) + 1
+                try:
+                    await refill
+                finally:
+                    self._release_waiter(identity)
                 continue
             await self._refill(identity, spent)
         now = time.monotonic()
@@ -224,11 +229,15 @@ class LeasedCounter:
 
     async def _refill(self, identity: str, spent: list[int]) -> None:
         """One store call for the spent limits of `identity`. Only one runs per key at a time: concurrent requests
-        each leasing their own batch would hold more than one lease per process, beyond the documented tolerance."""
+        each leasing their own batch would hold more than one lease per process, beyond the documented tolerance.
+        It asks for at least one hit for each request waiting on it, so they are served by one round trip (and a
+        lease of one stays exact: every hit asked for is spent at once)."""
         done = asyncio.get_running_loop().create_future()
         self._refills[identity] = done
+        wanted = 1 + self._waiting.get(identity, 0)
         try:
-            asks = [Ask(self._key(index, identity), *self.limits[index], self.lease_sizes[index]) for index in spent]
+            asks = [Ask(self._key(index, identity), *self.limits[index], max(self.lease_sizes[index], wanted))
+                    for index in spent]
             grants = await self.store.acquire(asks)
             now = time.monotonic()
             for index, result in zip(spent, grants, strict=True):
@@ -238,6 +247,13 @@ class LeasedCounter:
         finally:
             del self._refills[identity]
             done.set_result(None)
+
+    def _release_waiter(self, identity: str) -> None:
+        left = self._waiting[identity] - 1
+        if left:
+            self._waiting[identity] = left
+        else:
+            del self._waiting[identity]
 
     def _spent(self, identity: str) -> list[int]:
         """The limits whose lease of `identity` cannot answer: none yet, expired, or spent."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.rate_counts import Ask, LeasedCounter, MemoryCounters, RedisCounters, room, seconds_until_room
+from app.rate_counts import Ask, Grant, LeasedCounter, MemoryCounters, RedisCounters, room, seconds_until_room
 from tests.service.test_api_basics import assert_error
 from tests.service.test_capacity import app_settings, needs_redis
 from tests.support.service import REDIS_URL, new_key
@@ -149,3 +150,24 @@ def test_concurrent_requests_of_a_key_share_one_refill() -> None:
     results = asyncio.run(scenario())
     assert results.count(None) == 40 and all(result is not None for result in results[40:])
     assert _redis_count(identity, 40) == 40
+
+
+def test_a_refill_serves_every_request_waiting_on_it() -> None:
+    """With a lease of one (exact counting), requests of a key that arrive together do not queue for a round trip
+    each: the refill asks for one hit per waiting request, and no hit is left over."""
+    needs_redis()
+    identity = f"test:{secrets.token_hex(6)}"
+    calls: list[int] = []
+
+    class CountingRedis(RedisCounters):
+        async def acquire(self, asks: Sequence[Ask]) -> list[Grant]:
+            calls.append(asks[0].wanted)
+            return await super().acquire(asks)
+
+    async def scenario() -> list[tuple[int, float] | None]:
+        counter = LeasedCounter(CountingRedis(REDIS_URL), [(1000, HOUR)], lease_fraction=0.0)
+        return list(await asyncio.gather(*(counter.hit(identity) for _ in range(16))))
+
+    assert asyncio.run(scenario()) == [None] * 16
+    assert len(calls) == 2 and calls == [1, 15]  # the first request's round trip, then one for the 15 waiting
+    assert _redis_count(identity, 1000) == 16
