@@ -28,7 +28,7 @@ from typing import Any
 
 from app.rate_counts import LeasedCounter, MemoryCounters, RedisCounters
 from benchmarks import common
-from tests.support.service import REDIS_URL
+from benchmarks.api import REDIS_URL
 
 LIMIT = (1_000_000, 1.0)
 VARIANTS = ("old", "lua", "lease5", "lease", "memory")
