@@ -201,7 +201,7 @@ class LeasedCounter:
         self.limits = list(limits)
         self.lease_sizes = [max(1, math.floor(amount * lease_fraction)) for amount, _ in self.limits]
         self._leases: dict[tuple[int, str], _Lease] = {}
-        self._refills: dict[str, asyncio.Future[None]] = {}
+        self._refills: dict[str, asyncio.Future[Exception | None]] = {}  # a key's refill in flight: its error
         self._waiting: dict[str, int] = {}  # requests of a key waiting on its refill
 
     async def hit(self, identity: str) -> tuple[int, float] | None:
@@ -212,9 +212,11 @@ class LeasedCounter:
             if refill is not None:  # another request of this key is asking the store: share what it gets
                 self._waiting[identity] = self._waiting.get(identity, 0) + 1
                 try:
-                    await refill
+                    error = await refill
                 finally:
                     self._release_waiter(identity)
+                if error is not None:  # the store failed: so do the requests that waited on it, not one by one
+                    raise error
                 continue
             await self._refill(identity, spent)
         now = time.monotonic()
@@ -232,9 +234,10 @@ class LeasedCounter:
         each leasing their own batch would hold more than one lease per process, beyond the documented tolerance.
         It asks for at least one hit for each request waiting on it, so they are served by one round trip (and a
         lease of one stays exact: every hit asked for is spent at once)."""
-        done = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self._refills[identity] = done
         wanted = 1 + self._waiting.get(identity, 0)
+        error: Exception | None = None
         try:
             asks = [Ask(self._key(index, identity), *self.limits[index], max(self.lease_sizes[index], wanted))
                     for index in spent]
@@ -244,9 +247,12 @@ class LeasedCounter:
                 self._leases[(index, identity)] = _Lease(result.granted, now + result.valid_seconds)
             if len(self._leases) > MAX_LEASES:
                 self._leases = {key: lease for key, lease in self._leases.items() if lease.until > now}
+        except Exception as exc:
+            error = exc
+            raise
         finally:
             del self._refills[identity]
-            done.set_result(None)
+            done.set_result(error)
 
     def _release_waiter(self, identity: str) -> None:
         left = self._waiting[identity] - 1

@@ -171,3 +171,22 @@ def test_a_refill_serves_every_request_waiting_on_it() -> None:
     assert asyncio.run(scenario()) == [None] * 16
     assert len(calls) == 2 and calls == [1, 15]  # the first request's round trip, then one for the 15 waiting
     assert _redis_count(identity, 1000) == 16
+
+
+def test_a_failed_refill_fails_the_requests_waiting_on_it_at_once() -> None:
+    """Redis unreachable: the requests of a key waiting on the failed refill fail with it (the middleware then lets
+    them through) instead of each trying the store again in turn."""
+    calls: list[int] = []
+
+    class CountingRedis(RedisCounters):
+        async def acquire(self, asks: Sequence[Ask]) -> list[Grant]:
+            calls.append(asks[0].wanted)
+            return await super().acquire(asks)
+
+    async def scenario() -> list[object]:
+        counter = LeasedCounter(CountingRedis("redis://127.0.0.1:9/0"), [(1000, HOUR)], lease_fraction=0.0)
+        return list(await asyncio.gather(*(counter.hit("test:down") for _ in range(5)), return_exceptions=True))
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(result, redis.exceptions.ConnectionError) for result in results)
+    assert calls == [1]
