@@ -1,10 +1,12 @@
-"""Per-key rate limits on every route: a pure ASGI middleware in front of the app, using the `limits` library.
+"""Per-key rate limits on every route: a pure ASGI middleware in front of the app (limits in `limits` notation).
 
 Requests are counted per API key (a digest of the bearer token; without one, per client address) in a sliding
-window. The counters live in Redis when the broker is Redis, so every API process of a deployment shares them,
-and in the process on the embedded default (one API process). A request over the limit is answered 429
-`rate_limit_error` with `Retry-After`, before routing, authentication or any database work. The health probes
-(`/healthz`, `/readyz`) are not counted: load balancers call them without a key.
+window (app/rate_counts.py). The counters live in Redis when the broker is Redis, so every API process of a
+deployment shares them, and in the process on the embedded default (one API process). With Redis each process
+leases a small share of a limit (`GKD_RATE_LIMIT_LEASE`) and spends it locally: one round trip per lease, not per
+request. A request over the limit is answered 429 `rate_limit_error` with `Retry-After`, before routing,
+authentication or any database work. The health probes (`/healthz`, `/readyz`) are not counted: load balancers call
+them without a key.
 
 If the counter store fails (Redis down), requests are let through and the store is not asked again for a few
 seconds: a broker outage must not take the API down with it (docs/design.md "Quotas and rate limits").
@@ -17,14 +19,12 @@ import json
 import logging
 import math
 import time
-from typing import Any
 
 from limits import RateLimitItem, parse_many
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import error_body
+from app.rate_counts import CounterStore, LeasedCounter, MemoryCounters, RedisCounters
 from app.store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,12 @@ STORE_DOWN_SECONDS = 5.0
 
 def storage_url(settings: Settings) -> str:
     """Where the counters live: GKD_RATE_LIMIT_STORAGE, else the broker's Redis, else this process's memory."""
-    url = settings.rate_limit_storage or (
+    return settings.rate_limit_storage or (
         settings.broker_url if settings.broker_url.startswith(("redis://", "rediss://")) else "memory://")
-    return url if url.startswith("async+") else f"async+{url}"
+
+
+def counter_store(url: str) -> CounterStore:
+    return MemoryCounters() if url.startswith("memory://") else RedisCounters(url)
 
 
 class RateLimitMiddleware:
@@ -47,10 +50,10 @@ class RateLimitMiddleware:
         self.app = app
         self.items: list[RateLimitItem] = parse_many(settings.rate_limit)
         url = storage_url(settings)
-        options: dict[str, Any] = {}
-        if not url.startswith("async+memory"):
-            options = {"implementation": "redispy", "socket_timeout": 0.5, "socket_connect_timeout": 0.5}
-        self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(url, **options))
+        # In process a lease saves nothing (the count is a dict lookup either way), so it stays one hit.
+        lease = 0.0 if url.startswith("memory://") else settings.rate_limit_lease
+        limits = [(item.amount, float(item.get_expiry())) for item in self.items]
+        self.counter = LeasedCounter(counter_store(url), limits, lease)
         self.store_down_until = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,10 +62,10 @@ class RateLimitMiddleware:
             return
         identity = _identity(scope)
         try:
-            for item in self.items:
-                if not await self.limiter.hit(item, identity):
-                    await _refuse(send, item, await self.limiter.get_window_stats(item, identity))
-                    return
+            over = await self.counter.hit(identity)
+            if over is not None:
+                await _refuse(send, self.items[over[0]], over[1])
+                return
         except Exception as exc:  # noqa: BLE001 - a counter store outage lets requests through
             self.store_down_until = time.monotonic() + STORE_DOWN_SECONDS
             log.warning("rate limit store failed (%s); not limiting for %.0f s", exc, STORE_DOWN_SECONDS)
@@ -78,8 +81,8 @@ def _identity(scope: Scope) -> str:
     return f"addr:{client[0] if client else 'unknown'}"
 
 
-async def _refuse(send: Send, item: RateLimitItem, stats: Any) -> None:
-    retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+async def _refuse(send: Send, item: RateLimitItem, seconds: float) -> None:
+    retry_after = max(1, math.ceil(seconds))
     body = json.dumps(error_body(
         "rate_limit_error", "rate_limited",
         f"too many requests for this API key: the limit is {item}; retry after {retry_after} s", None,

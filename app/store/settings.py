@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     rate_limit: str = Field(
         "100/second", description="Requests per API key (per client address without one), in `limits` notation, "
         "several separated by `;` (e.g. `100/second;3000/minute`); empty: no limit.")
+    rate_limit_lease: float = Field(
+        0.05, ge=0, lt=1, description="Share of each rate limit an API process takes from Redis at once and spends "
+        "locally (at least one request): one Redis round trip per lease instead of per request. A key may be refused "
+        "up to (API processes - 1) x lease requests early in a window; never let past its limit. 0: one round trip "
+        "per request.")
     rate_limit_storage: str | None = Field(
         None, description="Where rate counters live (`redis://...` or `memory://`); default the broker when it is "
         "Redis, else this process.")
