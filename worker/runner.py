@@ -612,7 +612,7 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             log.exception("job %s failed", job_id)
             if callback is not None:
                 callback.stop_publishing()  # its checkpoint events come before the terminal status
-            if (callback is not None and callback.cancel_seen) or ctx.status() == jobs.CANCELLING:
+            if ctx.status() == jobs.CANCELLING:
                 # cancelled while it was failing (e.g. an allocation error while building a model): the caller's
                 # cancel is what ends it; the error is in the worker's log
                 return ctx.finish(jobs.CANCELLED, "job cancelled")
