@@ -123,6 +123,7 @@ def distill(config_file: Path, overrides: tuple[str, ...], devices: int | None, 
         "seconds": round(printer.elapsed, 1),
         "metrics_file": str(run_log.metrics_path),
         "steps_file": str(run_log.steps_path),
+        **({"beta_auto": result.beta_auto} if result.beta_auto is not None else {}),
     }
     run_log.finish(summary)
     if as_json:
