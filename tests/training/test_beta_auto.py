@@ -132,7 +132,10 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 class ScriptedDev(Trainer):
     """Scores the probed candidates, in order, from a script instead of the real dev figures: a constructed case."""
 
-    script: list[tuple[float, float]] = []
+    def __init__(self, config: DistillConfig, script: list[tuple[float, float]]) -> None:
+        super().__init__(config)
+        self.script = script
+        self.probed: list[float] = []
 
     def evaluate(self, run: RunState, model: Any, split: str = "dev") -> dict[str, float]:
         if run.probing_beta is None:
@@ -141,22 +144,20 @@ class ScriptedDev(Trainer):
         self.probed.append(run.probing_beta)
         return {"accuracy": accuracy, "saliency_agreement": saliency}
 
-    probed: list[float] = []
-
 
 def test_the_probe_picks_the_candidate_with_the_best_score(tmp_path: Path, teacher: Path, data):
     # the largest has the best saliency within half a point of the best accuracy; the middle one has more saliency
     # but gives up a point
-    ScriptedDev.script = [(0.810, 0.20), (0.800, 0.90), (0.806, 0.50)]
-    ScriptedDev.probed = []
-    result = ScriptedDev(config_for(tmp_path, teacher, data, "scripted")).train()
+    script = [(0.810, 0.20), (0.800, 0.90), (0.806, 0.50)]
+    trainer = ScriptedDev(config_for(tmp_path, teacher, data, "scripted"), script)
+    result = trainer.train()
     assert result.beta_auto is not None
     bound = result.beta_auto["cap_bound"]
     assert bound is not None and bound > 0
-    assert ScriptedDev.probed == list(beta_candidates(bound))
-    assert result.beta_auto["chosen"] == ScriptedDev.probed[2]
+    assert trainer.probed == list(beta_candidates(bound))
+    assert result.beta_auto["chosen"] == trainer.probed[2]
     assert [(c["beta"], c["accuracy"], c["saliency_agreement"]) for c in result.beta_auto["candidates"]] == [
-        (beta, *figures) for beta, figures in zip(ScriptedDev.probed, ScriptedDev.script, strict=True)]
+        (beta, *figures) for beta, figures in zip(trainer.probed, script, strict=True)]
 
 
 def test_the_choice_is_recorded_in_events_result_card_and_state(tmp_path: Path, teacher: Path, data):
