@@ -255,3 +255,31 @@ def test_auto_weighs_one_without_a_probe_where_beta_weighs_no_gradient_term(tmp_
     assert "beta auto: 1" in message and auto.beta_auto == payload["beta_auto"]
     Trainer(config_for(tmp_path, teacher, data, "pkd-one", method="pkd", beta=1.0)).train()
     assert_same_weights(saved(tmp_path / "pkd-auto")["model"], saved(tmp_path / "pkd-one")["model"])
+
+
+def test_with_the_accuracy_guard_the_probe_runs_where_the_guard_opens_the_term(tmp_path: Path, teacher: Path, data):
+    class Weights(Log):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights: list[float] = []
+
+        def on_step(self, progress: TrainingProgress, metrics: Any) -> None:
+            self.weights.append(metrics.terms.get("grad_weight", 0.0))
+
+    # a teacher that knows the task (fine-tuned with `ce`), so the student comes to agree with it and the guard opens
+    teacher_data = {"train": write_csv(tmp_path / "teacher-train.csv", sentiment_rows(160, seed=5)), "dev": data["dev"]}
+    taught = Trainer(DistillConfig.parse({
+        "method": "ce", "teacher": str(teacher), "student": {"num_layers": 4, "dropout": 0.0}, "data": {
+            "train": str(teacher_data["train"]), "dev": str(teacher_data["dev"])},
+        "hyperparameters": {"epochs": 6, "batch_size": 8, "learning_rate": 2e-3, "warmup_ratio": 0.1, "max_length": 32,
+                            "seed": 0},
+        "output_dir": str(tmp_path / "teacher"), "cache_dir": str(tmp_path / "cache"), "device": "cpu"})).train()
+    assert taught.final_dir is not None
+    watcher = Weights()
+    result = Trainer(config_for(tmp_path, taught.final_dir, data, "guarded", epochs=6, accuracy_guard=True),
+                     [watcher]).train()
+    first_weighted = next(i for i, weight in enumerate(watcher.weights) if weight > 0)  # the step index, 0-based
+    assert first_weighted > 1  # the guard held the term back for a while
+    [(step, _, payload)] = watcher.entries
+    assert payload["beta_auto"]["step"] == step == first_weighted  # probed just before that step
+    assert result.beta_auto == payload["beta_auto"]
