@@ -207,11 +207,14 @@ class Progress(BaseModel):
 
 
 def job_metrics(stored: dict[str, Any] | None) -> dict[str, Any]:
-    """A job's `metrics`: latest and best figures, and `warnings` (codes of its `warning` events) when it has any."""
+    """A job's `metrics`: latest and best figures, `warnings` (codes of its `warning` events) when it has any, and
+    `beta_auto` (what `hyperparameters.beta: "auto"` chose, with the dev figures it chose from) once chosen."""
     stored = stored or {}
     out = {"latest": stored.get("latest", {}), "best": stored.get("best", {})}
     if stored.get("warnings"):
         out["warnings"] = list(stored["warnings"])
+    if isinstance(stored.get("beta_auto"), dict):
+        out["beta_auto"] = stored["beta_auto"]
     return out
 
 

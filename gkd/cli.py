@@ -83,7 +83,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: tuple[str, ...]) -> dict[st
 @main.command()
 @click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a setting, e.g. --set hyperparameters.beta=10 --set method=kd.")
+              help="Override a setting, e.g. --set hyperparameters.beta=10 (or =auto) --set method=kd.")
 @click.option("--devices", type=click.IntRange(min=1), default=None,
               help="Data-parallel processes (GPUs, or CPU processes); default the config's run.devices (1).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
@@ -123,6 +123,7 @@ def distill(config_file: Path, overrides: tuple[str, ...], devices: int | None, 
         "seconds": round(printer.elapsed, 1),
         "metrics_file": str(run_log.metrics_path),
         "steps_file": str(run_log.steps_path),
+        **({"beta_auto": result.beta_auto} if result.beta_auto is not None else {}),
     }
     run_log.finish(summary)
     if as_json:

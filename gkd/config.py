@@ -32,6 +32,8 @@ from pydantic import (
 from gkd.method.properties import Method, method_properties
 from gkd.text import unstorable_reason
 
+AUTO_BETA_FALLBACK = 1.0  # what `beta: "auto"` weighs where no probe runs (gkd.training.beta_auto)
+
 InitStrategy = Literal["bottom", "every_other", "random"]
 LayerRule = Literal["bottom", "every_other"] | list[int]
 ExportFormat = Literal["onnx", "onnx-int8"]
@@ -182,9 +184,10 @@ class Hyperparameters(_Strict):
     max_length: int = Field(128, ge=8, le=4096, description="Tokens per example after truncation.")
     temperature: float = Field(5.0, gt=0.0, le=100.0, description="Softmax temperature T of logit KD.")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the KD term; 1 - alpha weights CE.")
-    beta: float = Field(
-        1.0, ge=0.0, le=1e6,
-        description="Weight of the gradient loss (gradient_kd) or of the PKD term (pkd, gradient_kd_cls).",
+    beta: Annotated[float, Field(ge=0.0, le=1e6)] | Literal["auto"] = Field(
+        1.0,
+        description="Weight of the gradient loss (gradient_kd) or of the PKD term (pkd, gradient_kd_cls); 'auto' "
+        "picks gradient_kd's weight from a short probe on dev when the gradient term starts (1 for other methods).",
     )
     gamma: float = Field(0.3, ge=0.0, le=1e6, description="Weight of the gradient terms of gradient_kd_cls.")
     kl_reduction: Literal["mean", "batchmean"] = Field(
@@ -226,6 +229,20 @@ class Hyperparameters(_Strict):
     n_checkpoints: int = Field(
         0, ge=0, le=100, description="Per-epoch checkpoints kept (the newest N, older ones pruned); 0 keeps none."
     )
+
+    @field_validator("beta", mode="wrap")
+    @classmethod
+    def _beta_number_or_auto(cls, value: Any, handler: Any) -> Any:
+        """One message naming both forms, instead of one error per member of the union."""
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError("beta must be a number from 0 to 1e6 or \"auto\"") from None
+
+    @property
+    def beta_weight(self) -> float:
+        """`beta` as a number: 'auto' weighs as `AUTO_BETA_FALLBACK` until the trainer has chosen."""
+        return AUTO_BETA_FALLBACK if self.beta == "auto" else float(self.beta)
 
 
 class DataSpec(_Strict):

@@ -59,6 +59,22 @@ def test_distill_override_and_bad_value_names_the_field(tmp_path: Path) -> None:
     assert "hyperparameters.beta" in result.output
 
 
+def test_distill_with_beta_auto_reports_the_choice(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    overrides = ["--set", "hyperparameters.beta=auto", "--set", "hyperparameters.accuracy_guard=false",
+                 "--set", "hyperparameters.gradient_start_ratio=0"]
+    result = CliRunner().invoke(main, ["distill", str(config), *overrides, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{\n"):])
+    choice = summary["beta_auto"]
+    assert choice["chosen"] in [c["beta"] for c in choice["candidates"]] and len(choice["candidates"]) == 3
+    assert "beta auto chose" in result.output  # the line the progress printer writes (stderr with --json)
+    card = json.loads((Path(summary["best_dir"]) / "gkd_card.json").read_text())
+    assert card["beta_auto"] == choice
+    refused = CliRunner().invoke(main, ["distill", str(config), "--set", "hyperparameters.beta=fast"])
+    assert refused.exit_code == 2 and "hyperparameters.beta" in refused.output and '"auto"' in refused.output
+
+
 def test_student_deeper_than_teacher_is_a_clear_error(tmp_path: Path) -> None:
     config = _config(tmp_path, student={"num_layers": 5})
     result = CliRunner().invoke(main, ["distill", str(config)])

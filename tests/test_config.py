@@ -40,7 +40,8 @@ def test_minimal_config_has_the_documented_defaults():
     ("overrides", "param", "words"),
     [
         ({"method": "distil"}, "method", "gradient_kd"),
-        ({"hyperparameters": {"beta": -0.1}}, "hyperparameters.beta", "greater than or equal to 0"),
+        ({"hyperparameters": {"beta": -0.1}}, "hyperparameters.beta", 'a number from 0 to 1e6 or "auto"'),
+        ({"hyperparameters": {"beta": "automatic"}}, "hyperparameters.beta", 'a number from 0 to 1e6 or "auto"'),
         ({"hyperparameters": {"gamma": -1}}, "hyperparameters.gamma", "greater than or equal to 0"),
         ({"hyperparameters": {"learning_rate": 0}}, "hyperparameters.learning_rate", "greater than 0"),
         ({"hyperparameters": {"learning_rate": -1e-5}}, "hyperparameters.learning_rate", "greater than 0"),

@@ -238,6 +238,7 @@ def make_callback(ctx: JobContext) -> Any:
             self.latest: dict[str, Any] = dict(stored.get("latest") or {})
             self.best: dict[str, Any] = dict(stored.get("best") or {})
             self.warnings: list[str] = list(stored.get("warnings") or [])  # codes of `warning` events
+            self.beta_auto: dict[str, Any] | None = stored.get("beta_auto")  # what `beta: "auto"` chose
             self.best_archive: PackedArchive | None = None  # the `best` archive this attempt packed
             # Whether the gradient terms already have weight: a resumed attempt reads it from the last recorded step
             # (the step they started on is always recorded), so the start is announced once per job.
@@ -319,7 +320,20 @@ def make_callback(ctx: JobContext) -> Any:
 
         def metrics(self) -> dict[str, Any]:
             """The job's `metrics` column: latest and best figures, and the codes of its warnings (if any)."""
-            return {"latest": self.latest, "best": self.best, **({"warnings": self.warnings} if self.warnings else {})}
+            return {"latest": self.latest, "best": self.best, **({"warnings": self.warnings} if self.warnings else {}),
+                    **({"beta_auto": self.beta_auto} if self.beta_auto is not None else {})}
+
+        def on_log(self, progress: Any, message: str, data: dict[str, Any]) -> None:
+            """A `log` event with the trainer's decision (`beta: "auto"`'s choice), kept in the job's metrics too."""
+            if "beta_auto" in data:
+                self.beta_auto = data["beta_auto"]
+
+            def tx(session: Session) -> None:
+                append_event(session, ctx.job_id, "log", message, {**data, "step": progress.step})
+                session.execute(update(Job).where(Job.id == ctx.job_id).values(metrics=self.metrics())
+                                .execution_options(synchronize_session=False))
+
+            ctx.fenced_write(tx, "log")
 
         def on_warning(self, progress: Any, code: str, message: str) -> None:
             if code not in self.warnings:
@@ -623,6 +637,7 @@ def _run_claimed(ctx: JobContext, worker: str) -> str:
             "latest": {**callback.latest, **_clean(dict(result.final_metrics))},
             "best": _clean(dict(result.best_metrics)) or callback.best,
             **({"warnings": callback.warnings} if callback.warnings else {}),
+            **({"beta_auto": result.beta_auto} if result.beta_auto is not None else {}),
         }
         if result.stopped:  # a drain, a pause or a cancel stopped it, its training state saved
             stale_state = "" if state_uploaded else "the newest training state is not in the bucket; "

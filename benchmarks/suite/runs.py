@@ -57,5 +57,6 @@ def execute(run: dict[str, Any], task_info: dict[str, Any], settings: dict[str, 
         "test": result.test_metrics or {},
         "best_dev": result.best_metrics,
         "teacher_dev": result.teacher_metrics,
+        **({"beta_auto": result.beta_auto} if result.beta_auto is not None else {}),  # what `beta: "auto"` chose
         **observer.summary(),
     }

@@ -64,6 +64,19 @@ def capped_backward(
     return _measured_backward(base, extra, parameters, cap, weight, per_tensor).scale
 
 
+def gradient_norms(base: Tensor, extra: Tensor, parameters: Sequence[torch.nn.Parameter]) -> tuple[float, float]:
+    """The whole-model norms of the two terms' parameter gradients, leaving every `.grad` untouched."""
+    base_grads = torch.autograd.grad(base, parameters, retain_graph=True, allow_unused=True)
+    extra_grads = torch.autograd.grad(extra, parameters, allow_unused=True)
+    return float(_norm(base_grads)), float(_norm(extra_grads))
+
+
+def cap_bound(base_norm: float, extra_norm: float, cap: float) -> float | None:
+    """The weight at which a term whose unit-weight parameter gradient has norm `extra_norm` reaches `cap` times
+    the base's: any larger weight is cut back to it (None when the term has no gradient at all)."""
+    return cap * base_norm / extra_norm if extra_norm > 0.0 else None
+
+
 @dataclass(frozen=True)
 class Measurement:
     """One measured backward: the factor applied, and the whole-model norms and cosine of the two gradients."""

@@ -161,7 +161,7 @@ def student_loss_parts(
             student_cls = torch.stack([result.hidden_states[k][:, 0] for k, _ in layer_pairs], dim=1)
             teacher_cls = targets.cls_states[:, [t for _, t in layer_pairs]]
             pkd = losses.pkd_loss(teacher_cls, student_cls)
-        loss = loss + hp.beta * pkd
+        loss = loss + hp.beta_weight * pkd
         terms["pkd"] = float(pkd.detach())
     weighted_gradient = None
     if spec.input_gradients and gradient_scale > 0:

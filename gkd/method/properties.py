@@ -42,7 +42,9 @@ class MethodProperties:
 
     def gradient_term_weight(self, hp: Hyperparameters) -> float:
         """The weight of the gradient term (`beta` or `gamma`; 0 for a method without one)."""
-        return float(getattr(hp, self.gradient_weight)) if self.gradient_weight else 0.0
+        if self.gradient_weight is None:
+            return 0.0
+        return hp.beta_weight if self.gradient_weight == "beta" else float(hp.gamma)
 
 
 PROPERTIES: dict[str, MethodProperties] = {

@@ -147,6 +147,10 @@ class TrainerCallback:
     def on_evaluate(self, progress: TrainingProgress, metrics: dict[str, float]) -> None:
         """Called after each evaluation on the dev split with accuracy, macro_f1, agreements."""
 
+    def on_log(self, progress: TrainingProgress, message: str, data: dict[str, Any]) -> None:
+        """Called when the run decides something worth a line in its log (e.g. the beta `"auto"` chose), with
+        JSON-safe `data`."""
+
     def on_warning(self, progress: TrainingProgress, code: str, message: str) -> None:
         """Called when the run finds something the user must hear about (`gkd.training.run_warnings`)."""
 

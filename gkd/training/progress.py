@@ -85,6 +85,10 @@ class ProgressPrinter(TrainerCallback):
         for line in lines:
             self._write(line)
 
+    def on_log(self, progress: TrainingProgress, message: str, data: dict[str, Any]) -> None:
+        if not self.quiet:
+            self._write(f"  {message}")
+
     def on_checkpoint(self, progress: TrainingProgress, kind: CheckpointKind, path: Path) -> None:
         if self.bar is not None and kind != "state":
             self._write(f"  saved {kind} checkpoint to {path}")

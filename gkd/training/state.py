@@ -41,6 +41,7 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     gradient_cap: dict[str, Any] | None = None  # GradientCap.state_dict(): its measurement schedule
     accuracy_guard: dict[str, Any] | None = None  # AccuracyGuard.state_dict(): when the gradient terms opened
+    beta_auto: dict[str, Any] | None = None  # BetaChoice.as_dict(): what `beta: "auto"` chose (gkd.training.beta_auto)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

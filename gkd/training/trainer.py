@@ -13,6 +13,7 @@ strategy (`gkd.training.strategy`). The loop itself only trains, evaluates and s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import shutil
@@ -34,7 +35,7 @@ from gkd.data.splits import Splits, load_splits
 from gkd.evaluation.evaluate import evaluate_model
 from gkd.evaluation.metrics import accuracy_f1
 from gkd.export.checkpoint import export_student, portable_config
-from gkd.method.gradient_cap import GradientCap
+from gkd.method.gradient_cap import GradientCap, cap_bound, gradient_norms
 from gkd.method.objective import TeacherTargets, model_inputs, student_loss_parts, teacher_targets
 from gkd.method.precision import Precision, resolve_precision
 from gkd.method.properties import layer_map, method_properties
@@ -44,6 +45,15 @@ from gkd.models.teacher import Teacher, describe_teacher, load_teacher
 from gkd.models.vocabulary import PrunedVocabulary, check_prunable, position_pad_id, prune_vocabulary
 from gkd.training.accuracy_guard import AccuracyGuard
 from gkd.training.allocator import reuse_freed_memory
+from gkd.training.beta_auto import (
+    FALLBACK_BETA,
+    BetaChoice,
+    ProbeScore,
+    beta_candidates,
+    choose_beta,
+    probe_steps,
+    snapshot,
+)
 from gkd.training.callbacks import StepMetrics, TrainerCallback, TrainingProgress, epoch_kind, phase_reporter
 from gkd.training.estimates import total_steps as planned_steps
 from gkd.training.integrations import integration_callbacks
@@ -77,6 +87,7 @@ class TrainResult:
     labels: list[str] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)  # RunWarning.as_dict() of each
     exports: dict[str, Path] = field(default_factory=dict)  # checkpoint kind -> directory (`export`)
+    beta_auto: dict[str, Any] | None = None  # BetaChoice.as_dict() of a `beta: "auto"` run
 
 
 @dataclass
@@ -108,6 +119,9 @@ class RunState:
     # `student.vocabulary: training_data`: the kept tokens, and the test split in the pruned tokenizer's ids
     vocabulary: PrunedVocabulary | None = None
     pruned_test: EncodedDataset | None = None
+    # `beta: "auto"`: what was chosen (None until then), and the candidate a probe step is training with
+    beta_choice: BetaChoice | None = None
+    probing_beta: float | None = None
 
     def progress(self) -> TrainingProgress:
         return TrainingProgress(self.loop.step, self.total_steps, self.loop.epoch, self.num_epochs,
@@ -273,6 +287,8 @@ class Trainer:
                 run.cap.load_state_dict(run.loop.gradient_cap)
             if run.guard is not None and run.loop.accuracy_guard:
                 run.guard = AccuracyGuard.from_state(run.loop.accuracy_guard)
+            if run.loop.beta_auto:
+                run.beta_choice = BetaChoice.from_dict(run.loop.beta_auto)
         run.resumed_from = run.loop.step
         if teacher.teaches and "dev" in run.encoded:
             judging = phase_reporter(self.callbacks, "evaluating", "rows", "teacher on dev")
@@ -332,6 +348,99 @@ class Trainer:
         return AccuracyGuard(start_step=hp.gradient_start_ratio * total_steps,
                              ramp_steps=hp.gradient_warmup_ratio * total_steps)
 
+    # ---------------------------------------------------------------- beta "auto" (gkd.training.beta_auto)
+    def beta_probe_impossible(self, run: RunState) -> str | None:
+        """Why `beta: "auto"` cannot probe this run (then it weighs `FALLBACK_BETA`), or None when it can."""
+        if self.method.gradient_weight != "beta":
+            return f"method {self.config.method!r} has no gradient term weighed by beta"
+        dev = run.encoded.get("dev")
+        if dev is None or len(dev) == 0:
+            return "no dev split to score the candidates on"
+        if self.parallel.world_size > 1:
+            return "data-parallel runs do not probe (only the main process holds the dev split)"
+        return None
+
+    def beta_probe_due(self, run: RunState) -> bool:
+        """Whether the probe runs before the next step: `auto`, nothing chosen yet, and the gradient term is about
+        to get weight for the first time."""
+        return (self.config.hyperparameters.beta == "auto" and run.beta_choice is None
+                and self.gradient_scale(run) > 0)
+
+    def probe_beta(self, run: RunState, upcoming: Sequence[list[list[int]]]) -> BetaChoice:
+        """Train a few steps of the `upcoming` groups from the current state once per candidate beta, at the
+        gradient term's full weight; score each on dev; go back to the state and keep the winner. No callback
+        hears of the probe steps: they are not the run's steps."""
+        hp = self.config.hyperparameters
+        count = probe_steps(hp.batch_size, hp.gradient_accumulation_steps, len(upcoming))
+        restore_model = snapshot(run.student, run.optimizer, run.scheduler)
+        loop_state = copy.deepcopy(run.loop)
+        cap_state = copy.deepcopy(run.cap.state_dict()) if run.cap is not None else None
+        guard_state = copy.deepcopy(run.guard.state_dict()) if run.guard is not None else None
+        scaler_state = copy.deepcopy(run.scaler.state_dict()) if run.scaler.is_enabled() else None
+
+        def restore() -> None:
+            restore_model()
+            run.loop = copy.deepcopy(loop_state)
+            if run.cap is not None and cap_state is not None:
+                run.cap.load_state_dict(copy.deepcopy(cap_state))
+            if guard_state is not None:
+                run.guard = AccuracyGuard.from_state(copy.deepcopy(guard_state))
+            if scaler_state is not None:
+                run.scaler.load_state_dict(copy.deepcopy(scaler_state))
+
+        bound = self.cap_bound(run, upcoming[0][0]) if run.cap is not None else None
+        candidates = beta_candidates(bound)
+        probing = phase_reporter(self.callbacks, "training", "candidates", "beta auto probe")
+        scores: list[ProbeScore] = []
+        for done, beta in enumerate(candidates):
+            probing(done, len(candidates))
+            restore()
+            run.probing_beta = beta
+            run.student.train()
+            try:
+                for group in upcoming[:count]:
+                    self.step(run, group, gradient_scale=1.0)
+            except FloatingPointError:  # this candidate diverged: it scores below every other
+                scores.append(ProbeScore(beta, 0.0, None))
+                continue
+            metrics = self.evaluate(run, run.student, "dev")
+            scores.append(ProbeScore(beta, metrics["accuracy"], metrics.get("saliency_agreement")))
+        probing(len(candidates), len(candidates))
+        run.probing_beta = None
+        restore()
+        run.student.train()
+        winner = choose_beta(scores)
+        choice = BetaChoice(chosen=winner.beta, step=run.loop.step, probe_steps=count, cap_bound=bound,
+                            candidates=[dataclasses.asdict(score) for score in scores])
+        self.record_beta_choice(run, choice)
+        return choice
+
+    def cap_bound(self, run: RunState, indices: list[int]) -> float | None:
+        """The beta at which the gradient term's parameter gradient reaches `gradient_term_cap` times the logit
+        loss's, measured on the training batch `indices` (no parameter's `.grad` changes)."""
+        assert run.cap is not None
+        hp = self.config.hyperparameters.model_copy(update={"beta": 1.0})
+        batch = collate(run.encoded["train"], indices, run.pad_id).to(self.device)
+        targets = run.teacher_targets(batch, "train", True)
+        run.student.train()
+        with run.precision.autocast():
+            parts = student_loss_parts(self.config.method, hp, run.student, batch, targets, run.layer_pairs,
+                                       run.vector_form, gradient_scale=1.0, input_gradient_scale=run.scaler.get_scale())
+        if parts.gradient is None:
+            return None
+        trainable = [p for p in run.student.parameters() if p.requires_grad]
+        base_norm, extra_norm = gradient_norms(run.scaler.scale(parts.base), run.scaler.scale(parts.gradient),
+                                               trainable)
+        return cap_bound(base_norm, extra_norm, run.cap.cap)
+
+    def record_beta_choice(self, run: RunState, choice: BetaChoice) -> None:
+        """Keep the choice in the run and its saved state, and tell the callbacks (a `log` event in the service)."""
+        run.beta_choice = choice
+        run.loop.beta_auto = choice.as_dict()
+        progress = run.progress()
+        for callback in self.callbacks:
+            callback.on_log(progress, choice.describe(), {"beta_auto": choice.as_dict()})
+
     def loop(self, run: RunState) -> bool:
         """Train the remaining epochs, evaluating after each (and every `eval_every_steps`) and saving the state;
         returns whether a callback stopped the run."""
@@ -339,11 +448,17 @@ class Trainer:
         phase_reporter(self.callbacks, "training", "steps")(run.loop.step, run.total_steps)
         for callback in self.callbacks:
             callback.on_train_begin(run.progress())
+        if hp.beta == "auto" and run.beta_choice is None:
+            reason = self.beta_probe_impossible(run)
+            if reason is not None:
+                self.record_beta_choice(run, BetaChoice(chosen=FALLBACK_BETA, step=run.loop.step, reason=reason))
         while run.loop.epoch < hp.epochs:
             groups = self.batch_groups(run)
             run.student.train()
-            for group in groups[run.loop.step_in_epoch :]:
-                metrics = self.step(run, group)
+            for position in range(run.loop.step_in_epoch, len(groups)):
+                if self.beta_probe_due(run):
+                    self.probe_beta(run, groups[position:])
+                metrics = self.step(run, groups[position])
                 snapshot = run.progress()
                 for callback in self.callbacks:
                     callback.on_step(snapshot, metrics)
@@ -372,6 +487,7 @@ class Trainer:
             stopped=stopped, steps=loop.step, best_dir=None, final_dir=None, best_metrics=loop.best,
             final_metrics=loop.history[-1]["metrics"] if loop.history else {}, teacher_metrics=run.teacher_metrics,
             history=loop.history, resumed_from_step=run.resumed_from, labels=run.labels,
+            beta_auto=loop.beta_auto,
         )
         if stopped:
             self.save_state(run, progress)
@@ -432,12 +548,29 @@ class Trainer:
         return [batches[i : i + hp.gradient_accumulation_steps]
                 for i in range(0, len(batches), hp.gradient_accumulation_steps)]
 
-    def step(self, run: RunState, group: list[list[int]]) -> StepMetrics:
-        """One optimiser step over the micro-batches of `group` (this process's share of them); advances the loop."""
+    def gradient_scale(self, run: RunState) -> float:
+        """The gradient terms' weight factor of the next step: the accuracy guard's, or the fixed ramp's."""
         hp = self.config.hyperparameters
-        gradient_scale = (run.guard.weight(run.loop.step) if run.guard is not None else
-                          gradient_ramp(run.loop.step, run.total_steps, hp.gradient_warmup_ratio,
-                                        hp.gradient_start_ratio))
+        if run.guard is not None:
+            return run.guard.weight(run.loop.step)
+        return gradient_ramp(run.loop.step, run.total_steps, hp.gradient_warmup_ratio, hp.gradient_start_ratio)
+
+    def step_hyperparameters(self, run: RunState) -> Hyperparameters:
+        """The hyperparameters a step trains with: `beta: "auto"` replaced by the candidate being probed or the
+        choice (the fallback before either; the gradient term has no weight then)."""
+        hp = self.config.hyperparameters
+        if hp.beta != "auto":
+            return hp
+        beta = run.probing_beta if run.probing_beta is not None else (
+            run.beta_choice.chosen if run.beta_choice is not None else FALLBACK_BETA)
+        return hp.model_copy(update={"beta": beta})
+
+    def step(self, run: RunState, group: list[list[int]], gradient_scale: float | None = None) -> StepMetrics:
+        """One optimiser step over the micro-batches of `group` (this process's share of them); advances the loop.
+        `gradient_scale` overrides the gradient terms' weight factor (the beta probe trains at full weight)."""
+        hp = self.step_hyperparameters(run)
+        if gradient_scale is None:
+            gradient_scale = self.gradient_scale(run)
         # the teacher's predicted classes, which the accuracy guard's majority share is counted from
         teacher_counts = torch.zeros(len(run.labels), dtype=torch.long)
         cap, scaler, student = run.cap, run.scaler, run.student
@@ -700,6 +833,8 @@ class Trainer:
             "config": portable_config(self.config),  # names, not this machine's paths
             "paper": "Gradient Knowledge Distillation, Wang, Li, Sun, arXiv 2211.01071",
         }
+        if run.loop.beta_auto is not None:  # what `beta: "auto"` chose, and the dev figures it chose from
+            card["beta_auto"] = run.loop.beta_auto
         for callback in self.callbacks:
             callback.before_checkpoint(progress, "best" if kind == "best" else "final")
         export_student(run.student, run.teacher.tokenizer, run.labels, directory, card, run.vocabulary)

@@ -204,7 +204,11 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     assert page.evaluate("document.activeElement.id") == "f-student-num_layers"
     page.fill("#f-student-num_layers", "1")
     page.fill("#f-hyperparameters-seed", "7")  # an advanced field
-    advanced.locator("summary").filter(has_text="1 changed").wait_for()
+    beta = page.locator("#f-hyperparameters-beta")  # a number or "auto": a text input suggesting "auto"
+    assert beta.input_value() == "1" and page.locator("#f-hyperparameters-beta-options option").get_attribute(
+        "value") == "auto"
+    page.fill("#f-hyperparameters-beta", "auto")
+    advanced.locator("summary").filter(has_text="2 changed").wait_for()
     advanced.locator("summary").click()  # folded again: its fields are still sent
     assert page.locator("#f-hyperparameters-seed").is_hidden()
     jobs_before = httpx.get(f"{url}/v1/jobs", headers=headers).json()["data"]
@@ -219,6 +223,7 @@ def test_dashboard_end_to_end(service: tuple[Settings, str], page: Any, tiny_tea
     assert set(sent["student"]) == set(StudentSpec.model_fields)
     assert set(sent["hyperparameters"]) == set(Hyperparameters.model_fields)
     assert sent["hyperparameters"]["seed"] == 7 and sent["hyperparameters"]["epochs"] == 1
+    assert sent["hyperparameters"]["beta"] == "auto" and sent["hyperparameters"]["learning_rate"] == 1e-4
     page.wait_for_url("**/dashboard/#/jobs/job_*")
     job_id = page.url.rsplit("/", 1)[1]
     assert key not in page.url

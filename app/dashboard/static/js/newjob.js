@@ -43,6 +43,12 @@ export function describe(prop) {
   const options = nonNull.find((v) => v.enum)?.enum;
   const list = nonNull.find((v) => v.type === "array" && v.items && v.items.type === "integer");
   if (options && list) return { ...base, kind: "enum-or-list", options };
+  // e.g. hyperparameters.beta: a number or "auto" (pydantic writes a one-value Literal as `const`)
+  const number = nonNull.find((v) => v.type === "number" || v.type === "integer");
+  const words = nonNull.flatMap((v) => v.enum || ("const" in v ? [v.const] : []));
+  if (number && words.length && nonNull.length === 2) {
+    return { ...base, kind: "number-or-enum", options: words, minimum: number.minimum, maximum: number.maximum };
+  }
   return { ...base, kind: "json" };
 }
 
@@ -107,6 +113,23 @@ function field(path, prop) {
       if (/^ckpt_[A-Za-z0-9]+$/.test(v)) return { checkpoint: v };
       if (v.startsWith("{")) { try { return JSON.parse(v); } catch { return v; } }
       return v;
+    };
+    return [h("div", { class: "field" }, h("label", { for: id }, d.title || name, " ", h("code", {}, name)), input,
+      h("datalist", { id: listId }, d.options.map((o) => h("option", { value: o }))),
+      h("span", { class: "help", id: helpId }, help.join(""))), read, d];
+  } else if (d.kind === "number-or-enum") {
+    const listId = `${id}-options`;
+    input = h("input", { ...common, type: "text", list: listId, value: d.default == null ? "" : String(d.default),
+      autocomplete: "off", spellcheck: "false", inputmode: "decimal" });
+    const bounds = [d.minimum !== undefined ? `≥ ${d.minimum}` : "", d.maximum !== undefined ? `≤ ${d.maximum}` : ""]
+      .filter(Boolean).join(", ");
+    help.push(` A number${bounds ? ` (${bounds})` : ""} or ${d.options.join(", ")}.`);
+    read = () => {
+      const v = input.value.trim();
+      if (d.options.includes(v)) return v;
+      if (v === "" && d.nullable) return null;
+      const n = Number(v);
+      return v !== "" && Number.isFinite(n) ? n : v;  // anything else goes as typed: the server's 422 names it
     };
     return [h("div", { class: "field" }, h("label", { for: id }, d.title || name, " ", h("code", {}, name)), input,
       h("datalist", { id: listId }, d.options.map((o) => h("option", { value: o }))),
