@@ -48,6 +48,9 @@ $(EXAMPLE_TEACHER): | $(STAMP)
 run: install $(EXAMPLE_TEACHER)
 	$(GKD) serve
 
+# Three test processes on two cores: most tests wait on real servers, workers and databases, not on the CPU; a test
+# file stays in one process (--dist loadfile) for its module fixtures. PYTEST_ARGS=-n0 runs them in this process.
+PYTEST_ARGS ?= -n 3 --dist loadfile
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
