@@ -45,7 +45,8 @@ def test_rate_limit_per_key_in_process(sqlite_url: str, tmp_path: Path) -> None:
         refused = client.get("/v1/datasets", headers=auth)  # every route counts against the key
         error = assert_error(refused, 429, "rate_limit_error", param=None)
         assert error["code"] == "rate_limited" and "3 per 1 minute" in error["message"]
-        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        # a sliding window: 3 hits in this minute weigh on the next one until a third of it has passed
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60 + 20
         assert client.post("/v1/jobs", headers=auth, json={}).status_code == 429  # before validation
         assert client.get("/v1/jobs", headers=other).status_code == 200  # another key has its own count
         assert all(client.get("/healthz").status_code == 200 for _ in range(5))  # probes are not counted
