@@ -40,7 +40,7 @@ lock:
 	touch $(STAMP)
 
 # The example teacher (the packaged MiniLM fine-tuned on movie reviews) is trained once, on the first
-# `make run` (a few minutes on 2 cores), and then registered by `gkd serve` for the README quickstart.
+# `make run` (4 to 17 min on 2 cores, README), and then registered by `gkd serve` for the README quickstart.
 EXAMPLE_TEACHER := var/models/example-teacher/gkd_card.json
 $(EXAMPLE_TEACHER): | $(STAMP)
 	$(GKD) example-teacher

@@ -658,7 +658,7 @@ def _set_bar(bar: Any, description: str, done: int, total: int | None, unit: str
     the bar as `gkd_phase` (a disabled tqdm has no `desc`)."""
     if getattr(bar, "gkd_phase", None) != description or getattr(bar, "unit", None) != unit:
         bar.gkd_phase = description
-        bar.set_description(description, refresh=False)
+        bar.set_description_str(description, refresh=False)  # set_description adds ": ", tqdm adds another
         bar.unit = unit
         bar.reset(total=total)
     elif total is not None and bar.total != total:

@@ -244,3 +244,20 @@ def test_the_key_comes_from_the_argument_the_environment_or_a_local_servers_key_
     client = gc.Client("http://127.0.0.1:1", None)
     assert client._http.headers["Authorization"] == "Bearer gkd_env"  # noqa: SLF001
     client.close()
+
+
+def test_watch_bar_names_a_phase_with_one_colon_also_without_a_total() -> None:
+    """`gkd jobs watch` showed `queued: : 0step` while a job waited (tqdm's set_description adds its own ': ')."""
+    import io
+
+    from tqdm import tqdm
+
+    from gkd.client.cli import _set_bar
+
+    out = io.StringIO()
+    bar = tqdm(total=None, unit="step", desc="waiting", file=out)
+    _set_bar(bar, "queued", 0, None, "step")
+    _set_bar(bar, "teacher cache (train)", 3, 10, "batches")
+    bar.close()
+    assert "queued: 0step" in out.getvalue() and "queued: :" not in out.getvalue()
+    assert "teacher cache (train):  30%" in out.getvalue()
