@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from datetime import UTC, datetime
-from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from celery import Celery
 from standardwebhooks.webhooks import Webhook as Signer
 
 from app.store.db import sessionmaker_for, with_retries
@@ -28,6 +25,7 @@ from app.store.settings import Settings
 from app.store.webhook_outbox import PENDING, claim_due, record_attempt, release, start_attempt
 from app.store.webhook_secrets import unseal
 from app.store.webhook_urls import Target, UnsafeUrl, resolve_target
+from worker.periodic import PeriodicThread
 
 log = logging.getLogger("gkd.worker.webhooks")
 USER_AGENT = "gkd-webhooks/1"
@@ -100,28 +98,17 @@ def attempt(settings: Settings, delivery_id: str, lease: datetime | None = None)
     return status
 
 
-class Dispatcher(threading.Thread):
+class Dispatcher(PeriodicThread):
     """Sends the due deliveries of the outbox to the webhook queue every `webhook_poll_seconds` (webhook workers
     only). Several dispatchers are fine: `claim_due` gives each due delivery to one of them."""
 
-    _running: ClassVar[Dispatcher | None] = None
+    thread_name = "gkd-webhook-dispatcher"
 
-    def __init__(self, celery: Celery, settings: Settings) -> None:
-        super().__init__(name="gkd-webhook-dispatcher", daemon=True)
-        self.celery, self.settings = celery, settings
-        self.stopped = threading.Event()
+    def interval_seconds(self) -> float:
+        return self.settings.webhook_poll_seconds
 
-    @classmethod
-    def start_once(cls, celery: Celery, settings: Settings) -> None:
-        if cls._running is None:
-            cls._running = cls(celery, settings)
-            cls._running.start()
-
-    @classmethod
-    def stop_running(cls) -> None:
-        if cls._running is not None:
-            cls._running.stopped.set()
-            cls._running = None
+    def round(self) -> object:
+        return self.dispatch_once()
 
     def dispatch_once(self) -> int:
         """Send at most twice what this worker's threads take at once per round, so that deliveries do not wait in
@@ -134,12 +121,3 @@ class Dispatcher(threading.Thread):
                 else:
                     release(session, delivery_id)
         return sent
-
-    def run(self) -> None:
-        while True:
-            try:
-                self.dispatch_once()
-            except Exception as exc:  # noqa: BLE001 - try again next round
-                log.warning("webhook dispatch round failed: %s", exc)
-            if self.stopped.wait(self.settings.webhook_poll_seconds):
-                return
