@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import json
@@ -170,6 +171,26 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------- data and teachers
+def add_student_run_arguments(parser: argparse.ArgumentParser, *, name: str, train_rows: int, epochs: int,
+                              latency_examples: int, throughput_examples: int) -> None:
+    """The options of a benchmark that trains one student on the movie reviews once (reused from --work-dir) and
+    then measures it: where, how much, and how many examples the timings use."""
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    parser.add_argument("--work-dir", default=f"var/bench/{name}", help="the student and what is made from it")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model and synthetic rows")
+    parser.add_argument("--retrain", action="store_true", help="train the student again even if it exists")
+    parser.add_argument("--student-layers", type=int, default=3)
+    parser.add_argument("--train-rows", type=int, default=train_rows)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--max-length", type=int, default=64, help="training and evaluation length (tokens)")
+    parser.add_argument("--threads", type=int, default=1, help="threads of PyTorch and ONNX Runtime alike")
+    parser.add_argument("--latency-examples", type=int, default=latency_examples)
+    parser.add_argument("--throughput-examples", type=int, default=throughput_examples)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS_DIR / f"{name}.json"))
+
+
 def synthetic_rows(n: int, seed: int = 0, min_words: int = 3, max_words: int = 12) -> list[tuple[str, str]]:
     """Labelled sentences over the tiny vocabulary (label decided by one sentiment word)."""
     rng = random.Random(seed)

@@ -40,20 +40,8 @@ TARGET_LOGIT_DIFF = 1e-4
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.deploy", description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", default=common.DEFAULT_TEACHER)
-    parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
-    parser.add_argument("--work-dir", default="var/bench/deploy", help="the student and its ONNX directories")
-    parser.add_argument("--tiny", action="store_true", help="tiny random teacher and synthetic rows")
-    parser.add_argument("--retrain", action="store_true", help="train the student again even if it exists")
-    parser.add_argument("--student-layers", type=int, default=3)
-    parser.add_argument("--train-rows", type=int, default=1600)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--max-length", type=int, default=64, help="training and evaluation length (tokens)")
-    parser.add_argument("--threads", type=int, default=1, help="threads of PyTorch and ONNX Runtime alike")
-    parser.add_argument("--latency-examples", type=int, default=200)
-    parser.add_argument("--throughput-examples", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(common.RESULTS_DIR / "deploy.json"))
+    common.add_student_run_arguments(parser, name="deploy", train_rows=1600, epochs=3, latency_examples=200,
+                                     throughput_examples=1024)
     return parser.parse_args(argv)
 
 

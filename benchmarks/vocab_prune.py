@@ -48,20 +48,8 @@ def minilm_dir() -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.vocab_prune", description=__doc__.split("\n")[0])
     parser.add_argument("--encoder", default=minilm_dir(), help="the encoder the student is cut from")
-    parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
-    parser.add_argument("--work-dir", default="var/bench/vocab_prune", help="the student, pruned student and ONNX")
-    parser.add_argument("--tiny", action="store_true", help="tiny random encoder and synthetic rows")
-    parser.add_argument("--retrain", action="store_true", help="train the student again even if it exists")
-    parser.add_argument("--student-layers", type=int, default=3)
-    parser.add_argument("--train-rows", type=int, default=3000)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--max-length", type=int, default=64, help="training and evaluation length (tokens)")
-    parser.add_argument("--threads", type=int, default=1, help="threads of PyTorch and ONNX Runtime alike")
-    parser.add_argument("--latency-examples", type=int, default=100)
-    parser.add_argument("--throughput-examples", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(common.RESULTS_DIR / "vocab_prune.json"))
+    common.add_student_run_arguments(parser, name="vocab_prune", train_rows=3000, epochs=2, latency_examples=100,
+                                     throughput_examples=512)
     return parser.parse_args(argv)
 
 
