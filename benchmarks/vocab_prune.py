@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ common.set_module_name("benchmarks.vocab_prune")
 import numpy as np  # noqa: E402
 
 from gkd.config import DistillConfig  # noqa: E402
-from gkd.deploy.measure import encode_for, label_names, latency_ms, predict, quality, throughput  # noqa: E402
+from gkd.deploy.measure import encode_for, label_names, predict, quality, timed  # noqa: E402
 from gkd.deploy.onnx_export import export_onnx  # noqa: E402
 from gkd.deploy.predictors import directory_size, load_predictor  # noqa: E402
 from gkd.export.checkpoint import prune_exported, read_card  # noqa: E402
@@ -84,26 +83,13 @@ def make_models(args: argparse.Namespace, files: dict[str, Path], work: Path, be
     return paths
 
 
-def timed(predictors: list[Any], datasets: list[Any], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Median latency and throughput per predictor over `repeats` round-robin rounds."""
-    latency: list[list[float]] = [[] for _ in predictors]
-    rate: list[list[float]] = [[] for _ in predictors]
-    for _ in range(args.repeats):
-        for i, (predictor, dataset) in enumerate(zip(predictors, datasets, strict=True)):
-            latency[i].append(latency_ms(predictor, dataset, args.latency_examples))
-            rate[i].append(throughput(predictor, dataset, args.throughput_examples))
-    return [{"ms_per_example_batch1": statistics.median(latency[i]),
-             "examples_per_second_batch32": statistics.median(rate[i]),
-             "ms_per_example_batch1_all": latency[i], "examples_per_second_batch32_all": rate[i]}
-            for i in range(len(predictors))]
-
-
 def measure(args: argparse.Namespace, paths: dict[str, Path], test: list[Any]) -> list[dict[str, Any]]:
     predictors = [load_predictor(path, name=name, threads=args.threads) for name, path in paths.items()]
     datasets = [encode_for(p, test, args.max_length) for p in predictors]
     logits = [predict(p, d) for p, d in zip(predictors, datasets, strict=True)]
     names = [label_names(p, x) for p, x in zip(predictors, logits, strict=True)]
-    times = timed(predictors, datasets, args)
+    times = timed(predictors, datasets, repeats=args.repeats, latency_examples=args.latency_examples,
+                  throughput_examples=args.throughput_examples)
     rows = []
     for i, predictor in enumerate(predictors):
         full = 0 if i in (0, 1) else 2  # the same runtime's full-vocabulary model

@@ -7,6 +7,7 @@ scoring). Both use the process's threads as they are set; compare runtimes in on
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,6 +73,22 @@ def throughput(predictor: Predictor, dataset: EncodedDataset, examples: int = 25
     for batch in batches:
         predictor.logits(batch)
     return n / (time.perf_counter() - start)
+
+
+def timed(predictors: Sequence[Predictor], datasets: Sequence[EncodedDataset], *, repeats: int,
+          latency_examples: int, throughput_examples: int) -> list[dict[str, Any]]:
+    """Median latency (batch 1) and throughput (batch 32) per predictor over `repeats` round-robin rounds, so that
+    a slow moment of the machine falls on every predictor alike; each round's figures are kept too."""
+    latency: list[list[float]] = [[] for _ in predictors]
+    rate: list[list[float]] = [[] for _ in predictors]
+    for _ in range(repeats):
+        for i, (predictor, dataset) in enumerate(zip(predictors, datasets, strict=True)):
+            latency[i].append(latency_ms(predictor, dataset, latency_examples))
+            rate[i].append(throughput(predictor, dataset, throughput_examples))
+    return [{"ms_per_example_batch1": statistics.median(latency[i]),
+             "examples_per_second_batch32": statistics.median(rate[i]),
+             "ms_per_example_batch1_all": latency[i], "examples_per_second_batch32_all": rate[i]}
+            for i in range(len(predictors))]
 
 
 def quality(logits: np.ndarray, dataset: EncodedDataset, num_labels: int) -> dict[str, float]:
