@@ -12,6 +12,7 @@ from app.schemas import JobCreate
 from app.store.orm import TeacherModel
 from app.store.settings import Settings
 from gkd.method.properties import method_properties
+from gkd.models.shapes import student_heads
 from gkd.training.finetune_settings import FINETUNE, TRAINED_AS
 from gkd.training.memory_estimate import (
     EVAL_BATCH_SIZE,
@@ -64,9 +65,7 @@ def _resized(shape: EncoderShape, layers: int, hidden: int) -> EncoderShape:
     if hidden == shape.hidden:
         return EncoderShape(layers, shape.hidden, shape.heads, shape.vocab, shape.positions, shape.embedding,
                             shape.labels, shape.intermediate)
-    heads = max(1, min(shape.heads, hidden))
-    while hidden % heads:
-        heads -= 1
+    heads = student_heads(hidden, shape.heads)
     embedding = shape.embedding if shape.embedding != shape.hidden else hidden
     return EncoderShape(layers, hidden, heads, shape.vocab, shape.positions, embedding, shape.labels)
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gkd.models.shapes import student_heads
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -87,11 +89,8 @@ class Family:
 
     def resize(self, config: Any, hidden: int, teacher_heads: int) -> None:
         """A student of another width: the largest head count <= the teacher's that divides it."""
-        heads = teacher_heads
-        while hidden % heads:
-            heads -= 1
         setattr(config, self.width, hidden)
-        setattr(config, self.heads, heads)
+        setattr(config, self.heads, student_heads(hidden, teacher_heads))
         setattr(config, self.ffn, 4 * hidden)
 
     def teacher_key(self, key: str, layers: list[int] | None, teacher_config: Any) -> str | None:
