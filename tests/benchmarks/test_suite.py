@@ -51,5 +51,8 @@ def test_the_report_applies_the_bar_and_flags_a_collapse():
     assert verdicts["bad"]["checks"]["no_collapse"] is False and verdicts["bad"]["checks"]["accuracy_vs_kd"] is False
     bad_row = next(r for r in rows if r["task"] == "bad" and r["method"] == "gradient_kd")
     assert bad_row["collapsed"] == 1 and bad_row["warned"] == 1
+    # the closest method to the teacher tells whether "within 3 points" was reachable at the suite's budget
+    assert round(verdicts["bad"]["best_method_teacher_gap"], 4) == 0.02
+    assert round(verdicts["bad"]["teacher_gap"], 4) == 0.30
     text = suite_report.render(report)
     assert "| bad | 3 | 1 |" in text and "**no**" in text
