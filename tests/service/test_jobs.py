@@ -204,6 +204,27 @@ def test_stream_of_a_finished_job_ends(client: TestClient, auth: dict, setup: di
         assert not [line for line in response.iter_lines() if line.startswith("data:")]
 
 
+def test_stream_is_scoped_to_the_tenant_and_opens_with_its_retry_line(client: TestClient, auth: dict,
+                                                                      other_auth: dict, setup: dict) -> None:
+    """The stream's job check runs on the read path (app/reads.py): another tenant's job is a 404 like the job read
+    itself, a bad Last-Event-ID is still a 422, and the first line of a stream is its `retry:` (sent before the
+    stream subscribes to wake-ups and reads the events)."""
+    job_id = client.post("/v1/jobs", headers=auth, json=setup).json()["id"]
+    client.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
+    stream = f"/v1/jobs/{job_id}/events/stream"
+    for headers in (other_auth, {**other_auth, "Last-Event-ID": "x"}):
+        error = assert_error(client.get(stream, headers=headers), 404, "not_found_error", param=None)
+        assert error == assert_error(client.get(f"/v1/jobs/{job_id}", headers=other_auth), 404,
+                                     "not_found_error", param=None)
+    assert_error(client.get(stream, headers={**auth, "Last-Event-ID": "x"}), 422, "invalid_request_error",
+                 param="Last-Event-ID")
+    with client.stream("GET", stream, headers=auth) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        lines = list(response.iter_lines())
+    assert lines[0] == "retry: 2000"
+    assert [line for line in lines if line.startswith("id: ")] == ["id: 1", "id: 2"]
+
+
 def test_broker_down_leaves_job_queued_and_sweeper_enqueues(settings: Settings, auth: dict, setup: dict) -> None:
     settings.broker_url = "redis://127.0.0.1:1/0"
     settings.enqueue_timeout_seconds = 0.5
