@@ -53,11 +53,10 @@ async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-async def get_reads(request: Request) -> Reads:
+def reads_of(request: Request) -> Reads:
+    """The app's hot-read runner. Not a dependency: routes take the `Request` (which FastAPI passes without solving
+    anything) and call this, one sub-dependency less to solve per polled request (docs/performance.md)."""
     return request.app.state.reads
-
-
-ReadsDep = Annotated[Reads, Depends(get_reads)]
 
 
 def _tenant_from_database(sessions: sessionmaker[Session], token: str) -> Tenant | None:

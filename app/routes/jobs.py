@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import admission
-from app.deps import CurrentTenant, PageDep, ReadsDep, SessionDep, SettingsDep
+from app.deps import CurrentTenant, PageDep, SessionDep, SettingsDep, reads_of
 from app.errors import ApiError, conflict, invalid, not_found
 from app.reads import row_select
 from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_row, paginate, quota_error
@@ -373,21 +373,21 @@ _JOBS_WITH_STATUS = PagedQuery.of(_JOBS_OF_TENANT.where(Job.status == bindparam(
 
 @router.get("", response_model=ListResponse[JobOut])
 async def list_jobs(
+    request: Request,
     tenant: CurrentTenant,
-    reads: ReadsDep,
     page: PageDep,
     status: Annotated[jobs.JobStatus | None, Query()] = None,
 ) -> Response:
     query, params = (_JOBS, {"tenant_id": tenant.id}) if status is None else (
         _JOBS_WITH_STATUS, {"tenant_id": tenant.id, "status": status})
-    return await reads.json(
+    return await reads_of(request).json(
         lambda db: ListResponse[JobOut].model_validate(paginate(db, query, params, page, "job", JobOut.of))
     )
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job_route(job_id: str, tenant: CurrentTenant, reads: ReadsDep) -> Response:
-    return await reads.json(lambda db: JobOut.of(job_row(db, tenant, job_id)))
+async def get_job_route(job_id: str, request: Request, tenant: CurrentTenant) -> Response:
+    return await reads_of(request).json(lambda db: JobOut.of(job_row(db, tenant, job_id)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
