@@ -74,7 +74,21 @@ MISSING_KEY_MESSAGE = (
 )
 
 
-async def get_current_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> Tenant:
+Authorization = Annotated[str | None, Header()]
+"""The `Authorization` header as a route's own parameter, for routes that call `authenticate` themselves."""
+
+
+async def get_current_tenant(request: Request, authorization: Authorization = None) -> Tenant:
+    return await authenticate(request, authorization)
+
+
+CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
+
+
+async def authenticate(request: Request, authorization: str | None) -> Tenant:
+    """The caller's tenant from its API key, or a 401. Routes take it through `CurrentTenant`; the most polled one
+    (a job's status) calls this itself with the header as its own parameter: a sub-dependency costs FastAPI a solve
+    of its own on every request, and the OpenAPI document (one header parameter) is the same either way."""
     # async: a key seen in the last `api_key_cache_seconds` is answered from memory on the event loop, without a
     # thread hop or a database round trip; only a cache miss reads the database, in the thread pool. The settings
     # come from the app directly (what `get_settings` returns): one sub-dependency less to solve on every request.
@@ -99,9 +113,6 @@ async def get_current_tenant(request: Request, authorization: Annotated[str | No
     return tenant
 
 
-CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
-
-
 @dataclass(frozen=True)
 class Page:
     """`limit` and `after` query parameters of list endpoints."""
@@ -110,14 +121,18 @@ class Page:
     after: str | None
 
 
-async def get_page(
-    request: Request,
-    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
-    after: Annotated[str | None, Query(max_length=100)] = None,
-) -> Page:
-    # async: a plain class dependency would be called in the thread pool, one thread hop per list request.
+PageLimit = Annotated[int | None, Query(ge=1, le=1000)]
+PageAfter = Annotated[str | None, Query(max_length=100)]
+
+
+def page_of(request: Request, limit: int | None, after: str | None) -> Page:
     settings: Settings = request.app.state.settings
     return Page(min(limit or settings.page_limit_default, settings.page_limit_max), after)
+
+
+async def get_page(request: Request, limit: PageLimit = None, after: PageAfter = None) -> Page:
+    # async: a plain class dependency would be called in the thread pool, one thread hop per list request.
+    return page_of(request, limit, after)
 
 
 PageDep = Annotated[Page, Depends(get_page)]
