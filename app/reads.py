@@ -10,10 +10,10 @@ costs per request:
 - a GIL convoy: the reads run in a small pool of their own (`Settings.read_threads`) instead of the 40-thread default
   pool; each read is sub-millisecond work plus a round trip, and 40 threads contending for the GIL under load
   stretched the slowest requests (p99) several-fold (benchmarks/api.py);
-- anyio's thread hop (capacity limiter, cancel scope, its worker's queue): the pool is a plain
-  `ThreadPoolExecutor` reached with `loop.run_in_executor`, which cost 30 to 45 µs of CPU per hop against 85 to
-  100 µs for `anyio.to_thread.run_sync` (docs/performance.md). A read whose request is cancelled runs to its end
-  in its thread and is dropped; it changes nothing;
+- anyio's thread hop (capacity limiter, cancel scope, its worker's queue): the pool is `app.read_threads`, a
+  queue and an asyncio future per call, about 12 µs of CPU per hop against 85 to 100 µs for
+  `anyio.to_thread.run_sync`. A read whose request is cancelled runs to its end in its thread and is dropped; it
+  changes nothing;
 - the ORM's object loading: reads select plain columns (`row_select`) on a Core connection, so a row reads like
   the mapped object but costs no identity map, instance state or attribute instrumentation (the ORM's
   `Session.get` was a third of a job read's CPU in a py-spy profile: docs/performance.md).
@@ -21,11 +21,9 @@ costs per request:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fastapi import Response
@@ -33,6 +31,7 @@ from pydantic import BaseModel
 from sqlalchemy import Connection, Engine, Select, inspect, select
 from sqlalchemy.exc import DBAPIError
 
+from app.read_threads import ReadThreads
 from app.store.db import engine_for, make_engine
 
 log = logging.getLogger(__name__)
@@ -75,18 +74,14 @@ def run_read(url: str, read: Callable[[Connection], T]) -> T:
 
 
 class Reads:
-    """One per app (`app.state.reads`): runs reads in its own few worker threads.
-
-    The threads start on first use and end with this object (the executor's own clean-up when it is collected, or
-    at interpreter exit); it is not shut down with the app's lifespan, so an app served again still reads."""
+    """One per app (`app.state.reads`): runs reads in its own few worker threads (`app.read_threads`)."""
 
     def __init__(self, database_url: str, threads: int) -> None:
         self.database_url = database_url
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gkd-read")
+        self.threads = ReadThreads(threads)
 
     async def __call__(self, read: Callable[[Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, run_read, self.database_url, read)
+        return await self.threads(functools.partial(run_read, self.database_url, read))
 
     async def json(self, read: Callable[[Connection], BaseModel]) -> Response:
         """The model `read` returns, serialised to a JSON response in the same thread hop."""
