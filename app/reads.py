@@ -47,10 +47,14 @@ def read_engine_for(url: str) -> Engine:
 
 
 @functools.cache
-def row_select(entity: type[Any]) -> Select[Any]:
+def row_select(entity: type[Any], attributes: tuple[str, ...] | None = None) -> Select[Any]:
     """`select(entity)` as its table's columns labelled with the mapped attribute names (`meta`, not `metadata`):
-    the rows it returns read like the mapped objects, so the response models' `of()` take either."""
-    return select(*(prop.columns[0].label(prop.key) for prop in inspect(entity).column_attrs))
+    the rows it returns read like the mapped objects, so the response models' `of()` take either. `attributes`:
+    only those (what a response model reads); every column the driver describes, converts and SQLAlchemy wraps
+    costs CPU on each read."""
+    props = inspect(entity).column_attrs
+    chosen = props if attributes is None else [props[name] for name in attributes]
+    return select(*(prop.columns[0].label(prop.key) for prop in chosen))
 
 
 def run_read(url: str, read: Callable[[Connection], T]) -> T:

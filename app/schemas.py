@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints, field_validator
 
@@ -250,6 +250,13 @@ class JobOut(BaseModel):
     estimated_finish_at: datetime | None = Field(
         None, description="While the job runs: when it is expected to finish training, from the measured speed of "
                           "jobs like it before its first steps, then from its own steps; null otherwise.")
+
+    # The job's attributes `of` reads: the polled reads select only these (app.reads.row_select).
+    READS: ClassVar[tuple[str, ...]] = (
+        "id", "status", "name", "created_at", "started_at", "finished_at", "teacher_id", "method", "student",
+        "training_dataset_id", "validation_dataset_id", "hyperparameters", "label_map", "export", "meta", "progress",
+        "metrics", "error", "attempts", "versions", "queue_kind", "devices", "integrations", "fine_tuned_model_id",
+    )
 
     @classmethod
     def of(cls, row: Job) -> JobOut:

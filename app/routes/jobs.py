@@ -376,7 +376,7 @@ def _check_still_live(session: Session, job: Job, base: TeacherModel | None) -> 
         raise not_found("model" if param in ("teacher", "student.init.model") else "dataset", row_id, param)
 
 
-_JOBS_OF_TENANT = row_select(Job).where(Job.tenant_id == bindparam("tenant_id"))
+_JOBS_OF_TENANT = row_select(Job, JobOut.READS).where(Job.tenant_id == bindparam("tenant_id"))
 _JOBS = PagedQuery.of(_JOBS_OF_TENANT, Job.id)
 _JOBS_WITH_STATUS = PagedQuery.of(_JOBS_OF_TENANT.where(Job.status == bindparam("status")), Job.id)
 

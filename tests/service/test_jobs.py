@@ -204,6 +204,17 @@ def test_stream_of_a_finished_job_ends(client: TestClient, auth: dict, setup: di
         assert not [line for line in response.iter_lines() if line.startswith("data:")]
 
 
+def test_polled_reads_answer_what_the_orm_object_answers(client: TestClient, auth: dict, setup: dict) -> None:
+    """The job read and the list select only `JobOut.READS` as plain rows; the create answers from the ORM object
+    with every column loaded. All three must agree field for field."""
+    body = {**setup, "name": "fields", "metadata": {"k": "v"}}
+    created = client.post("/v1/jobs", headers=auth, json=body)
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json() == job
+    assert client.get("/v1/jobs?limit=1", headers=auth).json()["data"] == [job]
+
+
 def test_stream_is_scoped_to_the_tenant_and_opens_with_its_retry_line(client: TestClient, auth: dict,
                                                                       other_auth: dict, setup: dict) -> None:
     """The stream's job check runs on the read path (app/reads.py): another tenant's job is a 404 like the job read
