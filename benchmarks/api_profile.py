@@ -34,8 +34,9 @@ PHASES = {
     "middleware stack (Starlette/FastAPI)": [r"^ServerErrorMiddleware\.__call__ "],
     "routing (route matching)": [r"\.matches \(fastapi/routing\.py\)$"],
     "dependencies (settings, API key, reads)": [r"^solve_dependencies "],
-    "API key lookup (cache)": [r"^get_current_tenant "],
-    "thread hop to the read thread (anyio)": [r"^run_sync \(anyio/to_thread\.py\)$"],
+    "API key lookup (cache)": [r"^get_current_tenant ", r"^authenticate \(app/deps\.py\)$"],
+    "thread hop to the read thread (event-loop side)": [
+        r"^run_sync \(anyio/to_thread\.py\)$", r"^ReadThreads\.__call__ ", r"^_settle \(app/read_threads\.py\)$"],
     "the read in its thread (query + serialisation)": [r"^run_read \(app/reads\.py\)$"],
     "SQLAlchemy ORM (Session)": [r"^Session\.(get|execute|scalars) "],
     "SQLAlchemy Core execute": [r"^Connection\.execute \(sqlalchemy/engine/base\.py\)$"],
