@@ -207,7 +207,7 @@ def test_stream_of_a_finished_job_ends(client: TestClient, auth: dict, setup: di
 def test_polled_reads_answer_what_the_orm_object_answers(client: TestClient, auth: dict, setup: dict) -> None:
     """The job read and the list select only `JobOut.READS` as plain rows; the create answers from the ORM object
     with every column loaded. All three must agree field for field."""
-    body = {**setup, "name": "fields", "metadata": {"k": "v"}}
+    body = {**setup, "name": "fields ✓", "metadata": {"k": "vé ✓ 😀", "quote": "\"\\"}}
     created = client.post("/v1/jobs", headers=auth, json=body)
     assert created.status_code == 201, created.text
     job = created.json()
