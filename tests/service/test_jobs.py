@@ -215,6 +215,20 @@ def test_polled_reads_answer_what_the_orm_object_answers(client: TestClient, aut
     assert client.get("/v1/jobs?limit=1", headers=auth).json()["data"] == [job]
 
 
+def test_job_progress_answers_only_its_fields(client: TestClient, auth: dict, setup: dict,
+                                             settings: Settings) -> None:
+    """`progress` as stored holds more than the answer shows (the worker's `estimated_finish_at`, keys of other
+    versions); the reads answer only `Progress`'s fields, validated."""
+    job_id = client.post("/v1/jobs", headers=auth, json=setup).json()["id"]
+    stored = {"step": 3, "total_steps": 9, "epoch": 1, "fraction": 0.33, "eta_seconds": 4.5, "unknown": [1],
+              "estimated_finish_at": "2030-01-01T00:00:00Z"}
+    with session_scope(settings.database_url) as session:
+        session.get(Job, job_id).progress = stored
+    expected = {"step": 3, "total_steps": 9, "epoch": 1, "fraction": 0.33, "eta_seconds": 4.5, "phase": None}
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth).json()["progress"] == expected
+    assert client.get("/v1/jobs?limit=1", headers=auth).json()["data"][0]["progress"] == expected
+
+
 def test_stream_is_scoped_to_the_tenant_and_opens_with_its_retry_line(client: TestClient, auth: dict,
                                                                       other_auth: dict, setup: dict) -> None:
     """The stream's job check runs on the read path (app/reads.py): another tenant's job is a 404 like the job read
