@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
@@ -100,16 +100,16 @@ async def authenticate(request: Request, authorization: str | None) -> Tenant:
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "malformed Authorization header; expected 'Bearer gkd_...'", headers=challenge)
     cache: TenantCache = request.app.state.tenant_cache
-    digest = hash_key(token)
-    tenant = cache.get(digest) if cache.enabled else None
-    if tenant is None:
+
+    def lookup() -> Awaitable[Tenant | None]:
         # The sessionmaker is looked up here, on the event loop: `sessionmaker_for`'s lru_cache is not atomic, and
         # a burst of first requests racing in threads would each build an engine with its own connection pool.
         sessions = sessionmaker_for(request.app.state.settings.database_url)
-        tenant = await run_in_threadpool(_tenant_from_database, sessions, token)
-        if tenant is None:
-            raise ApiError(401, "invalid or revoked API key", code="invalid_api_key", headers=challenge)
-        cache.put(digest, tenant)
+        return run_in_threadpool(_tenant_from_database, sessions, token)
+
+    tenant = await cache.fetch(hash_key(token), lookup)
+    if tenant is None:
+        raise ApiError(401, "invalid or revoked API key", code="invalid_api_key", headers=challenge)
     return tenant
 
 
