@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
@@ -53,11 +53,10 @@ async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-async def get_reads(request: Request) -> Reads:
+def reads_of(request: Request) -> Reads:
+    """The app's hot-read runner. Not a dependency: routes take the `Request` (which FastAPI passes without solving
+    anything) and call this, one sub-dependency less to solve per polled request (docs/performance.md)."""
     return request.app.state.reads
-
-
-ReadsDep = Annotated[Reads, Depends(get_reads)]
 
 
 def _tenant_from_database(sessions: sessionmaker[Session], token: str) -> Tenant | None:
@@ -75,7 +74,21 @@ MISSING_KEY_MESSAGE = (
 )
 
 
-async def get_current_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> Tenant:
+Authorization = Annotated[str | None, Header()]
+"""The `Authorization` header as a route's own parameter, for routes that call `authenticate` themselves."""
+
+
+async def get_current_tenant(request: Request, authorization: Authorization = None) -> Tenant:
+    return await authenticate(request, authorization)
+
+
+CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
+
+
+async def authenticate(request: Request, authorization: str | None) -> Tenant:
+    """The caller's tenant from its API key, or a 401. Routes take it through `CurrentTenant`; the most polled one
+    (a job's status) calls this itself with the header as its own parameter: a sub-dependency costs FastAPI a solve
+    of its own on every request, and the OpenAPI document (one header parameter) is the same either way."""
     # async: a key seen in the last `api_key_cache_seconds` is answered from memory on the event loop, without a
     # thread hop or a database round trip; only a cache miss reads the database, in the thread pool. The settings
     # come from the app directly (what `get_settings` returns): one sub-dependency less to solve on every request.
@@ -87,20 +100,17 @@ async def get_current_tenant(request: Request, authorization: Annotated[str | No
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "malformed Authorization header; expected 'Bearer gkd_...'", headers=challenge)
     cache: TenantCache = request.app.state.tenant_cache
-    digest = hash_key(token)
-    tenant = cache.get(digest) if cache.enabled else None
-    if tenant is None:
+
+    def lookup() -> Awaitable[Tenant | None]:
         # The sessionmaker is looked up here, on the event loop: `sessionmaker_for`'s lru_cache is not atomic, and
         # a burst of first requests racing in threads would each build an engine with its own connection pool.
         sessions = sessionmaker_for(request.app.state.settings.database_url)
-        tenant = await run_in_threadpool(_tenant_from_database, sessions, token)
-        if tenant is None:
-            raise ApiError(401, "invalid or revoked API key", code="invalid_api_key", headers=challenge)
-        cache.put(digest, tenant)
+        return run_in_threadpool(_tenant_from_database, sessions, token)
+
+    tenant = await cache.fetch(hash_key(token), lookup)
+    if tenant is None:
+        raise ApiError(401, "invalid or revoked API key", code="invalid_api_key", headers=challenge)
     return tenant
-
-
-CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
 
 
 @dataclass(frozen=True)
@@ -111,14 +121,18 @@ class Page:
     after: str | None
 
 
-async def get_page(
-    request: Request,
-    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
-    after: Annotated[str | None, Query(max_length=100)] = None,
-) -> Page:
-    # async: a plain class dependency would be called in the thread pool, one thread hop per list request.
+PageLimit = Annotated[int | None, Query(ge=1, le=1000)]
+PageAfter = Annotated[str | None, Query(max_length=100)]
+
+
+def page_of(request: Request, limit: int | None, after: str | None) -> Page:
     settings: Settings = request.app.state.settings
     return Page(min(limit or settings.page_limit_default, settings.page_limit_max), after)
+
+
+async def get_page(request: Request, limit: PageLimit = None, after: PageAfter = None) -> Page:
+    # async: a plain class dependency would be called in the thread pool, one thread hop per list request.
+    return page_of(request, limit, after)
 
 
 PageDep = Annotated[Page, Depends(get_page)]

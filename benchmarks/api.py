@@ -194,8 +194,8 @@ def seed(url: str, jobs: int, running: int, events_per_job: int) -> Seeded:
 class Server:
     """`uvicorn --factory app.main:create_app --workers N` on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], workers: int, log: Path) -> None:
-        self.env, self.workers, self.log = env, workers, log
+    def __init__(self, env: dict[str, str], workers: int, log: Path, root: Path = REPO) -> None:
+        self.env, self.workers, self.log, self.root = env, workers, log, root  # root: the checkout served
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -210,7 +210,7 @@ class Server:
         import httpx
 
         with self.log.open("ab") as handle:
-            self.process = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=handle,
+            self.process = subprocess.Popen(self.command, cwd=self.root, env=self.env, stdout=handle,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         ready: set[int] = set()

@@ -34,8 +34,9 @@ PHASES = {
     "middleware stack (Starlette/FastAPI)": [r"^ServerErrorMiddleware\.__call__ "],
     "routing (route matching)": [r"\.matches \(fastapi/routing\.py\)$"],
     "dependencies (settings, API key, reads)": [r"^solve_dependencies "],
-    "API key lookup (cache)": [r"^get_current_tenant "],
-    "thread hop to the read thread (anyio)": [r"^run_sync \(anyio/to_thread\.py\)$"],
+    "API key lookup (cache)": [r"^get_current_tenant ", r"^authenticate \(app/deps\.py\)$"],
+    "thread hop to the read thread (event-loop side)": [
+        r"^run_sync \(anyio/to_thread\.py\)$", r"^ReadThreads\.__call__ ", r"^_settle \(app/read_threads\.py\)$"],
     "the read in its thread (query + serialisation)": [r"^run_read \(app/reads\.py\)$"],
     "SQLAlchemy ORM (Session)": [r"^Session\.(get|execute|scalars) "],
     "SQLAlchemy Core execute": [r"^Connection\.execute \(sqlalchemy/engine/base\.py\)$"],
@@ -55,6 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--pg-server", default=api.PG_SERVER)
     parser.add_argument("--redis-url", default=api.REDIS_URL)
+    parser.add_argument("--rate-limit", default="1000000/second",
+                        help="GKD_RATE_LIMIT of the server, as in benchmarks.api: a limit the load never reaches, so "
+                        "every request is counted and none refused (the service's default would answer most with 429)")
     parser.add_argument("--top", type=int, default=25, help="frames listed by self time")
     parser.add_argument("--stacks", help="also keep py-spy's collapsed stacks here (input for flame graphs)")
     parser.add_argument("--out", default=str(common.RESULTS_DIR / "api_profile.json"))
@@ -117,6 +121,9 @@ async def _load_and_sample(args: argparse.Namespace, server: api.Server, seeded:
     _, err = await spy.communicate()
     if spy.returncode != 0 or not collapsed.exists():
         raise RuntimeError(f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-1000:]}")
+    if result.errors:
+        # A profile of refusals (429) or failures is not a profile of the read path.
+        raise RuntimeError(f"{result.errors} of {result.requests} requests failed while sampled: {result.error_detail}")
     return {"requests": result.requests, "rps_while_sampled": round(result.requests / result.seconds, 1),
             "server_cpu_ms_per_request_while_sampled": round(1000 * cpu / max(result.requests, 1), 3),
             "errors": result.errors}
@@ -148,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         with api.fresh_database(args.pg_server) as url:
             seeded = api.seed(url, args.jobs, 0, 6)
-            server = api.Server(api.server_env(scratch / "home", url, args.redis_url), 1, scratch / "api.log")
+            env = {**api.server_env(scratch / "home", url, args.redis_url), "GKD_RATE_LIMIT": args.rate_limit}
+            server = api.Server(env, 1, scratch / "api.log")
             server.start()
             load = asyncio.run(_load_and_sample(args, server, seeded, scratch, scratch / "collapsed.txt"))
             server.stop()

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from app.deps import Page
 from app.errors import ApiError, invalid, not_found
 from app.reads import row_select
+from app.schemas import JobOut
 from app.store import quotas
 from app.store.ids import looks_like
 from app.store.orm import Dataset, Job, TeacherModel, Tenant
@@ -98,11 +99,12 @@ def get_model(
     return row
 
 
-_JOB_BY_ID = row_select(Job).where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"))
+_JOB_BY_ID = row_select(Job, JobOut.READS).where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"))
 
 
 def job_row(connection: Connection, tenant: Tenant, job_id: str) -> Row[Any]:
-    """The tenant's job as a row (the hot read path: `app.reads`); 404 when it is another tenant's or unknown."""
+    """The tenant's job as a row of what `JobOut.of` reads (the hot read path: `app.reads`); 404 when it is another
+    tenant's or unknown."""
     row = connection.execute(_JOB_BY_ID, {"job_id": job_id, "tenant_id": tenant.id}).first()
     if row is None:
         raise not_found("job", job_id)

@@ -22,9 +22,9 @@ from sqlalchemy import select
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import CurrentTenant, SessionDep, SettingsDep
+from app.deps import CurrentTenant, SessionDep, reads_of
 from app.errors import ApiError, invalid
-from app.routes.common import get_job
+from app.routes.common import get_job, job_row
 from app.schemas import EventOut
 from app.store.db import sessionmaker_for
 from app.store.events import MAX_SEQ, event_dict
@@ -143,11 +143,14 @@ class _Waker:
 
 async def _stream(request: Request, settings: Settings, job_id: str, after: int,
                   release: Callable[[], Awaitable[None]], renew: Callable[[], None]) -> AsyncIterator[str]:
-    waker = _Waker(settings, job_id)
-    await waker.start()
-    last_sent = last_renewed = time.monotonic()
+    # The first bytes go out before the Redis subscription is made (a connection and a SUBSCRIBE round trip): the
+    # client knows at once that its stream is open. The subscription still comes before the first read of the
+    # events, so a publish after that read is not missed.
     yield "retry: 2000\n\n"
+    waker = _Waker(settings, job_id)
     try:
+        await waker.start()
+        last_sent = last_renewed = time.monotonic()
         while True:
             if time.monotonic() - last_renewed >= SLOT_SECONDS / 3:
                 await run_in_threadpool(renew)
@@ -193,22 +196,22 @@ STREAM_OPENAPI: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/stream", response_class=EventStreamResponse, responses=STREAM_OPENAPI)
-def stream_events(
+async def stream_events(
     job_id: str,
     request: Request,
     tenant: CurrentTenant,
-    session: SessionDep,
-    settings: SettingsDep,
     after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    job = get_job(session, tenant, job_id)
+    # async: the job's check is one hop to the read threads (app/reads.py) and the slot one hop to the thread pool;
+    # a sync route with a session took a hop for the route and a session with its pre-ping round trip.
+    job: str = await reads_of(request)(lambda db: job_row(db, tenant, job_id).id)
     start = after or 0
     if last_event_id:
         start = max(start, _last_event_seq(last_event_id))
-    session.close()
+    settings: Settings = request.app.state.settings
     slots: StreamSlots = request.app.state.stream_slots
-    slot = slots.acquire(tenant.id)
+    slot = await run_in_threadpool(slots.acquire, tenant.id)
     if slot is None:
         raise ApiError(429, f"this tenant already holds {slots.per_tenant} open event streams (the limit); close one "
                        "or poll GET /v1/jobs/{id}/events", code="too_many_streams", type="rate_limit_error",
@@ -223,7 +226,7 @@ def stream_events(
                 await run_in_threadpool(slots.release, tenant.id, slot)
 
     return EventStreamResponse(
-        _stream(request, settings, job.id, start, release, lambda: slots.renew(tenant.id, slot)),
+        _stream(request, settings, job, start, release, lambda: slots.renew(tenant.id, slot)),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         background=BackgroundTask(release),
     )

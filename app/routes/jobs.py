@@ -14,7 +14,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import admission
-from app.deps import CurrentTenant, PageDep, ReadsDep, SessionDep, SettingsDep
+from app.deps import (
+    Authorization,
+    CurrentTenant,
+    PageAfter,
+    PageLimit,
+    SessionDep,
+    SettingsDep,
+    authenticate,
+    page_of,
+    reads_of,
+)
 from app.errors import ApiError, conflict, invalid, not_found
 from app.reads import row_select
 from app.routes.common import PagedQuery, get_dataset, get_job, get_model, job_row, paginate, quota_error
@@ -366,28 +376,35 @@ def _check_still_live(session: Session, job: Job, base: TeacherModel | None) -> 
         raise not_found("model" if param in ("teacher", "student.init.model") else "dataset", row_id, param)
 
 
-_JOBS_OF_TENANT = row_select(Job).where(Job.tenant_id == bindparam("tenant_id"))
+_JOBS_OF_TENANT = row_select(Job, JobOut.READS).where(Job.tenant_id == bindparam("tenant_id"))
 _JOBS = PagedQuery.of(_JOBS_OF_TENANT, Job.id)
 _JOBS_WITH_STATUS = PagedQuery.of(_JOBS_OF_TENANT.where(Job.status == bindparam("status")), Job.id)
 
 
 @router.get("", response_model=ListResponse[JobOut])
 async def list_jobs(
+    request: Request,
     tenant: CurrentTenant,
-    reads: ReadsDep,
-    page: PageDep,
     status: Annotated[jobs.JobStatus | None, Query()] = None,
+    limit: PageLimit = None,
+    after: PageAfter = None,
 ) -> Response:
+    # The page's parameters are the route's own rather than the `PageDep` sub-dependency: one solve less per request.
+    # The key is still a sub-dependency, solved before these parameters are validated (a bad key is a 401 first).
+    page = page_of(request, limit, after)
     query, params = (_JOBS, {"tenant_id": tenant.id}) if status is None else (
         _JOBS_WITH_STATUS, {"tenant_id": tenant.id, "status": status})
-    return await reads.json(
+    return await reads_of(request).json(
         lambda db: ListResponse[JobOut].model_validate(paginate(db, query, params, page, "job", JobOut.of))
     )
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job_route(job_id: str, tenant: CurrentTenant, reads: ReadsDep) -> Response:
-    return await reads.json(lambda db: JobOut.of(job_row(db, tenant, job_id)))
+async def get_job_route(job_id: str, request: Request, authorization: Authorization = None) -> Response:
+    # The key is checked here rather than by the `CurrentTenant` sub-dependency (deps.authenticate): the same 401s,
+    # and a job id (any string) cannot fail validation, so no answer changes order.
+    tenant = await authenticate(request, authorization)
+    return await reads_of(request).json(lambda db: JobOut.of(job_row(db, tenant, job_id)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import api, api_profile, end_to_end
+from benchmarks import api, api_ab, api_profile, end_to_end
 from tests.support.service import reachable
 
 pytestmark = pytest.mark.slow  # each starts uvicorn (and a Celery worker)
@@ -74,6 +74,28 @@ def test_profile_aggregation_counts_each_frame_once_per_stack() -> None:
     assert inclusive["main (a.py)"] == 4 and inclusive["run_read (app/reads.py)"] == 3
     assert own["execute (b.py)"] == 3 and own["send (c.py)"] == 1
     assert api_profile.phase_shares(total, inclusive)["the read in its thread (query + serialisation)"] == 75.0
+
+
+@pytest.mark.services
+def test_api_ab_runs_two_checkouts_side_by_side(tmp_path: Path) -> None:
+    if not (reachable(5432) and reachable(6379)):
+        pytest.skip("PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are needed")
+    out = tmp_path / "ab.json"
+    report = api_ab.main(["--base", str(api.REPO), "--rounds", "1", "--seconds", "1", "--jobs", "20",
+                          "--streams", "3", "--concurrency", "2", "--out", str(out)])
+    assert json.loads(out.read_text(encoding="utf-8")) == json.loads(json.dumps(report))
+    assert [row["endpoint"] for row in report["summary"]] == ["job_status", "list", "sse_open"]
+    assert {(run["side"], run["endpoint"]) for run in report["runs"]} == {
+        (side, endpoint) for side in ("base", "new") for endpoint in ("job_status", "list", "sse_open")}
+    assert all(row["base"] > 0 and row["new"] > 0 for row in report["summary"])
+
+
+def test_api_ab_summary_pairs_medians_of_each_side() -> None:
+    runs = [{"side": side, "endpoint": "job_status", "cpu_ms_per_request": value}
+            for side, value in (("base", 1.0), ("base", 3.0), ("base", 2.0), ("new", 1.5), ("new", 0.5))]
+    runs.append({"side": "base", "endpoint": "list", "cpu_ms_per_request": 2.0})  # no "new" run: no row
+    assert api_ab.summarise(runs) == [{"endpoint": "job_status", "base": 2.0, "base_runs": [1.0, 3.0, 2.0],
+                                       "new": 1.0, "new_runs": [1.5, 0.5], "change_percent": -50.0}]
 
 
 def test_end_to_end_benchmark_tiny(tmp_path: Path) -> None:

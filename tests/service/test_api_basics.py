@@ -63,6 +63,35 @@ def test_authentication(settings: Settings, auth: dict) -> None:
         assert_error(client.get("/v1/datasets", headers=auth), 401, "authentication_error")
 
 
+def test_polled_reads_refuse_keys_like_every_route(settings: Settings, auth: dict) -> None:
+    """The job read checks its key itself (app.deps.authenticate, not the CurrentTenant dependency), the list and
+    the stream through the dependency: each refusal is the same answer as any other route's, and the list still
+    checks the key before its page parameters."""
+    settings.api_key_cache_seconds = 0
+    job = f"/v1/jobs/job_{'0' * 26}"
+    polled = (job, "/v1/jobs", "/v1/jobs?limit=0", f"{job}/events/stream")
+
+    def answers(headers: dict[str, str]) -> list[tuple[int, dict, str | None]]:
+        replies = [client.get(path, headers=headers) for path in ("/v1/datasets", *polled)]
+        return [(r.status_code, r.json(), r.headers.get("WWW-Authenticate")) for r in replies]
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        for headers, code in (({}, "missing_api_key"), ({"Authorization": "Bearer gkd_wrong"}, "invalid_api_key"),
+                              ({"Authorization": "Basic abc"}, None)):
+            replies = answers(headers)
+            assert all(reply == replies[0] for reply in replies), replies
+            assert replies[0][0] == 401 and replies[0][2] == "Bearer"
+            assert replies[0][1]["error"]["type"] == "authentication_error"
+            if code is not None:
+                assert replies[0][1]["error"]["code"] == code
+        assert_error(client.get(job, headers=auth), 404, "not_found_error")
+        assert_error(client.get("/v1/jobs?limit=0", headers=auth), 422, "invalid_request_error", "limit")
+        with session_scope(settings.database_url) as session:
+            assert revoke_key(session, auth["Authorization"].removeprefix("Bearer "))
+        replies = answers(auth)
+        assert all(reply == replies[0] for reply in replies) and replies[0][0] == 401, replies
+
+
 def test_revoked_key_is_refused_once_the_key_cache_expires(settings: Settings, auth: dict) -> None:
     import time
 

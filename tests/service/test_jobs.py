@@ -204,6 +204,52 @@ def test_stream_of_a_finished_job_ends(client: TestClient, auth: dict, setup: di
         assert not [line for line in response.iter_lines() if line.startswith("data:")]
 
 
+def test_polled_reads_answer_what_the_orm_object_answers(client: TestClient, auth: dict, setup: dict) -> None:
+    """The job read and the list select only `JobOut.READS` as plain rows; the create answers from the ORM object
+    with every column loaded. All three must agree field for field."""
+    body = {**setup, "name": "fields ✓", "metadata": {"k": "vé ✓ 😀", "quote": "\"\\"}}
+    created = client.post("/v1/jobs", headers=auth, json=body)
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json() == job
+    assert client.get("/v1/jobs?limit=1", headers=auth).json()["data"] == [job]
+
+
+def test_job_progress_answers_only_its_fields(client: TestClient, auth: dict, setup: dict,
+                                             settings: Settings) -> None:
+    """`progress` as stored holds more than the answer shows (the worker's `estimated_finish_at`, keys of other
+    versions); the reads answer only `Progress`'s fields, validated."""
+    job_id = client.post("/v1/jobs", headers=auth, json=setup).json()["id"]
+    stored = {"step": 3, "total_steps": 9, "epoch": 1, "fraction": 0.33, "eta_seconds": 4.5, "unknown": [1],
+              "estimated_finish_at": "2030-01-01T00:00:00Z"}
+    with session_scope(settings.database_url) as session:
+        session.get(Job, job_id).progress = stored
+    expected = {"step": 3, "total_steps": 9, "epoch": 1, "fraction": 0.33, "eta_seconds": 4.5, "phase": None}
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth).json()["progress"] == expected
+    assert client.get("/v1/jobs?limit=1", headers=auth).json()["data"][0]["progress"] == expected
+
+
+def test_stream_is_scoped_to_the_tenant_and_opens_with_its_retry_line(client: TestClient, auth: dict,
+                                                                      other_auth: dict, setup: dict) -> None:
+    """The stream's job check runs on the read path (app/reads.py): another tenant's job is a 404 like the job read
+    itself, a bad Last-Event-ID is still a 422, and the first line of a stream is its `retry:` (sent before the
+    stream subscribes to wake-ups and reads the events)."""
+    job_id = client.post("/v1/jobs", headers=auth, json=setup).json()["id"]
+    client.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
+    stream = f"/v1/jobs/{job_id}/events/stream"
+    for headers in (other_auth, {**other_auth, "Last-Event-ID": "x"}):
+        error = assert_error(client.get(stream, headers=headers), 404, "not_found_error", param=None)
+        assert error == assert_error(client.get(f"/v1/jobs/{job_id}", headers=other_auth), 404,
+                                     "not_found_error", param=None)
+    assert_error(client.get(stream, headers={**auth, "Last-Event-ID": "x"}), 422, "invalid_request_error",
+                 param="Last-Event-ID")
+    with client.stream("GET", stream, headers=auth) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        lines = list(response.iter_lines())
+    assert lines[0] == "retry: 2000"
+    assert [line for line in lines if line.startswith("id: ")] == ["id: 1", "id: 2"]
+
+
 def test_broker_down_leaves_job_queued_and_sweeper_enqueues(settings: Settings, auth: dict, setup: dict) -> None:
     settings.broker_url = "redis://127.0.0.1:1/0"
     settings.enqueue_timeout_seconds = 0.5
