@@ -1,4 +1,4 @@
-"""Models are deleted softly (`models.deleted_at`): finished jobs that name a deleted teacher keep their row to point at.
+"""Models are deleted softly (`models.deleted_at`): finished jobs naming a deleted teacher keep their row to point at.
 
 Revision ID: 0008_model_delete
 Revises: 0007_tenant_capacity
